@@ -1,0 +1,3 @@
+"""surgical: safe, selective distillation of language models."""
+
+__version__ = "0.1.0"

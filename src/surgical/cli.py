@@ -1,0 +1,222 @@
+"""The ``surgical`` command line: a thin typer layer over each stage's Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from ._quiet import silence_import_noise
+
+silence_import_noise()
+
+app = typer.Typer(
+    help="surgical: safe, selective distillation. Pipeline: world -> teacher -> map -> curate -> generate -> "
+    "distill -> verify -> quantize (-> verify again). `surgical demo` runs it all on the arithmetic world.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+teacher_app = typer.Typer(help="Train or evaluate the arithmetic world's teacher.", no_args_is_help=True)
+config_app = typer.Typer(help="Show or validate pipeline configs.", no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
+app.add_typer(config_app, name="config")
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _not_built(stage: str, issue: str) -> None:
+    console.print(f"[red]surgical {stage}: not built yet[/red] (tracked in {issue})")
+    raise typer.Exit(3)
+
+
+def _load_cfg(config: Optional[Path]):
+    from .config import ConfigError, demo_config, load_config
+
+    try:
+        return load_config(config) if config else demo_config()
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.callback(invoke_without_command=True)
+def _main(version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+    if version:
+        out.print(__version__)
+        raise typer.Exit(0)
+
+
+# ---------------------------------------------------------------- world
+
+
+@app.command()
+def world(
+    out_dir: Path = typer.Option(Path("runs/world"), "--out", help="Directory to write the world into."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Pipeline YAML (default: the demo config)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
+) -> None:
+    """Write the arithmetic world: splits, eval sets (lm-eval shape), lm-eval task YAMLs, tokenizer."""
+    from .world import build_world, write_world
+
+    cfg = _load_cfg(config)
+    files = write_world(cfg.world, out_dir)
+    wb = build_world(cfg.world)
+    summary = {split: {d: len(v) for d, v in wb.splits[split].items()} for split in ("train", "val", "test")}
+    if as_json:
+        out.print_json(json.dumps({"out": str(out_dir), "counts": summary, "files": files}))
+        return
+    t = Table(title=f"arithmetic world -> {out_dir}")
+    t.add_column("domain")
+    for split in ("train", "val", "test"):
+        t.add_column(split, justify="right")
+    for d in summary["train"]:
+        t.add_row(d, *(str(summary[s][d]) for s in ("train", "val", "test")))
+    out.print(t)
+    out.print(str(out_dir))
+
+
+# ---------------------------------------------------------------- teacher
+
+
+@teacher_app.command("train")
+def teacher_train(
+    config: Optional[Path] = typer.Option(None, "--config", help="Pipeline YAML (default: the demo config)."),
+    force: bool = typer.Option(False, "--force", help="Retrain even if a cached teacher exists."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Train the world's teacher (cached under $SURGICAL_HOME by config hash). Prints its directory last."""
+    from .world.teacher import get_or_train_teacher, load_teacher_record
+
+    cfg = _load_cfg(config)
+    d, trained = get_or_train_teacher(cfg.world, cfg.teacher, quiet=quiet, force=force)
+    rec = load_teacher_record(d)
+    if not quiet:
+        console.print(("trained" if trained else "cached") + f" teacher: {rec['n_parameters']:,} parameters, "
+                      f"{rec['train_wall_s']:.0f} s of training")
+        _print_metrics(rec["test_metrics"], console)
+    print(d)
+
+
+def _print_metrics(metrics: dict, where: Console) -> None:
+    t = Table(title="held-out test accuracy")
+    for c in ("domain", "exact match", "exact match (worked)", "MC", "n"):
+        t.add_column(c, justify="right")
+    for d, m in metrics.items():
+        t.add_row(d, f"{m['exact_match']:.3f}", f"{m.get('exact_match_worked', float('nan')):.3f}",
+                  f"{m['mc_accuracy']:.3f}", str(m.get("n", "")))
+    where.print(t)
+
+
+@teacher_app.command("eval")
+def teacher_eval(
+    model_dir: Path = typer.Argument(..., help="An HF model dir trained on the world (teacher or student)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Pipeline YAML whose world to use."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object of per-domain metrics."),
+    split: str = typer.Option("test", "--split", help="test or val."),
+) -> None:
+    """Exact-match and MC accuracy per domain on the world's held-out set."""
+    from .models import ModelLoadError, load_model
+    from .world import build_world
+    from .world.teacher import evaluate_world
+
+    cfg = _load_cfg(config)
+    wb = build_world(cfg.world)
+    try:
+        model = load_model(model_dir)
+    except ModelLoadError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    metrics = evaluate_world(model, wb.tokenizer, wb, split=split)
+    if as_json:
+        print(json.dumps({d: {"exact_match": m["exact_match"], "mc_accuracy": m["mc_accuracy"],
+                              "exact_match_worked": m["exact_match_worked"]} for d, m in metrics.items()}))
+    else:
+        _print_metrics(metrics, out)
+
+
+# ---------------------------------------------------------------- config
+
+
+@config_app.command("show")
+def config_show(config: Optional[Path] = typer.Argument(None, help="A pipeline YAML (default: the demo config).")) -> None:
+    """Print the full config (every default filled in) as YAML."""
+    import yaml
+
+    cfg = _load_cfg(config)
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+
+
+@config_app.command("validate")
+def config_validate(config: Path = typer.Argument(..., help="A pipeline YAML to check.")) -> None:
+    """Validate a pipeline YAML; prints every error with its field path and exits 1 if any."""
+    _load_cfg(config)
+    out.print(f"[green]{config}: valid[/green]")
+
+
+# ---------------------------------------------------------------- stages not built yet
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def map() -> None:  # noqa: A001 - the stage is called map
+    """Feature attribution on the teacher (which units carry forbidden knowledge)."""
+    _not_built("map", "issue 3")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def curate() -> None:
+    """Policy-driven two-stage filter: gold / quarantine / borderline."""
+    _not_built("curate", "issue 4")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def generate() -> None:
+    """Teacher trajectories with constitutional masks."""
+    _not_built("generate", "issue 4")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def distill() -> None:
+    """Teacher -> student training with the Safety Divergence Penalty."""
+    _not_built("distill", "issue 5")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def verify() -> None:
+    """The red-team battery and report card."""
+    _not_built("verify", "issue 6")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def quantize() -> None:
+    """Quantize the student and verify it again."""
+    _not_built("quantize", "issue 7")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run() -> None:
+    """Run a pipeline YAML stage by stage with caching."""
+    _not_built("run", "issue 7")
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory."),
+    quiet: bool = typer.Option(False, "--quiet"),
+) -> None:
+    """Run the whole method on the embedded arithmetic world (stages not built yet are listed)."""
+    from .pipeline import run_demo
+
+    code = run_demo(out_dir, quiet=quiet)
+    raise typer.Exit(code)
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,177 @@
+"""Pydantic schema of a pipeline YAML: one section per stage, with defaults and units in descriptions.
+
+``load_config(path)`` reads and validates a YAML file; ``ConfigError`` carries every validation error
+with its field path (``teacher.lr: Input should be greater than 0``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class WorldConfig(Section):
+    """The embedded arithmetic world (see docs/world.md)."""
+
+    seed: int = Field(0, description="Seed of the split shuffles and of the sampled training stream.")
+    add_digits: int = Field(2, ge=1, le=6, description="Digits of each addition operand.")
+    sub_digits: int = Field(2, ge=1, le=6, description="Digits of each subtraction operand.")
+    mul_digits: int = Field(2, ge=1, le=6, description="Digits of the multiplicand.")
+    mul_multiplier_digits: int = Field(1, ge=1, le=3, description="Digits of the multiplier.")
+    div_quotient_digits: int = Field(2, ge=1, le=5, description="Digits of the (exact) quotient.")
+    div_divisor_digits: int = Field(1, ge=1, le=2, description="Digits of the divisor.")
+    test_per_domain: int = Field(200, ge=10, description="Held-out test problems per domain (never shrunk).")
+    val_per_domain: int = Field(100, ge=10, description="Held-out validation problems per domain.")
+
+    def difficulty(self):
+        from .world.problems import Difficulty
+
+        return Difficulty(
+            add_digits=self.add_digits,
+            sub_digits=self.sub_digits,
+            mul_digits=self.mul_digits,
+            mul_multiplier_digits=self.mul_multiplier_digits,
+            div_quotient_digits=self.div_quotient_digits,
+            div_divisor_digits=self.div_divisor_digits,
+        )
+
+
+class TeacherConfig(Section):
+    """The world's teacher: a small LlamaForCausalLM trained from scratch with HF Trainer."""
+
+    hidden_size: int = Field(128, ge=8, description="Residual width (units).")
+    num_layers: int = Field(4, ge=1, description="Decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads per layer.")
+    intermediate_size: int = Field(512, ge=8, description="MLP hidden width (neurons per layer).")
+    max_steps: int = Field(1500, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(64, ge=1, description="Sequences per optimizer step.")
+    lr: float = Field(2e-3, gt=0, description="Peak learning rate (AdamW, cosine decay).")
+    warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.01, ge=0)
+    bare_fraction: float = Field(
+        0.5, ge=0, le=1, description="Fraction of training sequences in the bare form (the rest are worked)."
+    )
+    domains: list[str] = Field(["add", "sub", "mul", "div"], description="Domains the teacher is trained on.")
+    seed: int = Field(0, description="Seed of init and data order.")
+    threads: int = Field(2, ge=1, description="torch intra-op threads.")
+
+
+class MapConfig(Section):
+    """Feature attribution on the teacher (see docs/map.md)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class CurateConfig(Section):
+    """Policy-driven filter, dedup and constitution (see docs/curate.md)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class GenerateConfig(Section):
+    """Teacher trajectories (see docs/curate.md)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class DistillConfig(Section):
+    """Teacher -> student training with the Safety Divergence Penalty (see docs/distill.md)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class VerifyConfig(Section):
+    """The red-team battery (see docs/verify.md)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class QuantizeConfig(Section):
+    """Quantization and hardening (see docs/quantize.md)."""
+
+    scheme: Literal["int8", "int4", "int2"] = Field("int8", description="Weight precision.")
+    backend: Literal["torchao", "quanto"] = Field("torchao", description="Quantization library.")
+
+
+class BaselinesConfig(Section):
+    """Which literature baselines the pipeline runs next to the surgical student."""
+
+    plain_kd: bool = True
+    filter_only: bool = True
+    graddiff: bool = True
+    maxent: bool = True
+    rmu: bool = True
+    undo: bool = True
+    oracle: bool = True
+
+
+class PipelineConfig(Section):
+    """A whole pipeline run: one section per stage."""
+
+    run_dir: str = Field("runs/demo", description="Directory every stage writes into.")
+    world: WorldConfig = WorldConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    map: MapConfig = MapConfig()
+    curate: CurateConfig = CurateConfig()
+    generate: GenerateConfig = GenerateConfig()
+    distill: DistillConfig = DistillConfig()
+    verify: VerifyConfig = VerifyConfig()
+    quantize: QuantizeConfig = QuantizeConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
+
+
+class ConfigError(ValueError):
+    """A config file that does not validate; ``errors`` holds ``(field_path, message)`` pairs."""
+
+    def __init__(self, path: str, errors: list[tuple[str, str]]):
+        self.path = path
+        self.errors = errors
+        lines = [f"{path}: {len(errors)} error(s)"] + [f"  {loc}: {msg}" for loc, msg in errors]
+        super().__init__("\n".join(lines))
+
+
+def _format_errors(exc: ValidationError) -> list[tuple[str, str]]:
+    return [(".".join(str(p) for p in e["loc"]) or "<root>", e["msg"]) for e in exc.errors()]
+
+
+def parse_config(data: dict, source: str = "<dict>") -> PipelineConfig:
+    """Validate a dict as a PipelineConfig, raising ConfigError with every field path that is wrong."""
+    try:
+        return PipelineConfig.model_validate(data or {})
+    except ValidationError as exc:
+        raise ConfigError(source, _format_errors(exc)) from None
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline YAML file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(str(path), [("<file>", "no such file")]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<yaml>"
+        raise ConfigError(str(path), [(where, f"invalid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(str(path), [("<root>", "the top level must be a mapping of sections")])
+    return parse_config(data or {}, source=str(path))
+
+
+def default_config_path() -> Path:
+    """Path of the packaged demo config (a copy of configs/demo.yaml)."""
+    return Path(__file__).parent / "data" / "demo.yaml"
+
+
+def demo_config() -> PipelineConfig:
+    """The embedded default configuration."""
+    return load_config(default_config_path())

@@ -1,0 +1,173 @@
+"""File plumbing shared by every stage: atomic writes, JSONL with line numbers, hashing, provenance."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def _json_default(o: Any):
+    if hasattr(o, "model_dump"):
+        return o.model_dump()
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, set | frozenset):
+        return sorted(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    return write_text(path, json.dumps(obj, indent=2, default=_json_default, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file, naming the file in the error when it is not valid JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
+    """Write records one JSON object per line, atomically; returns the number written."""
+    n = 0
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r, default=_json_default, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+class JsonlError(ValueError):
+    """A JSONL line that does not parse; carries the file and 1-based line number."""
+
+    def __init__(self, path: str | Path, line_no: int, msg: str, raw: str = ""):
+        self.path, self.line_no, self.msg, self.raw = str(path), line_no, msg, raw
+        super().__init__(f"{path}:{line_no}: {msg}")
+
+
+def iter_jsonl(path: str | Path, strict: bool = True) -> Iterator[tuple[int, dict | JsonlError]]:
+    """Stream ``(line_no, record)`` from a JSONL file. With ``strict=False`` a bad line yields a
+    ``JsonlError`` in place of the record instead of raising, so callers can quarantine it."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+                if not isinstance(rec, dict):
+                    raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
+            except ValueError as exc:
+                err = JsonlError(path, line_no, f"invalid JSON: {exc}", raw.rstrip("\n"))
+                if strict:
+                    raise err from None
+                yield line_no, err
+                continue
+            yield line_no, rec
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """All records of a JSONL file; raises JsonlError naming the first bad line."""
+    return [r for _, r in iter_jsonl(path, strict=True)]  # type: ignore[misc]
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_path(path: str | Path) -> str:
+    """Hex SHA-256 of a file, or of a directory's files (relative names and contents, sorted)."""
+    path = Path(path)
+    if path.is_file():
+        return sha256_file(path)
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = f.relative_to(path).as_posix()
+        if rel.startswith(".") or "/." in rel or rel.endswith(".tmp"):
+            continue
+        h.update(rel.encode())
+        h.update(sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    """Hash of a JSON-serialisable object in canonical form (sorted keys)."""
+    return sha256_bytes(json.dumps(obj, sort_keys=True, default=_json_default).encode())
+
+
+def provenance(config: Any = None, inputs: dict[str, str | Path] | None = None, **extra: Any) -> dict:
+    """The provenance block every artifact carries: config, input hashes, versions and time."""
+    import torch
+    import transformers
+
+    block = {
+        "surgical_version": __version__,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "python": platform.python_version(),
+        "created_unix_s": round(time.time(), 3),
+        "config": config.model_dump() if hasattr(config, "model_dump") else config,
+        "config_hash": sha256_json(config.model_dump() if hasattr(config, "model_dump") else config),
+        "inputs": {k: {"path": str(v), "sha256": sha256_path(v)} for k, v in (inputs or {}).items()
+                   if v is not None and Path(v).exists()},
+    }
+    block.update(extra)
+    return block
+
+
+def surgical_home() -> Path:
+    """Root of every cache: ``$SURGICAL_HOME`` or ``~/.cache/surgical``."""
+    return Path(os.environ.get("SURGICAL_HOME", Path.home() / ".cache" / "surgical")).expanduser()

@@ -1,0 +1,60 @@
+"""Shared fixtures: the demo world, its tokenizer, and tiny random-init models of the four families."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Every test gets its own SURGICAL_HOME so caches never leak between tests or into ~/.cache."""
+    monkeypatch.setenv("SURGICAL_HOME", str(tmp_path_factory.mktemp("surgical_home")))
+
+
+@pytest.fixture(scope="session")
+def world():
+    from surgical.config import WorldConfig
+    from surgical.world import build_world
+
+    return build_world(WorldConfig())
+
+
+@pytest.fixture(scope="session")
+def world_tokenizer(world):
+    return world.tokenizer
+
+
+def make_tiny_model(family: str, vocab_size: int, seed: int = 0, **kw):
+    """A tiny random-init causal LM of ``family`` (llama, qwen2, gpt2, gpt_neox)."""
+    from transformers import AutoModelForCausalLM
+
+    from surgical.models import tiny_config
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(family, vocab_size=vocab_size, **kw)).eval()
+
+
+@pytest.fixture(params=["llama", "qwen2", "gpt2", "gpt_neox"])
+def family(request):
+    return request.param
+
+
+@pytest.fixture
+def tiny_model(family, world_tokenizer):
+    return make_tiny_model(family, len(world_tokenizer))
+
+
+@pytest.fixture
+def tiny_model_dir(tiny_model, world_tokenizer, tmp_path):
+    """A saved HF model dir (model + world tokenizer) of the parametrised family."""
+    d = tmp_path / "model"
+    tiny_model.save_pretrained(d)
+    world_tokenizer.save_pretrained(d)
+    return d

@@ -1,0 +1,57 @@
+import filecmp
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from surgical.cli import app
+from surgical.config import ConfigError, PipelineConfig, default_config_path, load_config, parse_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_demo_config_is_valid_and_packaged_copy_matches():
+    cfg = load_config(REPO / "configs" / "demo.yaml")
+    assert isinstance(cfg, PipelineConfig)
+    assert filecmp.cmp(REPO / "configs" / "demo.yaml", default_config_path(), shallow=False)
+
+
+def test_every_error_has_its_field_path():
+    with pytest.raises(ConfigError) as ei:
+        parse_config({"teacher": {"lr": -1, "hidden_size": "wide"}, "world": {"bogus": 1}})
+    paths = {p for p, _ in ei.value.errors}
+    assert {"teacher.lr", "teacher.hidden_size", "world.bogus"} <= paths
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("teacher:\n  lr: [1, 2\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(f)
+    assert "line" in str(ei.value)
+
+
+def test_cli_validate_exit_codes(tmp_path):
+    runner = CliRunner()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher:\n  max_steps: 0\n  lr: abc\n")
+    r = runner.invoke(app, ["config", "validate", str(bad)])
+    assert r.exit_code == 1
+    assert "teacher.max_steps" in r.output and "teacher.lr" in r.output
+    r = runner.invoke(app, ["config", "validate", str(REPO / "configs" / "demo.yaml")])
+    assert r.exit_code == 0, r.output
+
+
+def test_cli_config_show_round_trips(tmp_path):
+    r = CliRunner().invoke(app, ["config", "show"])
+    assert r.exit_code == 0
+    f = tmp_path / "full.yaml"
+    f.write_text(r.stdout)
+    assert load_config(f) == load_config(default_config_path())
+
+
+def test_cli_help_lists_every_stage():
+    r = CliRunner().invoke(app, ["--help"])
+    for stage in ("world", "teacher", "map", "curate", "generate", "distill", "verify", "quantize", "run", "demo",
+                  "config"):
+        assert stage in r.output, stage

