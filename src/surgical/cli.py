@@ -161,49 +161,41 @@ def config_validate(config: Path = typer.Argument(..., help="A pipeline YAML to 
     out.print(f"[green]{config}: valid[/green]")
 
 
-# ---------------------------------------------------------------- stages not built yet
+# ---------------------------------------------------------------- the stages
+# Each stage package may ship a ``cli`` module with ``register(app)``; until it does, its command exits
+# non-zero with a one-line "not built yet" message.
+
+_STAGE_HELP = {
+    "map": ("map", "Feature attribution on the teacher (which units carry forbidden knowledge).", "issue 3"),
+    "curate": ("curate", "Policy-driven two-stage filter: gold / quarantine / borderline.", "issue 4"),
+    "generate": ("curate", "Teacher trajectories with constitutional masks.", "issue 4"),
+    "distill": ("distill", "Teacher -> student training with the Safety Divergence Penalty.", "issue 5"),
+    "verify": ("verify", "The red-team battery and report card.", "issue 6"),
+    "quantize": ("quantize", "Quantize the student and verify it again.", "issue 7"),
+    "run": ("pipeline", "Run a pipeline YAML stage by stage with caching.", "issue 7"),
+}
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def map() -> None:  # noqa: A001 - the stage is called map
-    """Feature attribution on the teacher (which units carry forbidden knowledge)."""
-    _not_built("map", "issue 3")
+def _stub(stage: str, help_text: str, issue: str) -> None:
+    def cmd() -> None:
+        _not_built(stage, issue)
+
+    cmd.__doc__ = help_text + " [not built yet]"
+    app.command(name=stage, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(cmd)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def curate() -> None:
-    """Policy-driven two-stage filter: gold / quarantine / borderline."""
-    _not_built("curate", "issue 4")
+def _register_stages() -> None:
+    import importlib
+    import importlib.util
 
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def generate() -> None:
-    """Teacher trajectories with constitutional masks."""
-    _not_built("generate", "issue 4")
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def distill() -> None:
-    """Teacher -> student training with the Safety Divergence Penalty."""
-    _not_built("distill", "issue 5")
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def verify() -> None:
-    """The red-team battery and report card."""
-    _not_built("verify", "issue 6")
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def quantize() -> None:
-    """Quantize the student and verify it again."""
-    _not_built("quantize", "issue 7")
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def run() -> None:
-    """Run a pipeline YAML stage by stage with caching."""
-    _not_built("run", "issue 7")
+    registered: set[str] = set()
+    for stage, (package, help_text, issue) in _STAGE_HELP.items():
+        mod_name = f"surgical.{package}_cli" if package in ("quantize", "pipeline") else f"surgical.{package}.cli"
+        if mod_name not in registered and importlib.util.find_spec(mod_name) is not None:
+            importlib.import_module(mod_name).register(app)
+            registered.add(mod_name)
+        if not any(getattr(c, "name", None) == stage for c in app.registered_commands):
+            _stub(stage, help_text, issue)
 
 
 @app.command()
@@ -216,6 +208,9 @@ def demo(
 
     code = run_demo(out_dir, quiet=quiet)
     raise typer.Exit(code)
+
+
+_register_stages()
 
 
 def main() -> None:  # pragma: no cover

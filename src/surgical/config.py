@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, so typos never pass silently."""
-
-    model_config = ConfigDict(extra="forbid")
+from .config_base import Section
+from .curate.config import CurateConfig, GenerateConfig
+from .distill.config import DistillConfig
+from .map.config import MapConfig
+from .verify.config import VerifyConfig
 
 
 class WorldConfig(Section):
@@ -58,41 +58,12 @@ class TeacherConfig(Section):
     warmup_steps: int = Field(50, ge=0, description="Linear warm-up steps.")
     weight_decay: float = Field(0.01, ge=0)
     bare_fraction: float = Field(
-        0.5, ge=0, le=1, description="Fraction of training sequences in the bare form (the rest are worked)."
+        0.0, ge=0, le=1, description="Fraction of training sequences in the bare form (the rest are worked). "
+        "The bare form needs far more compute to generalise; see docs/world.md."
     )
     domains: list[str] = Field(["add", "sub", "mul", "div"], description="Domains the teacher is trained on.")
     seed: int = Field(0, description="Seed of init and data order.")
     threads: int = Field(2, ge=1, description="torch intra-op threads.")
-
-
-class MapConfig(Section):
-    """Feature attribution on the teacher (see docs/map.md)."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-class CurateConfig(Section):
-    """Policy-driven filter, dedup and constitution (see docs/curate.md)."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-class GenerateConfig(Section):
-    """Teacher trajectories (see docs/curate.md)."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-class DistillConfig(Section):
-    """Teacher -> student training with the Safety Divergence Penalty (see docs/distill.md)."""
-
-    model_config = ConfigDict(extra="allow")
-
-
-class VerifyConfig(Section):
-    """The red-team battery (see docs/verify.md)."""
-
-    model_config = ConfigDict(extra="allow")
 
 
 class QuantizeConfig(Section):

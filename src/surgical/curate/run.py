@@ -1,0 +1,459 @@
+"""The curate recipe: stream a corpus through the two-stage filter and dedup, write gold / quarantine /
+borderline (and held-out) JSONL, and report counts, detection quality and throughput.
+
+Pass 1 streams batches: read -> stage 1 (blocklist + MinHash, optionally in worker processes) -> exact
+dedup -> stage 2 (classifier on escalated records) -> decision. Quarantined records are written at once
+and their signatures indexed; the others go to a candidates file on disk. Pass 2 streams the candidates
+and quarantines any that is a near-copy of a quarantined record, so forget items cannot leak into gold
+as near-duplicates, whatever their order. Memory is one batch plus the dedup index (see dedup.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing as mp
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+
+from ..io import atomic_path, provenance, write_json, write_jsonl, write_text
+from ..policy import Policy, load_policy
+from .blocklist import Blocklist
+from .config import CurateConfig
+from .corpus import ReadError, iter_records
+from .dedup import LSHIndex, exact_key, minhash, minhash_params, normalise
+from .filter import BORDERLINE, GOLD, QUARANTINE, Confusion, decide, failed
+
+HELDOUT = "heldout"
+OUTPUT_FILES = {GOLD: "gold.jsonl", QUARANTINE: "quarantine.jsonl", BORDERLINE: "borderline.jsonl",
+                HELDOUT: "heldout.jsonl"}
+
+
+@dataclass
+class CurateResult:
+    out_dir: Path
+    report: dict
+    files: dict[str, str] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- stage 1 (picklable, for worker processes)
+
+_WORKER: dict = {}
+
+
+def _init_worker(blocklist: Blocklist, num_perm: int, shingle_words: int, dedup: bool) -> None:
+    _WORKER.update(blocklist=blocklist, params=minhash_params(num_perm), n=shingle_words, dedup=dedup)
+
+
+def _stage1(texts: list[str]) -> tuple[list[tuple], float, float]:
+    """Blocklist hits, escalated domains, exact key and MinHash signature of each text, and the seconds
+    spent on the blocklist and on hashing."""
+    bl, params, n, dedup = _WORKER["blocklist"], _WORKER["params"], _WORKER["n"], _WORKER["dedup"]
+    t0 = time.perf_counter()
+    hits = [bl.hits(t) for t in texts]
+    t1 = time.perf_counter()
+    keys = [exact_key(t) if dedup else None for t in texts]
+    sigs = [minhash(t, params, n) if dedup else None for t in texts]
+    t2 = time.perf_counter()
+    return [(h, bl.escalated(h), k, s) for h, k, s in zip(hits, keys, sigs, strict=True)], t1 - t0, t2 - t1
+
+
+def _batched(it: Iterable, n: int) -> Iterator[list]:
+    it = iter(it)
+    while chunk := list(islice(it, n)):
+        yield chunk
+
+
+# ---------------------------------------------------------------- the curator
+
+
+class Curator:
+    """A policy's filter: scores batches of texts (stage 1 and 2) and keeps the run's counters."""
+
+    def __init__(self, policy: Policy, cfg: CurateConfig, classifier=None):
+        self.policy, self.cfg = policy, cfg
+        self.blocklist = Blocklist(policy)
+        self.thresholds = {d.name: d.classifier_threshold for d in policy.forbidden}
+        if classifier is None:
+            from .classifier import PolicyClassifier, make_embedder
+
+            embedder = make_embedder(cfg.classifier, cfg.classifier_model, cfg.classifier_layer,
+                                     batch_size=min(cfg.batch_size, 128))
+            classifier = PolicyClassifier(policy, embedder, c=cfg.classifier_c)
+        self.classifier = classifier
+        self.training_keys = {normalise(t) for t in getattr(classifier, "training_texts", ())}
+        self.seconds = Counter()
+        self.n_classified = 0
+
+    def classify(self, texts: list[str]) -> list[dict | None] | Exception:
+        """Per-text probabilities per forbidden domain, or the exception the classifier raised."""
+        if not texts:
+            return []
+        t0 = time.perf_counter()
+        try:
+            probs = self.classifier.predict_proba([t[: self.cfg.max_chars] for t in texts])
+            rows = [{d: float(probs[d][i]) for d in self.thresholds} for i in range(len(texts))]
+            if any(not np.isfinite(v) for r in rows for v in r.values()):
+                raise ValueError("classifier returned a non-finite probability")
+        except Exception as exc:  # fail closed: the whole batch is quarantined with the reason
+            return exc
+        finally:
+            self.seconds["classifier"] += time.perf_counter() - t0
+        self.n_classified += len(texts)
+        return rows
+
+    def decide_batch(self, stage1: list[tuple], texts: list[str], classify_all: bool) -> list[dict]:
+        """The curate block of each text given its stage-1 results."""
+        to_score = [i for i, (_, esc, _, _) in enumerate(stage1) if esc or classify_all]
+        scored = self.classify([texts[i] for i in to_score])
+        probs: dict[int, dict] = {}
+        if isinstance(scored, Exception):
+            err = f"{type(scored).__name__}: {scored}"
+            blocks = {i: failed("classifier_error", err, {"blocklist_hits": stage1[i][0]}) for i in to_score}
+        else:
+            blocks = {}
+            probs = dict(zip(to_score, scored, strict=True))
+        out = []
+        for i, (hits, esc, _, _) in enumerate(stage1):
+            if i in blocks:
+                out.append(blocks[i])
+            else:
+                out.append(decide(hits, esc, probs.get(i), self.thresholds, self.cfg.borderline_band))
+        return out
+
+    def evaluate(self, records: list[dict], text_field: str = "text") -> dict:
+        """Detection quality on labelled records the classifier never trained on: each stage alone
+        (blocklist escalation; classifier on every record) and the configured two-stage filter."""
+        _init_worker(self.blocklist, self.cfg.minhash_perm, self.cfg.shingle_words, dedup=False)
+        conf = {"blocklist_only": Confusion(), "classifier_only": Confusion(), "two_stage": Confusion()}
+        n_excluded = 0
+        for batch in _batched(records, self.cfg.batch_size):
+            batch = [r for r in batch if isinstance(r.get(text_field), str)]
+            keep = [r for r in batch if normalise(r[text_field]) not in self.training_keys]
+            n_excluded += len(batch) - len(keep)
+            texts = [r[text_field] for r in keep]
+            stage1, _, _ = _stage1(texts)
+            scored = self.classify(texts)
+            if isinstance(scored, Exception):
+                raise RuntimeError(f"classifier failed on the evaluation set: {scored}") from scored
+            for r, (hits, esc, _, _), p in zip(keep, stage1, scored, strict=True):
+                forbidden = r.get(self.cfg.label_field) == "forbidden"
+                dom = r.get("domain")
+                two = decide(hits, esc, p if (esc or self.cfg.classify == "all") else None, self.thresholds,
+                             self.cfg.borderline_band)
+                conf["blocklist_only"].add(forbidden, bool(esc), dom)
+                conf["classifier_only"].add(forbidden, any(p[d] >= t for d, t in self.thresholds.items()), dom)
+                conf["two_stage"].add(forbidden, two["decision"] != GOLD, dom)
+        out = {k: c.metrics() for k, c in conf.items()}
+        out["n_excluded_as_training_exemplars"] = n_excluded
+        return out
+
+
+class _RateColumn:
+    """A rich progress column showing docs/s."""
+
+    def __new__(cls):
+        from rich.progress import ProgressColumn
+        from rich.text import Text
+
+        class Rate(ProgressColumn):
+            def render(self, task):
+                return Text(f"{task.speed or 0:,.0f} docs/s", style="progress.data.speed")
+
+        return Rate()
+
+
+def _progress(quiet: bool):
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    _RateColumn(), TimeElapsedColumn(), console=Console(stderr=True), disable=quiet)
+
+
+# ---------------------------------------------------------------- the recipe
+
+
+def curate(
+    records: Iterable[tuple[str, dict | ReadError]],
+    out_dir: str | Path,
+    policy: Policy,
+    cfg: CurateConfig | None = None,
+    classifier=None,
+    eval_records: list[dict] | None = None,
+    total: int | None = None,
+    quiet: bool = True,
+    inputs: dict | None = None,
+) -> CurateResult:
+    """Curate a stream of ``(where, record)`` into ``out_dir``; returns the report (also curate.json)."""
+    cfg = cfg or CurateConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    curator = Curator(policy, cfg, classifier)
+    t_setup = time.perf_counter() - t_start
+    tf = cfg.text_field
+    counts = {"read": 0, "by_decision": Counter(), "by_reason": Counter(), "by_domain": {},
+              "by_stage": Counter()}
+    corpus_conf = Confusion()
+    q_index = LSHIndex(cfg.minhash_perm, cfg.minhash_bands, cfg.near_dup_jaccard)
+    kept_index = LSHIndex(cfg.minhash_perm, cfg.minhash_bands, cfg.near_dup_jaccard)
+    seen: set[bytes] = set()
+    holdout = set(cfg.holdout_domains)
+
+    def tally(rec: dict, block: dict) -> None:
+        dec = block["decision"]
+        counts["by_decision"][dec] += 1
+        counts["by_reason"][block["reason"]] += 1
+        dom = str(rec.get("domain") or block.get("domain") or "unlabelled")
+        counts["by_domain"].setdefault(dom, Counter())[dec] += 1
+        label, text = rec.get(cfg.label_field), rec.get(tf)
+        if label in ("forbidden", "allowed") and isinstance(text, str) and normalise(text) not in curator.training_keys:
+            corpus_conf.add(label == "forbidden", dec != GOLD and dec != HELDOUT, dom)
+
+    pool = None
+    if cfg.num_proc > 1:
+        pool = mp.get_context("spawn").Pool(cfg.num_proc, initializer=_init_worker,
+                                            initargs=(curator.blocklist, cfg.minhash_perm, cfg.shingle_words, cfg.dedup))
+    else:
+        _init_worker(curator.blocklist, cfg.minhash_perm, cfg.shingle_words, cfg.dedup)
+    cand_path = out / ".candidates.jsonl.tmp"
+    with contextlib.ExitStack() as stack:
+        if pool is not None:
+            stack.callback(pool.terminate)
+        q_tmp = stack.enter_context(atomic_path(out / OUTPUT_FILES[QUARANTINE]))
+        q_fh = stack.enter_context(open(q_tmp, "w", encoding="utf-8"))
+        cand_fh = stack.enter_context(open(cand_path, "w", encoding="utf-8"))
+        stack.callback(lambda: cand_path.unlink(missing_ok=True))
+        progress = stack.enter_context(_progress(quiet))
+        task = progress.add_task("curate", total=total)
+
+        def quarantine(rec: dict, block: dict, sig=None) -> None:
+            tally(rec, block)
+            q_fh.write(json.dumps({**rec, "curate": block}, ensure_ascii=False, default=str) + "\n")
+            if sig is not None:
+                q_index.add(sig)
+
+        for batch in _batched(records, cfg.batch_size):
+            counts["read"] += len(batch)
+            ok: list[tuple[str, dict]] = []
+            for where, rec in batch:  # fail closed on anything unreadable
+                if isinstance(rec, ReadError):
+                    quarantine({"raw": rec.raw}, {**failed("unreadable", rec.msg), "source": where})
+                elif not isinstance(rec.get(tf), str):
+                    why = f"field {tf!r} is missing" if tf not in rec else f"field {tf!r} is not a string"
+                    quarantine(rec, {**failed("missing_text_field", why), "source": where})
+                elif not rec[tf].strip():
+                    quarantine(rec, {**failed("empty_text", f"field {tf!r} is empty"), "source": where})
+                else:
+                    ok.append((where, rec))
+            texts = [r[tf] for _, r in ok]
+            t0 = time.perf_counter()
+            if pool is not None and texts:
+                step = -(-len(texts) // cfg.num_proc)
+                parts = pool.map(_stage1, [texts[i : i + step] for i in range(0, len(texts), step)])
+                stage1 = [x for p in parts for x in p[0]]
+                curator.seconds["blocklist_cpu"] += sum(p[1] for p in parts)
+                curator.seconds["minhash_cpu"] += sum(p[2] for p in parts)
+            else:
+                stage1, s_bl, s_mh = _stage1(texts)
+                curator.seconds["blocklist_cpu"] += s_bl
+                curator.seconds["minhash_cpu"] += s_mh
+            curator.seconds["stage1_wall"] += time.perf_counter() - t0
+            # exact dedup before the classifier: duplicates are dropped, never scored twice
+            fresh = []
+            for i, (_, _, key, _) in enumerate(stage1):
+                if key is not None and key in seen:
+                    counts["by_stage"]["dedup_exact_dropped"] += 1
+                    continue
+                if key is not None:
+                    seen.add(key)
+                fresh.append(i)
+            stage1 = [stage1[i] for i in fresh]
+            ok = [ok[i] for i in fresh]
+            texts = [texts[i] for i in fresh]
+            counts["by_stage"]["stage1_escalated"] += sum(bool(s[1]) for s in stage1)
+            n_before = curator.n_classified
+            blocks = curator.decide_batch(stage1, texts, cfg.classify == "all")
+            counts["by_stage"]["stage2_classified"] += curator.n_classified - n_before
+            t0 = time.perf_counter()
+            for (where, rec), (_, _, _, sig), block in zip(ok, stage1, blocks, strict=True):
+                block["source"] = where
+                if block["decision"] == QUARANTINE:
+                    quarantine(rec, block, sig)
+                    continue
+                if sig is not None and kept_index.query(sig):
+                    counts["by_stage"]["dedup_near_dropped"] += 1
+                    continue
+                if sig is not None:
+                    kept_index.add(sig)
+                if block["decision"] == GOLD and rec.get("domain") in holdout:
+                    block = {**block, "decision": HELDOUT, "reason": "holdout_domain"}
+                cand_fh.write(json.dumps({"r": {**rec, "curate": block},
+                                          "sig": sig.tobytes().hex() if sig is not None else None},
+                                         ensure_ascii=False, default=str) + "\n")
+            curator.seconds["dedup"] += time.perf_counter() - t0
+            progress.update(task, advance=len(batch))
+        cand_fh.close()
+
+        # pass 2: a kept record that is a near-copy of a quarantined one is quarantined too
+        t0 = time.perf_counter()
+        handles = {}
+        for dec in (GOLD, BORDERLINE, HELDOUT):
+            tmp = stack.enter_context(atomic_path(out / OUTPUT_FILES[dec]))
+            handles[dec] = stack.enter_context(open(tmp, "w", encoding="utf-8"))
+        with open(cand_path, encoding="utf-8") as fh:
+            for line in fh:
+                item = json.loads(line)
+                rec = item["r"]
+                block = rec.pop("curate")
+                if item["sig"] is not None and len(q_index):
+                    near = q_index.query(np.frombuffer(bytes.fromhex(item["sig"]), dtype=np.uint32))
+                    if near:
+                        counts["by_stage"]["dedup_near_quarantined"] += 1
+                        quarantine(rec, {**block, "decision": QUARANTINE, "rule": "dedup:near_copy_of_quarantined",
+                                         "reason": "near_duplicate_of_quarantined",
+                                         "scores": {**block["scores"], "near_dup_jaccard": round(near[0][1], 4)}})
+                        continue
+                tally(rec, block)
+                handles[block["decision"]].write(json.dumps({**rec, "curate": block}, ensure_ascii=False,
+                                                            default=str) + "\n")
+        curator.seconds["dedup"] += time.perf_counter() - t0
+        for h in handles.values():
+            h.close()
+        q_fh.close()
+    if pool is not None:
+        pool.close()
+    wall = time.perf_counter() - t_start - t_setup
+
+    heldout_eval = curator.evaluate(eval_records, tf) if eval_records else None
+    report = _report(cfg, policy, counts, corpus_conf.metrics(), heldout_eval, curator, wall, t_setup, inputs)
+    files = {dec: str(out / name) for dec, name in OUTPUT_FILES.items()}
+    write_json(out / "curate.json", report)
+    write_text(out / "curate.md", render_markdown(report))
+    files.update(report="curate.json", markdown=str(out / "curate.md"))
+    return CurateResult(out, report, files)
+
+
+def _rate(n: int, seconds: float) -> float | None:
+    return round(n / seconds, 1) if seconds > 0 else None
+
+
+def _report(cfg, policy, counts, corpus_metrics, heldout_eval, curator, wall, t_setup, inputs) -> dict:
+    n_read = counts["read"]
+    headline = heldout_eval["two_stage"] if heldout_eval else corpus_metrics
+    s = curator.seconds
+    return {
+        "forbidden_recall": headline["forbidden_recall"],
+        "overfilter_rate": headline["overfilter_rate"],
+        "precision": headline["precision"],
+        "f1": headline["f1"],
+        "measured_on": "held-out labelled set (eval)" if heldout_eval else "labelled input records minus exemplars",
+        "counts": {
+            "read": n_read,
+            "by_decision": dict(counts["by_decision"]),
+            "by_reason": dict(counts["by_reason"]),
+            "by_stage": dict(counts["by_stage"]),
+            "by_domain": {d: dict(c) for d, c in sorted(counts["by_domain"].items())},
+        },
+        "throughput_docs_per_s": _rate(n_read, wall),
+        "throughput_docs_per_s_by_stage": {
+            "blocklist": _rate(n_read, s["blocklist_cpu"]),
+            "minhash": _rate(n_read, s["minhash_cpu"]),
+            "classifier": _rate(curator.n_classified, s["classifier"]),
+            "overall": _rate(n_read, wall),
+        },
+        "seconds": {"setup_classifier": round(t_setup, 3), "wall": round(wall, 3),
+                    **{k: round(v, 3) for k, v in s.items()}},
+        "eval": heldout_eval,
+        "corpus_labelled": corpus_metrics,
+        "classifier": {"kind": cfg.classifier, "embedding": getattr(getattr(curator.classifier, "embedder", None),
+                                                                     "name", type(curator.classifier).__name__),
+                       "n_training_texts": len(curator.training_keys)},
+        "policy": {"name": policy.name, "forbidden": [d.name for d in policy.forbidden],
+                   "allowed": [a.name for a in policy.allowed]},
+        "holdout_domains": list(cfg.holdout_domains),
+        "provenance": provenance(cfg, inputs or {}, policy_hash=_policy_hash(policy)),
+    }
+
+
+def _policy_hash(policy: Policy) -> str:
+    from ..io import sha256_json
+
+    return sha256_json(policy.model_dump())
+
+
+def _fmt_ci(m: dict) -> str:
+    lo, hi = m["ci95"]
+    return f"{m['value']:.4f} [{lo:.4f}, {hi:.4f}] (n={m['n']})"
+
+
+def render_markdown(report: dict) -> str:
+    """curate.md: the report a person reads."""
+    c = report["counts"]
+    lines = [f"# curate report: policy `{report['policy']['name']}`", "",
+             f"Measured on: {report['measured_on']}.", "",
+             "| metric | value [95% Wilson CI] |", "|---|---|",
+             f"| forbidden recall | {_fmt_ci(report['forbidden_recall'])} |",
+             f"| over-filtering of allowed | {_fmt_ci(report['overfilter_rate'])} |",
+             f"| precision | {report['precision']:.4f} |", f"| F1 | {report['f1']:.4f} |", ""]
+    if report.get("eval"):
+        lines += ["## Each stage alone (held-out set)", "", "| stage | recall | over-filtering | precision |",
+                  "|---|---|---|---|"]
+        for k in ("blocklist_only", "classifier_only", "two_stage"):
+            m = report["eval"][k]
+            lines.append(f"| {k} | {_fmt_ci(m['forbidden_recall'])} | {_fmt_ci(m['overfilter_rate'])} | "
+                         f"{m['precision']:.4f} |")
+        lines.append("")
+    lines += ["## Counts", "", f"Read: {c['read']}", "", "| domain | " + " | ".join(OUTPUT_FILES) + " |",
+              "|---|" + "---|" * len(OUTPUT_FILES)]
+    for d, row in c["by_domain"].items():
+        lines.append(f"| {d} | " + " | ".join(str(row.get(k, 0)) for k in OUTPUT_FILES) + " |")
+    lines += ["", "| reason | records |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(c["by_reason"].items())]
+    lines += ["", "| stage counter | records |", "|---|---|"] + [f"| {k} | {v} |" for k, v in sorted(c["by_stage"].items())]
+    lines += ["", "## Throughput (docs/s)", "", "| stage | docs/s |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in report["throughput_docs_per_s_by_stage"].items()]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def run(cfg: CurateConfig, input_path: str | Path, out_dir: str | Path, policy_path: str | Path | None = None,
+        eval_path: str | Path | None = None, classifier=None, quiet: bool = True) -> CurateResult:
+    """Curate a corpus file (JSONL, parquet, text or a saved HF dataset) with a policy YAML."""
+    from ..policy import demo_policy_path
+    from .corpus import detect_format
+
+    policy_path = Path(policy_path or cfg.policy or demo_policy_path())
+    policy = load_policy(policy_path)
+    eval_path = eval_path or cfg.eval_file or None
+    eval_records = [r for _, r in iter_records(eval_path, cfg.text_field) if isinstance(r, dict)] if eval_path else None
+    fmt = detect_format(Path(input_path))
+    stream = iter_records(input_path, cfg.text_field, cfg.text_unit, fmt=fmt)
+    return curate(stream, out_dir, policy, cfg, classifier=classifier, eval_records=eval_records, quiet=quiet,
+                  inputs={"corpus": input_path, "policy": policy_path, **({"eval": eval_path} if eval_path else {})})
+
+
+def run_demo(out_dir: str | Path, pipeline_cfg=None, classifier=None, quiet: bool = True,
+             policy_path: str | Path | None = None) -> CurateResult:
+    """The world corpus (train split, all domains) curated with the demo policy; the held-out set is the
+    world's test split (disjoint from the train split the policy's exemplars come from)."""
+    from ..config import demo_config
+    from .corpus import world_corpus
+
+    pcfg = pipeline_cfg or demo_config()
+    cfg = pcfg.curate
+    out = Path(out_dir)
+    corpus_path = out / "input.jsonl"
+    write_jsonl(corpus_path, world_corpus(pcfg.world, split=cfg.world_split))
+    eval_path = out / "eval.jsonl"
+    write_jsonl(eval_path, world_corpus(pcfg.world, split="test"))
+    return run(cfg, corpus_path, out, policy_path=policy_path, eval_path=eval_path, classifier=classifier,
+               quiet=quiet)

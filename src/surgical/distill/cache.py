@@ -1,0 +1,135 @@
+"""Offline teacher logits: the teacher's top-k logits per token, stored in safetensors shards.
+
+Per token the cache holds the k largest logits (float16), their token ids (int32) and the logsumexp of all
+other logits divided by the cache temperature (float32, the "other" bucket). With that bucket the student
+and the teacher are compared on the same k+1 outcomes, so the KD loss stays a proper divergence (it is 0
+only when the bucketed distributions agree, and equals the full-vocabulary loss when k = V).
+
+Shards are read memory-mapped through ``safetensors.safe_open``, so a cache larger than RAM works.
+Layout: ``cache.json`` (k, temperature, vocab size, data hash, shard list) and ``shard-NNNNN.safetensors``
+with tensors ``values [T, k]``, ``indices [T, k]``, ``other [T]`` and ``offsets [n_examples + 1]`` (the
+first token row of each example in the shard).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_path, read_json, write_json
+from .losses import topk_cache_entry
+
+
+class CacheError(ValueError):
+    """A logits cache that does not match the run (other data, other k/temperature, or missing files)."""
+
+
+def cache_bytes_per_token(k: int) -> int:
+    """Bytes per token of the cache: k fp16 values + k int32 indices + one fp32 "other" bucket."""
+    return 2 * k + 4 * k + 4
+
+
+@torch.no_grad()
+def cache_logits(teacher, encoded: list[dict], out_dir: str | Path, k: int, temperature: float = 1.0,
+                 data_sha256: str = "", batch_size: int = 64, shard_examples: int = 8192,
+                 pad_id: int = 0, progress=None) -> dict:
+    """Run ``teacher`` over every encoded example and write its top-k logits per position. Returns cache.json."""
+    teacher.eval()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab = teacher.get_output_embeddings().weight.shape[0]
+    k = min(k, vocab)
+    device = next(teacher.parameters()).device
+    t0 = time.perf_counter()
+    shards, n_tokens = [], 0
+    for shard_start in range(0, len(encoded), shard_examples):
+        chunk = encoded[shard_start : shard_start + shard_examples]
+        values, indices, others, offsets = [], [], [], [0]
+        for b in range(0, len(chunk), batch_size):
+            rows = [e["input_ids"] for e in chunk[b : b + batch_size]]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, r in enumerate(rows):
+                ids[i, : len(r)] = torch.tensor(r)
+                mask[i, : len(r)] = 1
+            logits = teacher(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float().cpu()
+            v, ix, other = topk_cache_entry(logits, k, temperature)
+            for i, r in enumerate(rows):
+                values.append(v[i, : len(r)].half())
+                indices.append(ix[i, : len(r)].int())
+                others.append(other[i, : len(r)])
+                offsets.append(offsets[-1] + len(r))
+            if progress is not None:
+                progress(len(rows))
+        name = f"shard-{len(shards):05d}.safetensors"
+        tensors = {"values": torch.cat(values), "indices": torch.cat(indices), "other": torch.cat(others).float(),
+                   "offsets": torch.tensor(offsets, dtype=torch.long)}
+        from safetensors.torch import save_file
+
+        with atomic_path(out_dir / name) as tmp:
+            save_file(tensors, str(tmp))
+        shards.append({"file": name, "first_example": shard_start, "n_examples": len(chunk)})
+        n_tokens += offsets[-1]
+    meta = {
+        "k": k, "temperature": temperature, "vocab_size": vocab, "n_examples": len(encoded), "n_tokens": n_tokens,
+        "data_sha256": data_sha256, "shards": shards,
+        "bytes_per_token": cache_bytes_per_token(k),
+        "full_logits_bytes_per_token_fp32": 4 * vocab, "full_logits_bytes_per_token_fp16": 2 * vocab,
+        "total_bytes": sum((out_dir / s["file"]).stat().st_size for s in shards),
+        "wall_s": round(time.perf_counter() - t0, 3),
+    }
+    write_json(out_dir / "cache.json", meta)
+    return meta
+
+
+class TopKCache:
+    """Memory-mapped reader of a logits cache; ``batch`` returns padded tensors for a list of examples."""
+
+    def __init__(self, cache_dir: str | Path, data_sha256: str | None = None, temperature: float | None = None):
+        from safetensors import safe_open
+
+        self.dir = Path(cache_dir)
+        if not (self.dir / "cache.json").exists():
+            raise CacheError(f"{self.dir}: no cache.json (run `surgical distill cache-logits` first)")
+        self.meta = read_json(self.dir / "cache.json")
+        if data_sha256 and self.meta.get("data_sha256") and self.meta["data_sha256"] != data_sha256:
+            raise CacheError(f"{self.dir}: the cache was built on other data (data hash differs); rebuild it")
+        if temperature is not None and abs(self.meta["temperature"] - temperature) > 1e-9:
+            raise CacheError(f"{self.dir}: cache temperature {self.meta['temperature']} != run temperature "
+                             f"{temperature} (the 'other' bucket depends on it); rebuild the cache")
+        self.k = self.meta["k"]
+        self._files, self._where = [], {}
+        for s_i, shard in enumerate(self.meta["shards"]):
+            f = safe_open(str(self.dir / shard["file"]), framework="pt")
+            offsets = f.get_tensor("offsets").tolist()
+            self._files.append(f)
+            for j in range(shard["n_examples"]):
+                self._where[shard["first_example"] + j] = (s_i, offsets[j], offsets[j + 1])
+
+    def __len__(self) -> int:
+        return self.meta["n_examples"]
+
+    def example(self, index: int):
+        """(values [L, k] fp16, indices [L, k] int32, other [L] fp32) of one example."""
+        try:
+            s_i, a, b = self._where[index]
+        except KeyError:
+            raise CacheError(f"{self.dir}: example {index} is not in the cache ({len(self)} examples)") from None
+        f = self._files[s_i]
+        return f.get_slice("values")[a:b], f.get_slice("indices")[a:b], f.get_slice("other")[a:b]
+
+    def batch(self, indices: list[int], width: int):
+        """Right-padded ``[B, width, k]`` values / indices and ``[B, width]`` other for ``indices``.
+        Padding rows are harmless (uniform over the top-k, empty other bucket) and masked by the loss."""
+        n = len(indices)
+        values = torch.zeros((n, width, self.k), dtype=torch.float32)
+        idx = torch.zeros((n, width, self.k), dtype=torch.long)
+        other = torch.full((n, width), float("-inf"), dtype=torch.float32)
+        for i, ex in enumerate(indices):
+            v, ix, o = self.example(int(ex))
+            L = min(width, v.shape[0])
+            values[i, :L], idx[i, :L], other[i, :L] = v[:L].float(), ix[:L].long(), o[:L]
+        return values, idx, other

@@ -1,0 +1,106 @@
+"""Config of the distill stage (a section of the pipeline YAML)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ..config_base import Section
+
+PenaltyForm = Literal["away", "maxent", "refusal", "representation"]
+PRESETS = ("surgical", "plain-kd", "filter-only", "oracle")
+
+
+class DistillConfig(Section):
+    """The distill stage's knobs (see docs/distill.md)."""
+
+    preset: Literal["surgical", "plain-kd", "filter-only", "oracle"] = Field(
+        "surgical",
+        description="surgical = gold-only KD + Safety Divergence Penalty on forbidden batches; plain-kd = KD on "
+        "gold + forbidden records, no penalty; filter-only = gold-only KD, no penalty; oracle = the same student "
+        "trained from scratch with CE on gold labels only, no teacher.",
+    )
+
+    # ---- the student
+    student_init: Literal["config", "teacher_layers", "noised"] = Field(
+        "config",
+        description="config = fresh architecture of the teacher's family (student_* sizes); teacher_layers = "
+        "copy a subset of the teacher's layers (+ optional MLP neuron cut); noised = UNDO's "
+        "(1-alpha)*theta + alpha*beta*noise applied to the model in student_init_from.",
+    )
+    student_layers: int = Field(2, ge=1, description="Decoder layers of a 'config' student.")
+    student_hidden_size: int = Field(64, ge=8, description="Residual width of a 'config' student (units).")
+    student_heads: int = Field(4, ge=1, description="Attention heads of a 'config' student.")
+    student_intermediate_size: int = Field(256, ge=8, description="MLP neurons per layer of a 'config' student.")
+    keep_layers: list[int] | None = Field(
+        None, description="teacher_layers: teacher layer indices to keep; default the map's 'spine' if a map is "
+        "given, else every keep_every-th layer."
+    )
+    keep_every: int = Field(2, ge=1, description="teacher_layers without spine: keep layers 0, k, 2k, ...")
+    cut_forget_neurons: int = Field(
+        0, ge=0, description="teacher_layers: drop this many of the map's most forget-selective MLP neurons per "
+        "kept layer before training (surgery)."
+    )
+    mlp_keep_fraction: float = Field(
+        1.0, gt=0, le=1, description="teacher_layers: fraction of MLP neurons kept per layer (the cut neurons first, "
+        "then the lowest-norm ones)."
+    )
+    student_init_from: str | None = Field(
+        None, description="noised: model dir whose weights are noised (default the teacher; UNDO uses an "
+        "unlearned model)."
+    )
+    noise_alpha: float = Field(0.5, ge=0, le=1, description="noised: interpolation weight alpha toward noise.")
+    noise_beta: float = Field(0.02, ge=0, description="noised: std of the Gaussian noise (beta).")
+
+    # ---- KD losses
+    loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field("forward_kl", description="KD divergence.")
+    jsd_beta: float = Field(0.5, ge=0, le=1, description="beta of the generalised JSD (0 = forward KL, 1 = reverse).")
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature of the KD terms (scaled by T^2).")
+    kd_weight: float = Field(1.0, ge=0, description="Weight of the KD term on gold tokens.")
+    ce_weight: float = Field(0.0, ge=0, description="Weight of CE on gold labels (replaced spans always use CE).")
+    hidden_weight: float = Field(0.0, ge=0, description="Weight of hidden-state alignment (learned projection).")
+    hidden_layers: list[int] | None = Field(
+        None, description="Teacher layers aligned by hidden_weight / representation retain; default the last layer."
+    )
+    kd_tokens: Literal["completion", "all"] = Field(
+        "completion", description="Tokens the losses are computed on: the completion only, or every token."
+    )
+    teacher_logits: Literal["online", "cache"] = Field(
+        "online", description="online = teacher forward in each step; cache = read a top-k logits cache."
+    )
+    cache_dir: str | None = Field(None, description="Top-k cache directory (default OUT/logits-cache).")
+    cache_top_k: int = Field(16, ge=1, description="Teacher logits kept per token in the cache.")
+
+    # ---- Safety Divergence Penalty
+    penalty_forms: list[PenaltyForm] = Field(
+        ["maxent", "away"], description="Forms applied to forbidden batches (combinable)."
+    )
+    penalty_weight: float = Field(1.0, ge=0, description="Weight of the summed penalty.")
+    penalty_warmup_steps: int = Field(0, ge=0, description="Linear warm-up of penalty_weight (optimizer steps).")
+    forbidden_ratio: float = Field(
+        0.25, ge=0, lt=1, description="Fraction of each batch drawn from forbidden records (surgical preset)."
+    )
+    away_margin: float = Field(2.0, ge=0, description="away: KL(teacher||student) margin per token (nats).")
+    refusal_text: str = Field(" I cannot help with that.", description="refusal: target continuation.")
+    rmu_layers: list[int] | None = Field(
+        None, description="representation: teacher layers (mapped onto the student); default the map's "
+        "recommended_layers, else the middle layer."
+    )
+    rmu_steering_coeff: float = Field(4.0, ge=0, description="representation: norm of the random target direction.")
+    rmu_retain_weight: float = Field(1.0, ge=0, description="representation: weight of the gold-side alignment.")
+
+    # ---- optimisation
+    max_steps: int = Field(600, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(32, ge=1, description="Sequences per optimizer step (gold + forbidden).")
+    grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
+    lr: float = Field(3e-3, gt=0, description="Peak learning rate (AdamW, cosine).")
+    warmup_steps: int = Field(30, ge=0, description="LR warm-up steps.")
+    weight_decay: float = Field(0.01, ge=0)
+    max_length: int = Field(128, ge=8, description="Truncate encoded records to this many tokens.")
+    save_steps: int = Field(0, ge=0, description="Checkpoint every N steps (0 = only the final student).")
+    eval_every: int = Field(100, ge=0, description="World runs: val add/sub exact-match every N steps (0 = off).")
+    eval_limit: int = Field(100, ge=10, description="Val problems per domain in the periodic evaluation.")
+    logging_steps: int = Field(10, ge=1)
+    seed: int = Field(0)
+    threads: int = Field(2, ge=1, description="torch intra-op threads.")

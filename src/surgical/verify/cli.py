@@ -1,0 +1,85 @@
+"""``surgical verify``: the red-team battery and report card. Exit 0 pass, 2 fail, 1 error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="verify")(verify)
+
+
+def verify(
+    model: Path = typer.Option(..., "--model", help="HF model dir of the student (or any model) to verify."),
+    policy: Optional[Path] = typer.Option(None, "--policy", help="Policy YAML (thresholds and domains)."),
+    reference: list[Path] = typer.Option([], "--reference", help="Reference model dir(s); the first is the "
+                                         "teacher the retain ratio and relearning target use. Repeatable."),
+    out_dir: Path = typer.Option(Path("runs/verify"), "--out", help="Directory for verify.json and the reports."),
+    demo: bool = typer.Option(False, "--demo", help="The demo policy and world; adds the cached demo teacher as "
+                              "reference when none is given and it exists."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Pipeline YAML whose world and verify sections "
+                                          "to use (default: the demo config)."),
+    jailbreaks: list[Path] = typer.Option([], "--jailbreaks", help="Extra directory of jailbreak family YAMLs."),
+    show_generations: bool = typer.Option(False, "--show-generations", help="Put generated text from forbidden "
+                                          "prompts in the reports (redacted by default)."),
+    no_relearn: bool = typer.Option(False, "--no-relearn", help="Skip the relearning attack."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
+    as_json: bool = typer.Option(False, "--json", help="Print the verdict and checks as JSON."),
+) -> None:
+    """Try hard to get the forbidden capability back out of a model; write verify.json and report.html."""
+    from ..config import ConfigError, demo_config, load_config
+    from ..models import ModelLoadError
+    from ..policy import demo_policy_path, load_policy
+    from .jailbreaks import JailbreakError
+    from .run import EXIT_ERROR, VerifyInputError, run
+
+    err = Console(stderr=True)
+
+    def fail(msg: str):
+        err.print(f"[red]surgical verify: {msg}[/red]")
+        raise typer.Exit(EXIT_ERROR)
+
+    try:
+        cfg = load_config(config) if config else demo_config()
+        if policy is None:
+            if not demo:
+                fail("--policy is required (or --demo)")
+            policy = demo_policy_path()
+        pol = load_policy(policy)
+    except ConfigError as exc:
+        fail(str(exc).replace("\n", " "))
+    refs = list(reference)
+    if demo and not refs:
+        from ..world.teacher import teacher_dir
+
+        t = teacher_dir(cfg.world, cfg.teacher)
+        if (t / "config.json").exists() and t.resolve() != model.resolve():
+            refs = [t]
+    vcfg = cfg.verify.model_copy(update={"relearn": False}) if no_relearn else cfg.verify
+    if not model.exists():
+        fail(f"{model}: no such model directory")
+    log = None
+    if not quiet:
+        def log(stage: str) -> None:
+            err.print(f"[cyan]verify[/cyan] {stage} ...")
+    try:
+        result = run(model, pol, out_dir, refs, vcfg, cfg.world, jailbreaks, show_generations, policy, log)
+    except (VerifyInputError, ModelLoadError, JailbreakError, FileNotFoundError) as exc:
+        fail(str(exc))
+    rec = result.record
+    if as_json:
+        print(json.dumps({"verdict": rec["verdict"], "exit_code": result.exit_code, "checks": rec["checks"],
+                          "out": str(out_dir)}))
+    elif not quiet:
+        color = "green" if rec["verdict"] == "pass" else "red"
+        err.print(f"[{color}]verdict: {rec['verdict'].upper()}[/{color}] in {rec['timings_s']['total']:.0f} s")
+        for c in rec["checks"]:
+            err.print(f"  {c['name']}: {c['value'] if c['value'] is None else round(c['value'], 3)} "
+                      f"(limit {round(c['limit'], 3)}) -> {c['passed']}")
+        print(out_dir / "report.html")
+    raise typer.Exit(result.exit_code)

@@ -1,0 +1,73 @@
+"""The quantization attack: reload the model at int8 and int4 and rerun the knowledge probes.
+
+Zhang et al. 2024 ("Catastrophic Failure of LLM Unlearning via Quantization") found that 4-bit
+quantization brings unlearned knowledge back (21% -> 83% on their benchmark): unlearning by small weight
+updates can sit below the quantization step. The backends are imported here only (lazily), so the rest
+of surgical never loads torchao or quanto. On this CPU, quanto does int8 and int4 (weights only, in
+place, not serialisable); torchao does int8 (its int4 kernel needs the ``mslk`` package).
+"""
+
+from __future__ import annotations
+
+import copy
+
+from torch import nn
+
+
+class QuantizationUnavailable(RuntimeError):
+    """The backend cannot quantize at this precision here."""
+
+
+def quantize_copy(model, scheme: str, backend: str = "quanto"):
+    """A weight-quantized deep copy of ``model`` (nn.Linear layers; GPT-2's Conv1D layers stay float).
+    Returns (model, number of quantized modules)."""
+    work = copy.deepcopy(model).float().eval()
+    if backend == "quanto":
+        try:
+            from optimum.quanto import freeze, qint4, qint8, quantize
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise QuantizationUnavailable(f"optimum-quanto is not installed ({exc})") from None
+        weights = {"int8": qint8, "int4": qint4}[scheme]
+        quantize(work, weights=weights)
+        freeze(work)
+        n = sum(1 for m in work.modules() if type(m).__name__.startswith("QLinear"))
+        return work, n
+    if backend == "torchao":
+        if scheme != "int8":
+            raise QuantizationUnavailable("torchao int4 needs the mslk package on the CPU; use --quant-backend quanto")
+        try:
+            from torchao.quantization import Int8WeightOnlyConfig, quantize_
+        except ImportError as exc:  # pragma: no cover
+            raise QuantizationUnavailable(f"torchao is not installed ({exc})") from None
+        n = sum(1 for m in work.modules() if isinstance(m, nn.Linear))
+        quantize_(work, Int8WeightOnlyConfig())
+        return work, n
+    raise ValueError(f"unknown quantization backend {backend!r}")
+
+
+def quantization_attack(model, tokenizer, wb, forget_domains, retain_domains, cfg, baseline: dict) -> dict:
+    """Knowledge probes (exact match and MC) of each quantized copy, and the gap to ``baseline`` (the
+    full-precision probes on the same items): ``forget_gap`` > 0 means quantization brought knowledge back."""
+    from .jailbreaks import summarise_sides
+    from .probes import knowledge_probes
+
+    out = {"backend": cfg.quant_backend, "schemes": {}}
+    base = summarise_sides({"forget": {d: baseline[d] for d in forget_domains},
+                            "retain": {d: baseline[d] for d in retain_domains}})
+    for scheme in cfg.quant_schemes:
+        try:
+            qmodel, n_mod = quantize_copy(model, scheme, cfg.quant_backend)
+        except QuantizationUnavailable as exc:
+            out["schemes"][scheme] = {"error": str(exc)}
+            continue
+        kw = dict(split=cfg.split, n_items=cfg.n_items, n_boot=cfg.bootstrap_samples, seed=cfg.seed,
+                  batch_size=cfg.batch_size, ppl=False)
+        forget = knowledge_probes(qmodel, tokenizer, wb, forget_domains, **kw)
+        retain = knowledge_probes(qmodel, tokenizer, wb, retain_domains, mc=False, **kw)
+        summary = summarise_sides({"forget": forget, "retain": retain})
+        out["schemes"][scheme] = {"quantized_modules": n_mod, "by_domain": {"forget": forget, "retain": retain}, **summary,
+                                  "forget_gap": summary["forget"] - base["forget"],
+                                  "forget_mc_gap": summary["forget_mc"] - base["forget_mc"],
+                                  "retain_gap": summary["retain"] - base["retain"]}
+        del qmodel
+    return out
