@@ -3,7 +3,7 @@ from transformers import AutoTokenizer
 
 def test_roundtrip_every_training_text(world_tokenizer, world):
     tok = world_tokenizer
-    for d, problems in world.splits.test.items():
+    for _d, problems in world.splits.test.items():
         for p in problems[:50]:
             for text in (p.bare_text, p.worked_text):
                 ids = tok(text)["input_ids"]
