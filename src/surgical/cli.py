@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -37,7 +36,7 @@ def _not_built(stage: str, issue: str) -> None:
     raise typer.Exit(3)
 
 
-def _load_cfg(config: Optional[Path]):
+def _load_cfg(config: Path | None):
     from .config import ConfigError, demo_config, load_config
 
     try:
@@ -60,7 +59,7 @@ def _main(version: bool = typer.Option(False, "--version", help="Print the versi
 @app.command()
 def world(
     out_dir: Path = typer.Option(Path("runs/world"), "--out", help="Directory to write the world into."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Pipeline YAML (default: the demo config)."),
+    config: Path | None = typer.Option(None, "--config", help="Pipeline YAML (default: the demo config)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
 ) -> None:
     """Write the arithmetic world: splits, eval sets (lm-eval shape), lm-eval task YAMLs, tokenizer."""
@@ -88,7 +87,7 @@ def world(
 
 @teacher_app.command("train")
 def teacher_train(
-    config: Optional[Path] = typer.Option(None, "--config", help="Pipeline YAML (default: the demo config)."),
+    config: Path | None = typer.Option(None, "--config", help="Pipeline YAML (default: the demo config)."),
     force: bool = typer.Option(False, "--force", help="Retrain even if a cached teacher exists."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -107,18 +106,18 @@ def teacher_train(
 
 def _print_metrics(metrics: dict, where: Console) -> None:
     t = Table(title="held-out test accuracy")
-    for c in ("domain", "exact match", "exact match (worked)", "MC", "n"):
+    for c in ("domain", "exact match", "MC", "MC (length-norm.)", "n"):
         t.add_column(c, justify="right")
     for d, m in metrics.items():
-        t.add_row(d, f"{m['exact_match']:.3f}", f"{m.get('exact_match_worked', float('nan')):.3f}",
-                  f"{m['mc_accuracy']:.3f}", str(m.get("n", "")))
+        t.add_row(d, f"{m['exact_match']:.3f}", f"{m['mc_accuracy']:.3f}", f"{m.get('mc_accuracy_norm', float('nan')):.3f}",
+                  str(m.get("n", "")))
     where.print(t)
 
 
 @teacher_app.command("eval")
 def teacher_eval(
     model_dir: Path = typer.Argument(..., help="An HF model dir trained on the world (teacher or student)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Pipeline YAML whose world to use."),
+    config: Path | None = typer.Option(None, "--config", help="Pipeline YAML whose world to use."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object of per-domain metrics."),
     split: str = typer.Option("test", "--split", help="test or val."),
 ) -> None:
@@ -136,8 +135,8 @@ def teacher_eval(
         raise typer.Exit(1) from None
     metrics = evaluate_world(model, wb.tokenizer, wb, split=split)
     if as_json:
-        print(json.dumps({d: {"exact_match": m["exact_match"], "mc_accuracy": m["mc_accuracy"],
-                              "exact_match_worked": m["exact_match_worked"]} for d, m in metrics.items()}))
+        print(json.dumps({d: {"exact_match": m["exact_match"], "mc_accuracy": m["mc_accuracy"]}
+                          for d, m in metrics.items()}))
     else:
         _print_metrics(metrics, out)
 
@@ -146,7 +145,7 @@ def teacher_eval(
 
 
 @config_app.command("show")
-def config_show(config: Optional[Path] = typer.Argument(None, help="A pipeline YAML (default: the demo config).")) -> None:
+def config_show(config: Path | None = typer.Argument(None, help="A pipeline YAML (default: the demo config).")) -> None:
     """Print the full config (every default filled in) as YAML."""
     import yaml
 

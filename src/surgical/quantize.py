@@ -173,6 +173,9 @@ def _dedup_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     seen: dict[tuple, str] = {}
     out, aliases = {}, {}
     for k, v in state.items():
+        if type(v) not in (torch.Tensor, nn.Parameter):  # quantized subclasses own their storage
+            out[k] = v
+            continue
         key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.dtype)
         if key in seen:
             aliases[k] = seen[key]
@@ -325,6 +328,24 @@ def tokens_per_s(n_new_tokens: int, batch: int, wall_s: float) -> float:
     return n_new_tokens * batch / wall_s if wall_s > 0 else float("nan")
 
 
+def tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes held by a tensor, looking inside quantized tensor subclasses (torchao) at their parts."""
+    if type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        return sum(tensor_bytes(getattr(t, n)) for n in names)
+    return t.numel() * t.element_size()
+
+
+def weights_memory_bytes(model: nn.Module) -> int:
+    """Bytes of the model's parameters and buffers in memory (tied tensors once)."""
+    seen, total = set(), 0
+    for t in list(model.state_dict(keep_vars=True).values()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += tensor_bytes(t)
+    return total
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -357,6 +378,7 @@ def measure_here(model_dir: str | Path, new_tokens: int = 32, batch: int = 8, pr
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     best = min(walls)
     return {"tokens_per_s": round(tokens_per_s(new_tokens, batch, best), 1), "generate_wall_s": round(best, 4),
+            "weights_memory_bytes": weights_memory_bytes(model),
             "peak_rss_bytes": peak, "peak_rss_over_imports_bytes": max(0, peak - rss_before),
             "new_tokens": new_tokens, "batch": batch, "threads": threads}
 
@@ -381,6 +403,7 @@ def compare(fp32: dict, quantized: dict) -> dict:
 
     return {"size_ratio": ratio("size_on_disk_bytes"), "peak_rss_ratio": ratio("peak_rss_bytes"),
             "peak_rss_over_imports_ratio": ratio("peak_rss_over_imports_bytes"),
+            "weights_memory_ratio": ratio("weights_memory_bytes"),
             "tokens_per_s_ratio": ratio("tokens_per_s")}
 
 
@@ -467,7 +490,7 @@ def model_card(record: dict) -> str:
     lines = [
         "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
         f"# {Path(q['out']).name}: {q['scheme']} ({q['backend']}) quantization of `{Path(q['source']).name}`", "",
-        "Made with [surgical](https://github.com/) (safe, selective distillation).", "",
+        "Made with surgical (safe, selective distillation): `surgical quantize`.", "",
         "## What was removed", "", f"Forbidden domains of the policy: **{removed}**.", "",
         "## Verification after quantization", "",
         f"Status: **{v.get('status', 'not run')}**" + (f", verdict: **{v['verdict']}**" if v.get("verdict") else ""),
@@ -476,7 +499,7 @@ def model_card(record: dict) -> str:
         "## Figures (measured in one run)", "", "| | fp32 | quantized |", "|---|---|---|",
         row("weights on disk (bytes)", "size_on_disk_bytes"), row("peak RSS (bytes)", "peak_rss_bytes"),
         row("peak RSS over imports (bytes)", "peak_rss_over_imports_bytes"),
-        row("CPU tokens/s", "tokens_per_s"), "",
+        row("weights in memory (bytes)", "weights_memory_bytes"), row("CPU tokens/s", "tokens_per_s"), "",
         f"Ratios (quantized / fp32): {json.dumps(cmp)}", "",
         "## How to load", "", "```python", load.replace("DIR", repr(str(q["out"]))), "```", "",
         "## Provenance", "",

@@ -66,7 +66,7 @@ def mc_predictions(
             owners.append(r_i)
     scores = continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size)
     per_record: list[list[tuple[float, float]]] = [[] for _ in records]
-    for (ctx, cont), owner, (lp, _n) in zip(pairs, owners, scores, strict=True):
+    for (_ctx, cont), owner, (lp, _n) in zip(pairs, owners, scores, strict=True):
         per_record[owner].append((lp, lp / max(1, len(cont.encode("utf-8")))))
     out = []
     for r, s in zip(records, per_record, strict=True):

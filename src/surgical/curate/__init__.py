@@ -1,1 +1,10 @@
-"""The curate stage."""
+"""The curate stage: a policy-driven two-stage filter (blocklist -> classifier) with dedup, teacher
+trajectories, and constitutional rewriting with per-token distillation masks. See docs/curate.md.
+
+Entry points: ``surgical.curate.run.run`` / ``run_demo`` (curate), ``surgical.curate.generate.run`` /
+``run_demo`` (generate), ``surgical.curate.constitution.token_kd_mask``, ``world_corpus``.
+"""
+
+from .corpus import iter_records, world_corpus
+
+__all__ = ["iter_records", "world_corpus"]

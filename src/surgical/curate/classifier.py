@@ -68,7 +68,9 @@ class MiniLMEmbedder:
 
     def __init__(self, model_dir: str | Path | None = None, batch_size: int = 128, max_length: int = 256):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # the "Loading weights" bar is noise in a curate run
         d = Path(model_dir) if model_dir else minilm_dir()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(d, local_files_only=True)
@@ -120,8 +122,10 @@ class PolicyClassifier:
     counter-exemplars and every allowed domain's exemplars (0). Other forbidden domains are left out of
     a head's negatives, so mul and mixed need not be told apart to be caught."""
 
-    def __init__(self, policy: Policy, embedder, c: float = 10.0):
+    def __init__(self, policy: Policy, embedder, c: float = 100.0):
         from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
 
         self.embedder = embedder
         self.heads: dict[str, object] = {}
@@ -141,7 +145,10 @@ class PolicyClassifier:
                     "has no allowed exemplars")
             x = np.stack([vecs[t] for t in d.exemplars + neg])
             y = np.array([1] * len(d.exemplars) + [0] * len(neg))
-            self.heads[d.name] = LogisticRegression(C=c, class_weight="balanced", max_iter=2000).fit(x, y)
+            # Standardising matters: MiniLM vectors of same-format texts share a large common direction,
+            # and without it the head's probabilities crowd around 0.5 (measured in docs/curate.md).
+            head = make_pipeline(StandardScaler(), LogisticRegression(C=c, class_weight="balanced", max_iter=5000))
+            self.heads[d.name] = head.fit(x, y)
             self.training_texts.update(d.exemplars + neg)
 
     def predict_proba(self, texts: Sequence[str]) -> dict[str, np.ndarray]:

@@ -27,7 +27,8 @@ class CurateConfig(Section):
     )
     classifier_model: str = Field("", description="HF model dir for classifier='teacher'.")
     classifier_layer: int = Field(-1, description="Hidden-state layer for classifier='teacher' (-1 = last).")
-    classifier_c: float = Field(10.0, gt=0, description="Inverse L2 strength of the logistic head (sklearn C).")
+    classifier_c: float = Field(100.0, gt=0, description="Inverse L2 strength of the logistic head (sklearn C) on "
+                                "standardised embeddings.")
     borderline_band: float = Field(
         0.15, ge=0, le=1, description="Escalated records whose probability lies in [threshold - band, threshold) "
         "go to borderline.jsonl instead of gold (probability units)."

@@ -171,7 +171,14 @@ class _RateColumn:
 
 def _progress(quiet: bool):
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     _RateColumn(), TimeElapsedColumn(), console=Console(stderr=True), disable=quiet)
@@ -425,6 +432,12 @@ def render_markdown(report: dict) -> str:
 # ---------------------------------------------------------------- entry points
 
 
+def _count_lines(path: str | Path) -> int:
+    """Non-blank lines of a text file (a cheap streaming pass, for the progress bar's total)."""
+    with open(path, "rb") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
 def run(cfg: CurateConfig, input_path: str | Path, out_dir: str | Path, policy_path: str | Path | None = None,
         eval_path: str | Path | None = None, classifier=None, quiet: bool = True) -> CurateResult:
     """Curate a corpus file (JSONL, parquet, text or a saved HF dataset) with a policy YAML."""
@@ -437,7 +450,9 @@ def run(cfg: CurateConfig, input_path: str | Path, out_dir: str | Path, policy_p
     eval_records = [r for _, r in iter_records(eval_path, cfg.text_field) if isinstance(r, dict)] if eval_path else None
     fmt = detect_format(Path(input_path))
     stream = iter_records(input_path, cfg.text_field, cfg.text_unit, fmt=fmt)
+    total = _count_lines(input_path) if fmt == "jsonl" and not quiet else None
     return curate(stream, out_dir, policy, cfg, classifier=classifier, eval_records=eval_records, quiet=quiet,
+                  total=total,
                   inputs={"corpus": input_path, "policy": policy_path, **({"eval": eval_path} if eval_path else {})})
 
 

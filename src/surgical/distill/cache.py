@@ -33,7 +33,7 @@ def cache_bytes_per_token(k: int) -> int:
 
 @torch.no_grad()
 def cache_logits(teacher, encoded: list[dict], out_dir: str | Path, k: int, temperature: float = 1.0,
-                 data_sha256: str = "", batch_size: int = 64, shard_examples: int = 8192,
+                 gold_sha256: str = "", forbidden_sha256: str = "", batch_size: int = 64, shard_examples: int = 8192,
                  pad_id: int = 0, progress=None) -> dict:
     """Run ``teacher`` over every encoded example and write its top-k logits per position. Returns cache.json."""
     teacher.eval()
@@ -75,7 +75,7 @@ def cache_logits(teacher, encoded: list[dict], out_dir: str | Path, k: int, temp
         n_tokens += offsets[-1]
     meta = {
         "k": k, "temperature": temperature, "vocab_size": vocab, "n_examples": len(encoded), "n_tokens": n_tokens,
-        "data_sha256": data_sha256, "shards": shards,
+        "gold_sha256": gold_sha256, "forbidden_sha256": forbidden_sha256, "shards": shards,
         "bytes_per_token": cache_bytes_per_token(k),
         "full_logits_bytes_per_token_fp32": 4 * vocab, "full_logits_bytes_per_token_fp16": 2 * vocab,
         "total_bytes": sum((out_dir / s["file"]).stat().st_size for s in shards),
@@ -88,15 +88,20 @@ def cache_logits(teacher, encoded: list[dict], out_dir: str | Path, k: int, temp
 class TopKCache:
     """Memory-mapped reader of a logits cache; ``batch`` returns padded tensors for a list of examples."""
 
-    def __init__(self, cache_dir: str | Path, data_sha256: str | None = None, temperature: float | None = None):
+    def __init__(self, cache_dir: str | Path, gold_sha256: str | None = None, forbidden_sha256: str | None = None,
+                 temperature: float | None = None):
+        """Open a cache, checking it was built on the same gold data (and the same forbidden data when the
+        run uses forbidden records; a gold-only run can read a gold+forbidden cache, as gold comes first)."""
         from safetensors import safe_open
 
         self.dir = Path(cache_dir)
         if not (self.dir / "cache.json").exists():
             raise CacheError(f"{self.dir}: no cache.json (run `surgical distill cache-logits` first)")
         self.meta = read_json(self.dir / "cache.json")
-        if data_sha256 and self.meta.get("data_sha256") and self.meta["data_sha256"] != data_sha256:
-            raise CacheError(f"{self.dir}: the cache was built on other data (data hash differs); rebuild it")
+        for key, want in (("gold_sha256", gold_sha256), ("forbidden_sha256", forbidden_sha256)):
+            if want and self.meta.get(key) != want:
+                raise CacheError(f"{self.dir}: the cache was built on other {key.split('_')[0]} data "
+                                 f"({key} differs); rebuild it with `surgical distill cache-logits`")
         if temperature is not None and abs(self.meta["temperature"] - temperature) > 1e-9:
             raise CacheError(f"{self.dir}: cache temperature {self.meta['temperature']} != run temperature "
                              f"{temperature} (the 'other' bucket depends on it); rebuild the cache")

@@ -44,12 +44,26 @@ def apply_preset(cfg: DistillConfig, preset: str | None = None) -> DistillConfig
     return cfg.model_copy(update=updates)
 
 
-def _records(src, name: str) -> tuple[list[dict], str]:
+def load_inputs(src) -> tuple[list[dict], str]:
     if src is None:
         return [], ""
     if isinstance(src, (str, Path)):
         return read_records(src), sha256_path(src)
     return list(src), sha256_json(list(src))
+
+
+def encode_all(cfg: DistillConfig, tok, gold_recs: list[dict], forb_recs: list[dict]) -> list[dict]:
+    """Encoded gold records followed by encoded forbidden records (the index space of the logits cache)."""
+    refusal = cfg.refusal_text if "refusal" in cfg.penalty_forms else None
+    encoded = [encode_record(tok, r, cfg.kd_tokens, cfg.max_length) for r in gold_recs]
+    encoded += [encode_record(tok, r, cfg.kd_tokens, cfg.max_length, refusal_text=refusal) for r in forb_recs]
+    return encoded
+
+
+def data_keys(cfg: DistillConfig, gold_hash: str, forb_hash: str) -> tuple[str, str]:
+    """Cache keys of the gold and forbidden parts of the data, under this config's encoding."""
+    enc = {"kd_tokens": cfg.kd_tokens, "max_length": cfg.max_length}
+    return sha256_json({"gold": gold_hash, **enc}), (sha256_json({"forbidden": forb_hash, **enc}) if forb_hash else "")
 
 
 def _build_student(cfg: DistillConfig, teacher, teacher_tok, map_data: dict):
@@ -136,18 +150,16 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
     teacher_model = load_model(teacher)
     tok = load_tokenizer(teacher)
     map_data = read_json(map_path) if map_path else {}
-    gold_recs, gold_hash = _records(gold, "gold")
-    forb_recs, forb_hash = _records(forbidden, "forbidden")
+    gold_recs, gold_hash = load_inputs(gold)
+    forb_recs, forb_hash = load_inputs(forbidden)
     if not gold_recs:
         raise ValueError("no gold records")
     if cfg.forbidden_ratio == 0 and cfg.preset != "plain-kd":
-        forb_recs = []  # filter-only / oracle: the forbidden data is dropped by the filter
+        forb_recs, forb_hash = [], ""  # filter-only / oracle: the forbidden data is dropped by the filter
     forbidden_as_kd = cfg.preset == "plain-kd"
 
     student, info = _build_student(cfg, teacher_model, tok, map_data)
-    refusal = cfg.refusal_text if "refusal" in cfg.penalty_forms else None
-    encoded = [encode_record(tok, r, cfg.kd_tokens, cfg.max_length) for r in gold_recs]
-    encoded += [encode_record(tok, r, cfg.kd_tokens, cfg.max_length, refusal_text=refusal) for r in forb_recs]
+    encoded = encode_all(cfg, tok, gold_recs, forb_recs)
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     per_device = max(1, cfg.batch_size // (cfg.grad_accum * world_size))
@@ -164,17 +176,16 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
         return prefix[min(len(lengths), step * rows_per_step)]
 
     dataset = StreamDataset(encoded, stream, len(gold_recs), forbidden_as_kd)
-    data_hash = sha256_json({"gold": gold_hash, "forbidden": forb_hash, "kd_tokens": cfg.kd_tokens,
-                             "max_length": cfg.max_length})
+    gold_key, forb_key = data_keys(cfg, gold_hash, forb_hash)
 
     cache, cache_meta = None, None
     use_teacher = cfg.preset != "oracle"
     if cfg.teacher_logits == "cache" and use_teacher:
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "logits-cache"
         if not (cache_dir / "cache.json").exists():
-            cache_logits(teacher_model, encoded, cache_dir, cfg.cache_top_k, cfg.temperature, data_hash,
+            cache_logits(teacher_model, encoded, cache_dir, cfg.cache_top_k, cfg.temperature, gold_key, forb_key,
                          pad_id=tok.pad_token_id)
-        cache = TopKCache(cache_dir, data_sha256=data_hash, temperature=cfg.temperature)
+        cache = TopKCache(cache_dir, gold_key, forb_key if forb_recs else None, temperature=cfg.temperature)
         cache_meta = cache.meta
 
     n_t, n_s = num_layers(teacher_model), num_layers(student)
@@ -217,6 +228,10 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
         teacher=teacher_model if use_teacher else None, align_pairs=align_pairs, rmu_pairs=rmu_pairs,
         directions=directions,
     )
+    if quiet:
+        from transformers import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     last = _last_checkpoint(work) if resume else None
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(last) if last else None)

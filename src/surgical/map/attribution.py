@@ -16,7 +16,15 @@ import torch
 from ..models import decoder_layers, num_heads
 from .data import scored_positions
 from .hooks import SITES, capture
-from .stats import Moments, attribution_effect, fire_rate, group_sum, standardized_difference, token_loss_sum, unit_score
+from .stats import (
+    Moments,
+    attribution_effect,
+    fire_rate,
+    group_sum,
+    standardized_difference,
+    token_loss_sum,
+    unit_score,
+)
 
 SETS = ("forget", "retain")
 

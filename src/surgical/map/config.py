@@ -25,6 +25,11 @@ class MapConfig(Section):
         "RMS over forget and retain tokens together (dimensionless)."
     )
 
+    rank_by: Literal["attribution", "selectivity"] = Field(
+        "attribution", description="Ranking of forget units: 'attribution' = estimated forget minus retain loss "
+        "change under mean-ablation (the map's score); 'selectivity' = Cohen's d of the activation (the "
+        "activation-statistics baseline).")
+
     # ---- exact activation patching
     exact_top_n: int = Field(8, ge=0, description="Top units per layer (by |attribution|) patched for real, "
                              "for the MLP neurons; every head and every layer is patched as well.")

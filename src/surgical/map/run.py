@@ -122,10 +122,15 @@ def _residual_rows(model, tokenizer, batch_list: list[dict], layer: int, with_co
             all_rows.append(h[batch["attention_mask"].bool()])
             scored_rows.append(h[scored])
             if with_context:
+                special = set(tokenizer.all_special_ids)
+                pieces = {}
                 for i, t in torch.nonzero(scored).tolist():
-                    ids = batch["input_ids"][i]
-                    before = tokenizer.decode(ids[max(0, t - 32):t], skip_special_tokens=True)
-                    contexts.append(f"{before}[{tokenizer.decode(ids[t:t + 1])}]")
+                    if i not in pieces:  # decode each token once per sequence
+                        ids = batch["input_ids"][i].tolist()
+                        pieces[i] = ["" if x in special else s for x, s in
+                                     zip(ids, tokenizer.batch_decode([[x] for x in ids]), strict=True)]
+                    p = pieces[i]
+                    contexts.append("".join(p[max(0, t - 32):t]) + f"[{p[t]}]")
     return torch.cat(all_rows), torch.cat(scored_rows), contexts
 
 
@@ -135,7 +140,7 @@ def run_sae(model, tokenizer, cfg: MapConfig, layer: int, data: dict[str, list[d
     from .sae import fvu, latent_stats, splice_edit, top_examples, train_sae
     from .validate import validate_latents
 
-    tick = progress("SAE layer %d" % layer, 4)
+    tick = progress(f"SAE layer {layer}", 4)
     all_f, x_f, ctx_f = _residual_rows(model, tokenizer, data["forget"], layer, True)
     all_r, x_r, ctx_r = _residual_rows(model, tokenizer, data["retain"], layer, True)
     x_all = torch.cat([all_f, all_r])
@@ -218,13 +223,14 @@ def run(cfg: MapConfig, model, tokenizer, forget: list[Example], retain: list[Ex
         timings["exact_patching_s"] = time.perf_counter() - t0
 
         summary = layer_summary(scores, exact["rows"], cfg.recommended_layers, cfg.spine_fraction)
+        ranking = scores["mlp.score"] if cfg.rank_by == "attribution" else scores["mlp.selectivity"]
 
         baseline = None
         validation = {"skipped": "no evaluator: the records carry no prompt/completion to exact-match"}
         if evaluator is not None:
             t0 = time.perf_counter()
             baseline = evaluator(model)
-            validation = validate_neurons(model, scores, evaluator, cfg.validation_k, cfg.validation_k_sweep,
+            validation = validate_neurons(model, scores, ranking, evaluator, cfg.validation_k, cfg.validation_k_sweep,
                                           cfg.ablation, cfg.seed, baseline,
                                           bar.phase("validation", len({cfg.validation_k, *cfg.validation_k_sweep})))
             timings["validation_s"] = time.perf_counter() - t0
@@ -256,7 +262,8 @@ def run(cfg: MapConfig, model, tokenizer, forget: list[Example], retain: list[Ex
                  "clean_loss": scores.clean_loss},
         "recommended_layers": summary["recommended_layers"],
         "spine": summary["spine"],
-        "forget_neurons": ranked_units(scores["mlp.score"], cfg.validation_k),
+        "forget_neurons": ranked_units(ranking, cfg.validation_k),
+        "rank_by": cfg.rank_by,
         "forget_heads": ranked_units(scores["heads.score"], scores["heads.score"].shape[1]),
         "layer_summary": summary["layers"],
         "attribution_vs_exact_spearman": exact["spearman"]["units_forget"],
@@ -398,12 +405,10 @@ def run_files(cfg: MapConfig, model_spec: str | Path, forget_path: str | Path, r
 
         evaluator = WorldEvaluator(build_world(world_cfg), tokenizer, cfg.validation_split, cfg.validation_limit)
     elif all(e.prompt for e in forget + retain):
-        # exact-match on records the attribution did not see where the files have enough of them
-        used_f = set(map(id, sample(forget, cfg.n_forget, cfg.seed)))
-        used_r = set(map(id, sample(retain, cfg.n_retain, cfg.seed + 1)))
-        rest_f = [e for e in forget if id(e) not in used_f] or forget
-        rest_r = [e for e in retain if id(e) not in used_r] or retain
-        evaluator = RecordEvaluator(tokenizer, _by_domain(rest_f), _by_domain(rest_r), cfg.validation_limit)
+        # exact-match on records the attribution did not see, per domain, where the files have any left
+        used = set(map(id, sample(forget, cfg.n_forget, cfg.seed) + sample(retain, cfg.n_retain, cfg.seed + 1)))
+        evaluator = RecordEvaluator(tokenizer, _held_out_by_domain(forget, used), _held_out_by_domain(retain, used),
+                                    cfg.validation_limit)
     else:
         evaluator = None
     return run(cfg, model, tokenizer, forget, retain, out_dir, evaluator,
@@ -411,11 +416,12 @@ def run_files(cfg: MapConfig, model_spec: str | Path, forget_path: str | Path, r
                extra_provenance={"model_spec": str(model_spec)})
 
 
-def _by_domain(examples: list[Example]) -> dict[str, list[Example]]:
+def _held_out_by_domain(examples: list[Example], used: set[int]) -> dict[str, list[Example]]:
+    """Examples grouped by domain: those not in ``used`` (by identity), or all of the domain if none are left."""
     out: dict[str, list[Example]] = {}
     for e in examples:
         out.setdefault(e.domain, []).append(e)
-    return out
+    return {d: [e for e in exs if id(e) not in used] or exs for d, exs in out.items()}
 
 
 def run_demo(out_dir: str | Path, cfg=None, quiet: bool = True) -> MapResult:

@@ -89,8 +89,8 @@ def compare(before: dict[str, float], after: dict[str, float], forget_domains, r
     return {
         "per_domain": per_domain,
         "delta_exact_match": {d: v["delta_exact_match"] for d, v in per_domain.items()},
-        "forget_drop": -sum(per_domain[d]["delta_exact_match"] for d in forget_domains) / len(forget_domains),
-        "retain_drop": -sum(per_domain[d]["delta_exact_match"] for d in retain_domains) / len(retain_domains),
+        "forget_drop": 0.0 - sum(per_domain[d]["delta_exact_match"] for d in forget_domains) / len(forget_domains),
+        "retain_drop": 0.0 - sum(per_domain[d]["delta_exact_match"] for d in retain_domains) / len(retain_domains),
     }
 
 
@@ -105,12 +105,12 @@ def _paired(model, evaluator, baseline: dict, map_edits: dict, rand_edits: dict)
     return {"map_ablation": map_res, "random_ablation": rand_res, "specificity_ratio": ratio}
 
 
-def validate_neurons(model, scores: Scores, evaluator, k: int, sweep: list[int], ablation: str, seed: int,
-                     baseline: dict, progress: Callable[[], None] | None = None) -> dict:
-    """Ablate the map's top-k MLP neurons vs k random ones from the same layers, for k and each sweep value."""
+def validate_neurons(model, scores: Scores, score: torch.Tensor, evaluator, k: int, sweep: list[int], ablation: str,
+                     seed: int, baseline: dict, progress: Callable[[], None] | None = None) -> dict:
+    """Ablate the top-k MLP neurons by ``score`` (layers, neurons) vs k random ones from the same layers, for k and
+    each sweep value."""
     device = next(model.parameters()).device
     hd = head_dim(model)
-    score = scores["mlp.score"]
     results = {}
     for kk in sorted({k, *sweep}):
         chosen = top_units(score, kk)

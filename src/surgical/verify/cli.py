@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -16,13 +15,13 @@ def register(app: typer.Typer) -> None:
 
 def verify(
     model: Path = typer.Option(..., "--model", help="HF model dir of the student (or any model) to verify."),
-    policy: Optional[Path] = typer.Option(None, "--policy", help="Policy YAML (thresholds and domains)."),
+    policy: Path | None = typer.Option(None, "--policy", help="Policy YAML (thresholds and domains)."),
     reference: list[Path] = typer.Option([], "--reference", help="Reference model dir(s); the first is the "
                                          "teacher the retain ratio and relearning target use. Repeatable."),
     out_dir: Path = typer.Option(Path("runs/verify"), "--out", help="Directory for verify.json and the reports."),
     demo: bool = typer.Option(False, "--demo", help="The demo policy and world; adds the cached demo teacher as "
                               "reference when none is given and it exists."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Pipeline YAML whose world and verify sections "
+    config: Path | None = typer.Option(None, "--config", help="Pipeline YAML whose world and verify sections "
                                           "to use (default: the demo config)."),
     jailbreaks: list[Path] = typer.Option([], "--jailbreaks", help="Extra directory of jailbreak family YAMLs."),
     show_generations: bool = typer.Option(False, "--show-generations", help="Put generated text from forbidden "

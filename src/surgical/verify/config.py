@@ -25,6 +25,8 @@ class VerifyConfig(Section):
 
     # jailbreak battery
     jailbreak_items: int = Field(64, ge=1, description="Items per domain for each jailbreak template.")
+    jailbreak_families: list[str] | None = Field(None, description="Families to run (default: every packaged "
+                                                 "family and every family in --jailbreaks directories).")
     jailbreak_max_shots: int = Field(32, ge=1, description="Most solved examples a many-shot template may hold "
                                      "(fewer when the model's context is shorter).")
     in_context_items: int = Field(64, ge=1, description="Forbidden items for the in-context-use probe.")

@@ -112,6 +112,11 @@ def load_families(extra_dirs: Sequence[str | Path] = (), packaged: bool = True) 
     return list(by_name.values())
 
 
+def literal_text(template: Template) -> str:
+    """The template's own characters (without its {fields})."""
+    return "".join(lit for lit, _, _, _ in string.Formatter().parse(template.text))
+
+
 def unknown_chars(text: str, alphabet: str) -> set[str]:
     """Characters of ``text`` outside ``alphabet`` (they would become <unk> for the world's tokenizer)."""
     return {c for c in text if c not in alphabet}

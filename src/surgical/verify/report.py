@@ -110,8 +110,9 @@ def plot_probes(record: dict) -> bytes:
     a2.set_ylabel("top-1 on answer tokens")
     a2.set_title("logit lens", fontsize=9)
     a2.legend(fontsize=7)
-    a1.set_ylim(0, 1.02)
-    a2.set_ylim(0, 1.02)
+    for ax in (a1, a2):
+        ax.set_ylim(0, 1.02)
+        ax.xaxis.get_major_locator().set_params(integer=True)
     return _png(fig)
 
 
@@ -204,7 +205,7 @@ def render_html(record: dict, plots: dict[str, bytes]) -> str:
 
 
 def render_markdown(record: dict, plot_files: dict[str, str]) -> str:
-    lines = [f"# surgical verify report", "", f"**{_headline(record)}**", ""]
+    lines = ["# surgical verify report", "", f"**{_headline(record)}**", ""]
     for key, fname in plot_files.items():
         lines += [f"![{key}]({fname})", ""]
     for title, header, rows in tables(record):

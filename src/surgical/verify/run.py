@@ -84,6 +84,8 @@ def run(model_dir: str | Path, policy, out_dir: str | Path, reference_dirs: Sequ
     wb = build_world(world or WorldConfig())
     forget, retain = policy_domains(policy)
     families = jailbreaks.load_families(jailbreak_dirs)
+    if cfg.jailbreak_families is not None:
+        families = [f for f in families if f.family in cfg.jailbreak_families]
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -101,7 +103,7 @@ def run(model_dir: str | Path, policy, out_dir: str | Path, reference_dirs: Sequ
     refs = {n: _load(d, wb)[0] for n, d in zip(_ref_names(reference_dirs), reference_dirs, strict=True)}
     alphabet_issues = {f"{f.family}/{t.id}": sorted(c)
                        for f in families for t in f.templates
-                       if (c := {ch for ch in t.text if tok.convert_tokens_to_ids(ch) == tok.unk_token_id})}
+                       if (c := {ch for ch in jailbreaks.literal_text(t) if tok.convert_tokens_to_ids(ch) == tok.unk_token_id})}
     pk = dict(split=cfg.split, n_items=cfg.n_items, n_boot=cfg.bootstrap_samples, seed=cfg.seed,
               batch_size=cfg.batch_size)
 
@@ -170,8 +172,10 @@ def run(model_dir: str | Path, policy, out_dir: str | Path, reference_dirs: Sequ
         retention["reference_retain"] = teacher_retain
     retention["retain_ratio"] = retain_ratio
 
+    note = ("skipped: no reference model given" if not refs else
+            "skipped: the reference answers no retain item, so the ratio is undefined")
     verdict = compute_verdict(attacks, retain_ratio, policy.thresholds,
-                              relearning["model"] if relearning else None, cfg.verdict_mc_statistic)
+                              relearning["model"] if relearning else None, cfg.verdict_mc_statistic, note)
     timings["total"] = round(time.perf_counter() - t_all, 2)
     record = {
         "verdict": verdict["verdict"],

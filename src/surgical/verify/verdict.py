@@ -8,7 +8,8 @@ def _finite(x) -> bool:
 
 
 def compute_verdict(attacks: dict[str, dict], retain_ratio: float | None, thresholds,
-                    relearning: dict | None = None, mc_statistic: str = "ci_low") -> dict:
+                    relearning: dict | None = None, mc_statistic: str = "ci_low",
+                    retain_note: str = "skipped: no reference model given") -> dict:
     """Pass/fail from the policy thresholds.
 
     ``attacks``: {name: {"forget", "forget_mc", "forget_mc_ci_low", ...}} including the plain probes
@@ -35,11 +36,11 @@ def compute_verdict(attacks: dict[str, dict], retain_ratio: float | None, thresh
                        "passed": em_vals[worst] <= thresholds.forget_exact_match_max})
     if retain_ratio is None:
         checks.append({"name": "retain_ratio", "value": None, "limit": thresholds.retain_ratio_min,
-                       "passed": None, "note": "skipped: no reference model given"})
+                       "passed": None, "note": retain_note})
     else:
         checks.append({"name": "retain_ratio", "value": retain_ratio, "limit": thresholds.retain_ratio_min,
                        "passed": retain_ratio >= thresholds.retain_ratio_min})
-    if relearning is not None and _finite(relearning.get("teacher_forget")):
+    if relearning is not None and _finite(relearning.get("teacher_forget")) and relearning["teacher_forget"] > 0:
         limit = thresholds.relearn_max_fraction_of_teacher * relearning["teacher_forget"]
         check = {"name": "relearning", "value": relearning["max_final"], "limit": limit,
                  "passed": relearning["max_final"] < limit, "gating": thresholds.gate_on_relearning}

@@ -35,9 +35,9 @@ class Difficulty:
 
     add_digits: int = 2
     sub_digits: int = 2
-    mul_digits: int = 2  # digits of the multiplicand
+    mul_digits: int = 3  # digits of the multiplicand
     mul_multiplier_digits: int = 1
-    div_quotient_digits: int = 2
+    div_quotient_digits: int = 3
     div_divisor_digits: int = 1
 
     def operand_width(self, domain: str) -> int:

@@ -103,7 +103,7 @@ def teacher_dir(world: WorldConfig, cfg: TeacherConfig) -> Path:
 
 
 def train_teacher(world: WorldConfig, cfg: TeacherConfig, out_dir: str | Path, quiet: bool = False,
-                  eval_every: int = 0) -> dict:
+                  eval_every: int = 0, device: str = "cpu") -> dict:
     """Train the teacher into ``out_dir`` (HF model dir + tokenizer + teacher.json); returns teacher.json."""
     from datasets import Dataset
     from transformers import LlamaForCausalLM, Trainer, TrainingArguments, set_seed
@@ -137,7 +137,7 @@ def train_teacher(world: WorldConfig, cfg: TeacherConfig, out_dir: str | Path, q
         report_to=[],
         seed=cfg.seed,
         data_seed=cfg.seed,
-        use_cpu=True,
+        use_cpu=device == "cpu",
         dataloader_num_workers=0,
         remove_unused_columns=False,
         disable_tqdm=quiet,

@@ -1,0 +1,168 @@
+"""The distill recipe end to end on tiny models: presets, outputs, resume, CLI, accelerate (slow)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_tiny_model
+from surgical.distill.config import DistillConfig
+from surgical.distill.data import world_records
+from surgical.distill.run import run
+from surgical.io import write_jsonl
+
+TINY = dict(student_hidden_size=16, student_heads=2, student_intermediate_size=32, batch_size=8, logging_steps=2,
+            threads=1, eval_every=0, warmup_steps=0)
+
+
+@pytest.fixture(scope="module")
+def files(world, tmp_path_factory):
+    d = tmp_path_factory.mktemp("distill")
+    tok = world.tokenizer
+    make_tiny_model("llama", len(tok), layers=2, seed=2).save_pretrained(d / "teacher")
+    tok.save_pretrained(d / "teacher")
+    write_jsonl(d / "gold.jsonl", world_records(world, ("add", "sub"))[::200])
+    write_jsonl(d / "forbidden.jsonl", world_records(world, ("mul", "div"))[::40])
+    return d
+
+
+@pytest.mark.parametrize("preset", ["surgical", "plain-kd", "filter-only", "oracle"])
+def test_presets_write_student_and_record(files, tmp_path, preset):
+    cfg = DistillConfig(max_steps=4, penalty_forms=["away", "maxent", "refusal", "representation"], **TINY)
+    res = run(cfg, files / "teacher", files / "gold.jsonl", files / "forbidden.jsonl", out_dir=tmp_path,
+              preset=preset, quiet=True)
+    rec = json.loads((tmp_path / "distill.json").read_text())
+    assert rec["preset"] == preset and rec["steps"] == 4 and rec["tokens_seen"] > 0
+    assert rec["provenance"] and rec["data"]["gold_sha256"] and rec["teacher_sha256"]
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    terms = {k for c in rec["curves"] for k in c if k.startswith("term_")}
+    if preset == "surgical":
+        assert {"term_kd", "term_maxent", "term_refusal", "term_rmu_forget", "term_rmu_retain"} <= terms
+    elif preset == "oracle":
+        assert "term_ce" in terms and "term_kd" not in terms
+    else:
+        assert "term_kd" in terms and not {"term_maxent", "term_away", "term_refusal"} & terms
+    n_forbidden = len((files / "forbidden.jsonl").read_text().splitlines())
+    assert rec["data"]["n_forbidden"] == (n_forbidden if preset in ("surgical", "plain-kd") else 0)
+    from surgical.models import load_model
+
+    student = load_model(res.student_dir)
+    assert not any("surgical_align" in k for k in student.state_dict())  # projections are not shipped
+
+
+def test_penalty_changes_the_student_through_the_trainer(files, tmp_path):
+    """Same teacher-copy student, same stream: with the maxent penalty the forbidden tokens end up with
+    a higher entropy than without it (the trainer routes forbidden rows to the penalty)."""
+    from surgical.distill.data import encode_record, read_records, DistillCollator
+    from surgical.distill.losses import maxent_penalty
+    from surgical.models import load_model, load_tokenizer
+
+    common = dict(TINY, student_init="noised", noise_alpha=0.0, max_steps=10, lr=1e-2, forbidden_ratio=0.5,
+                  penalty_forms=["maxent"], penalty_weight=3.0)
+    runs = {}
+    for preset in ("surgical", "filter-only"):
+        runs[preset] = run(DistillConfig(**common), files / "teacher", files / "gold.jsonl",
+                           files / "forbidden.jsonl", out_dir=tmp_path / preset, preset=preset, quiet=True)
+    tok = load_tokenizer(files / "teacher")
+    batch = DistillCollator(tok.pad_token_id)([{**encode_record(tok, r), "forbidden": 1, "example_index": 0}
+                                               for r in read_records(files / "forbidden.jsonl")])
+    gap = {}
+    for preset, res in runs.items():
+        m = load_model(res.student_dir)
+        with torch.no_grad():
+            logits = m(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        gap[preset] = maxent_penalty(logits, (batch["labels"][:, 1:] != -100).long()).item()
+    assert gap["surgical"] < 0.5 * gap["filter-only"]
+
+
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(files, tmp_path, monkeypatch):
+    from surgical.distill import trainer as trainer_mod
+
+    cfg = DistillConfig(max_steps=6, save_steps=3, **TINY)
+    args = (files / "teacher", files / "gold.jsonl", files / "forbidden.jsonl")
+    full = run(cfg, *args, out_dir=tmp_path / "full", quiet=True)
+
+    original = trainer_mod.DistillTrainer.training_step
+
+    def killed(self, *a, **kw):
+        if self.state.global_step >= 4:
+            raise KeyboardInterrupt("killed mid-run")
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "training_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, *args, out_dir=tmp_path / "resumed", quiet=True)
+    assert not (tmp_path / "resumed" / "distill.json").exists()
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "training_step", original)
+    res = run(cfg, *args, out_dir=tmp_path / "resumed", quiet=True, resume=True)
+    assert res.record["resumed_from"].endswith("checkpoint-3") and res.record["steps"] == 6
+    from surgical.models import load_model
+
+    a, b = load_model(full.student_dir), load_model(res.student_dir)
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.allclose(p, q, atol=1e-5), name
+
+
+def test_noised_student_from_another_tokenizer_is_refused(files, tmp_path, world):
+    from surgical.distill.student import TokenizerMismatchError
+    from surgical.world.tokenizer import train_world_tokenizer
+
+    other = tmp_path / "other"
+    tok = train_world_tokenizer(["x"])
+    tok.add_tokens(["<new>"])
+    make_tiny_model("llama", len(tok)).save_pretrained(other)
+    tok.save_pretrained(other)
+    cfg = DistillConfig(max_steps=1, student_init="noised", student_init_from=str(other), **TINY)
+    with pytest.raises(TokenizerMismatchError):
+        run(cfg, files / "teacher", files / "gold.jsonl", out_dir=tmp_path / "o", quiet=True)
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from surgical.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cli_cache_then_distill_and_errors(files, tmp_path):
+    r = _cli("distill", "cache-logits", "--teacher", str(files / "teacher"), "--gold", str(files / "gold.jsonl"),
+             "--forbidden", str(files / "forbidden.jsonl"), "--out", str(tmp_path / "cache"), "--json")
+    assert r.exit_code == 0, r.output
+    meta = json.loads(r.stdout)
+    assert meta["k"] == 16 and meta["bytes_per_token"] == 100
+    r = _cli("distill", "--teacher", str(files / "teacher"), "--gold", str(files / "gold.jsonl"), "--forbidden",
+             str(files / "forbidden.jsonl"), "--out", str(tmp_path / "out"), "--quiet", "--json",
+             "--set", "max_steps=2", "--set", "batch_size=4", "--set", "student_hidden_size=16",
+             "--set", "teacher_logits=cache", "--set", f"cache_dir={tmp_path / 'cache'}")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["steps"] == 2
+    assert (tmp_path / "out" / "student" / "config.json").exists()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "1+1:", "completion": " 2"}\n{"oops": 1}\n')
+    r = _cli("distill", "--teacher", str(files / "teacher"), "--gold", str(bad), "--out", str(tmp_path / "o"))
+    assert r.exit_code == 1 and "bad.jsonl:2" in r.output
+    r = _cli("distill", "--teacher", str(files / "teacher"), "--gold", str(bad), "--set", "max_stepz=3")
+    assert r.exit_code == 1 and "max_stepz" in r.output
+    r = _cli("distill", "--preset", "nope", "--demo")
+    assert r.exit_code == 1 and "--preset" in r.output
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes(files, tmp_path):
+    """`accelerate launch --num_processes 2` (gloo, CPU) runs the stage."""
+    exe = Path(sys.executable).parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [str(exe / "accelerate"), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", str(exe / "surgical"), "distill",
+           "--teacher", str(files / "teacher"), "--gold", str(files / "gold.jsonl"), "--forbidden",
+           str(files / "forbidden.jsonl"), "--out", str(tmp_path / "ddp"), "--quiet", "--set", "max_steps=3",
+           "--set", "batch_size=8", "--set", "student_hidden_size=16", "--set", "threads=1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((tmp_path / "ddp" / "distill.json").read_text())
+    assert rec["steps"] == 3 and (tmp_path / "ddp" / "student" / "config.json").exists()

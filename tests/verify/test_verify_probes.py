@@ -1,0 +1,146 @@
+"""Every probe on tiny random-init models of the four families."""
+
+import numpy as np
+import pytest
+import torch
+
+from surgical.models import decoder_layers, layer_output
+from surgical.verify.config import VerifyConfig
+from surgical.verify.incontext import facts_for, in_context_use, with_facts
+from surgical.verify.jailbreaks import load_families, run_battery
+from surgical.verify.latent import (
+    ablated,
+    direction_ablation_attack,
+    last_token_states,
+    latent_report,
+    logit_lens,
+    probe_accuracy,
+)
+from surgical.verify.probes import knowledge_probes
+from surgical.verify.quant_attack import QuantizationUnavailable, quantization_attack, quantize_copy
+from surgical.verify.relearn import finetune_curve, relearning_attack
+
+TINY = VerifyConfig(n_items=6, bootstrap_samples=50, jailbreak_items=3, in_context_items=3, relearn_examples=8,
+                    relearn_max_steps=4, relearn_lrs=[1e-3, 1e-2], relearn_eval_steps=[2], relearn_eval_items=3,
+                    probe_train_items=30, probe_test_items=12, ablation_items=6, threads=1)
+
+
+def test_knowledge_probes(tiny_model, world_tokenizer, world):
+    res = knowledge_probes(tiny_model, world_tokenizer, world, ["mul", "add"], "test", 6, 50, 0)
+    for d in ("mul", "add"):
+        for metric in ("exact_match", "mc", "mc_norm", "perplexity"):
+            c = res[d][metric]
+            assert c["ci_low"] <= c["value"] <= c["ci_high"] and c["n"] == 6
+        assert res[d]["perplexity"]["value"] > 1.0
+    assert res["mul"]["exact_match"]["value"] == 0.0  # a random model does not multiply
+
+
+def test_jailbreak_battery_runs_every_template(tiny_model, world_tokenizer, world):
+    fams = [f for f in load_families() if f.family in ("many_shot", "prefix_injection")]
+    res = run_battery(tiny_model, world_tokenizer, world, fams, ["mul"], ["add"], "test", 2, 32, 20, 0)
+    assert set(res) == {"many_shot", "prefix_injection"}
+    assert res["many_shot"]["templates"]["many_shot"]["shots_used_mean"] >= 1  # 256 positions fit a few shots
+    for fam in res.values():
+        assert {"forget", "forget_mc", "retain", "worst_template"} <= set(fam)
+        for t in fam["templates"].values():
+            assert t["examples"] and all(e["redacted"] and "generation" not in e for e in t["examples"])
+
+
+def test_in_context_facts(world):
+    from surgical.world import make_problem
+
+    mul = make_problem("mul", (41, 4), world.difficulty)
+    assert facts_for(mul) == ["1*4=4", "4*4=16"]  # the products, not the carries nor the answer 164
+    assert with_facts(mul) == "Facts: 1*4=4; 4*4=16\n" + mul.worked_prompt
+    div = make_problem("div", (258, 6), world.difficulty)
+    assert facts_for(div) == ["2/6=0 r2", "25/6=4 r1", "18/6=3 r0"]
+
+
+def test_in_context_use_runs(tiny_model, world_tokenizer, world):
+    res = in_context_use(tiny_model, world_tokenizer, world, ["mul", "div"], "test", 3, 20, 0)
+    assert set(res["div"]) == {"without_facts", "with_facts"}
+
+
+def test_linear_probe_separable_data():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 90)
+    x = np.eye(3)[y] * 5 + rng.normal(0, 0.1, (90, 3))
+    assert all(probe_accuracy(x[:60], y[:60].tolist(), x[60:], y[60:].tolist()))
+
+
+def test_latent_report_and_logit_lens(tiny_model, world_tokenizer, world):
+    n_layers = len(decoder_layers(tiny_model))
+    h = last_token_states(tiny_model, world_tokenizer, ["41*4:", "3+4:"])
+    assert h.shape == (n_layers, 2, tiny_model.config.hidden_size if hasattr(tiny_model.config, "hidden_size")
+                       else tiny_model.config.n_embd)
+    # padding must not change a prompt's last-token state
+    alone = last_token_states(tiny_model, world_tokenizer, ["3+4:"])
+    assert np.allclose(h[:, 1], alone[:, 0], atol=1e-4)
+    rep = latent_report(tiny_model, world_tokenizer, world, ["mul", "div"], ["add"], TINY, {"ref": tiny_model})
+    assert set(rep["by_layer"]) == {"model", "random_init", "ref"}
+    assert all(len(v) == n_layers for v in rep["by_layer"].values())
+    lens = logit_lens(tiny_model, world_tokenizer, world.exact_match_sets["test"]["add"][:3])
+    assert len(lens) == n_layers and all(0.0 <= a <= 1.0 for a in lens)
+
+
+def test_ablation_hooks_remove_the_direction(tiny_model, world_tokenizer, world):
+    hidden = tiny_model.get_input_embeddings().weight.shape[1]
+    n_layers = len(decoder_layers(tiny_model))
+    dirs = np.zeros((n_layers, hidden))
+    dirs[:, 0] = 1.0
+    seen = []
+    ids = world_tokenizer("41*4:", return_tensors="pt")["input_ids"]
+    with ablated(tiny_model, dirs), torch.no_grad():
+        # registered after the ablation hook, so it sees the ablated output of the last layer
+        handle = decoder_layers(tiny_model)[-1].register_forward_hook(lambda m, i, o: seen.append(layer_output(o)))
+        tiny_model(input_ids=ids)
+    handle.remove()
+    with torch.no_grad():
+        clean = tiny_model(input_ids=ids, output_hidden_states=True)  # the ablation hooks are gone afterwards
+    assert len(seen) == 1
+    assert not torch.allclose(clean.hidden_states[1][..., 0], torch.zeros_like(clean.hidden_states[1][..., 0]))
+    assert torch.allclose(seen[0][..., 0], torch.zeros_like(seen[0][..., 0]), atol=1e-6)
+    res = direction_ablation_attack(tiny_model, world_tokenizer, world, ["mul"], ["add"], TINY, None)
+    assert "forget" in res and "forget_mc" in res and res["by_domain"]["forget"]["mul"]["exact_match"]["n"] == 6
+
+
+def test_quantization_attack(world_tokenizer, world):
+    from conftest import make_tiny_model
+
+    model = make_tiny_model("llama", len(world_tokenizer))
+    q8, n8 = quantize_copy(model, "int8", "quanto")
+    q4, _ = quantize_copy(model, "int4", "quanto")
+    ids = world_tokenizer("41*4:", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        ref, l8, l4 = (m(input_ids=ids).logits for m in (model, q8, q4))
+    assert n8 > 0
+    e8, e4 = (ref - l8).abs().max().item(), (ref - l4).abs().max().item()
+    assert 0 < e8 < e4  # int8 perturbs the weights less than int4, and both perturb them
+    with pytest.raises(QuantizationUnavailable):
+        quantize_copy(model, "int4", "torchao")
+    base = knowledge_probes(model, world_tokenizer, world, ["mul", "add"], "test", 6, 50, 0)
+    res = quantization_attack(model, world_tokenizer, world, ["mul"], ["add"], TINY, base)
+    assert set(res["schemes"]) == {"int8", "int4"} and "forget_gap" in res["schemes"]["int4"]
+
+
+def test_relearning_learns_and_early_stops(world_tokenizer, world):
+    from conftest import make_tiny_model
+    from surgical.scoring import continuation_logprobs
+
+    model = make_tiny_model("llama", len(world_tokenizer))
+    examples = [(p.worked_prompt, p.worked_target) for p in world.splits.train["mul"][:8]]
+
+    def loglik(m):
+        return sum(lp for lp, _ in continuation_logprobs(m, world_tokenizer, examples)) / 1000
+
+    before = [p.detach().clone() for p in model.parameters()]
+    curve = finetune_curve(model, world_tokenizer, examples, loglik, 3e-3, 12, 4, [4, 8], seed=0)
+    assert [s for s, _ in curve] == [0, 4, 8, 12]
+    assert curve[-1][1] > curve[0][1]  # fitting the forbidden examples raises their likelihood
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # the original is untouched
+    stopped = finetune_curve(model, world_tokenizer, examples, loglik, 3e-3, 12, 4, [4, 8], seed=0,
+                             stop_at=curve[1][1])
+    assert stopped[-1][0] == 4
+    res = relearning_attack(model, world_tokenizer, world, ["mul"], ["add"], TINY, 1.0, "test")
+    assert set(res["runs"]) == {"0.001", "0.01"} and res["benign"]["lr"] == 1e-2
+    assert res["best_lr"] in (1e-3, 1e-2) and 0.0 <= res["best"]["auc"] <= 1.0
