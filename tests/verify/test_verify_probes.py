@@ -47,12 +47,12 @@ def test_jailbreak_battery_runs_every_template(tiny_model, world_tokenizer, worl
 
 
 def test_in_context_facts(world):
-    from surgical.world import make_problem
+    from surgical.world import Difficulty, make_problem
 
-    mul = make_problem("mul", (41, 4), world.difficulty)
+    mul = make_problem("mul", (41, 4), Difficulty(mul_digits=2, mul_multiplier_digits=1))  # 2-digit operands, whatever the demo world uses
     assert facts_for(mul) == ["1*4=4", "4*4=16"]  # the products, not the carries nor the answer 164
     assert with_facts(mul) == "Facts: 1*4=4; 4*4=16\n" + mul.worked_prompt
-    div = make_problem("div", (258, 6), world.difficulty)
+    div = make_problem("div", (258, 6), Difficulty(div_quotient_digits=2, div_divisor_digits=1))
     assert facts_for(div) == ["2/6=0 r2", "25/6=4 r1", "18/6=3 r0"]
 
 

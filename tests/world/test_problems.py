@@ -58,7 +58,7 @@ def test_checker_rejects_wrong_steps():
 
 
 def test_bare_answer_encoding_roundtrip():
-    d = Difficulty()
+    d = Difficulty(mul_digits=2, div_quotient_digits=2)
     p = make_problem("add", (7, 45), d)
     assert p.bare_text == "07+45=250"  # 52, LSB first, padded to 3 digits
     assert parse_bare_answer("add", p.bare_answer) == 52

@@ -1,4 +1,4 @@
-from surgical.world.problems import ALL_DOMAINS, DOMAINS, Difficulty, parse_bare_answer
+from surgical.world.problems import ALL_DOMAINS, DOMAINS, Difficulty, parse_worked_answer
 from surgical.world.splits import make_splits, mc_records
 
 
@@ -23,12 +23,13 @@ def test_splits_are_seeded():
 
 
 def test_mc_records_have_one_correct_choice_and_near_misses(world):
-    d = Difficulty()
+    d = world.difficulty
     for domain in DOMAINS:
         recs = mc_records(world.splits.test[domain], d, seed=0)
+        assert all(r["question"].endswith(":") for r in recs)
         for r in recs:
             assert len(r["choices"]) == 4 and len(set(r["choices"])) == 4
-            values = [parse_bare_answer(domain, c) for c in r["choices"]]
+            values = [parse_worked_answer(c) for c in r["choices"]]
             assert values[r["gold"]] == r["answer"]
             assert sum(v == r["answer"] for v in values) == 1
         # the gold index is spread over positions (no position bias to exploit)

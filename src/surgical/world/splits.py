@@ -20,6 +20,7 @@ from .problems import (
     Problem,
     enumerate_problems,
     faulty_worked_target,
+    parse_worked_answer,
 )
 
 
@@ -79,7 +80,8 @@ def mc_choices(p: Problem, difficulty: Difficulty, rng: random.Random) -> tuple[
     distractors: list[str] = []
     for f in faults:
         t = faulty_worked_target(p, f, difficulty)
-        if t is not None and t not in distractors:
+        # A near miss must end in a wrong answer, or it is not a wrong choice.
+        if t is not None and t not in distractors and parse_worked_answer(t) != p.answer:
             distractors.append(t)
         if len(distractors) == 3:
             break
