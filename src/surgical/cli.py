@@ -202,7 +202,7 @@ def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory."),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
-    """Run the whole method on the embedded arithmetic world (stages not built yet are listed)."""
+    """Run the whole method on the embedded arithmetic world: every stage, the baselines, the report."""
     from .pipeline import run_demo
 
     code = run_demo(out_dir, quiet=quiet)

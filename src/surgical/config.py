@@ -73,16 +73,33 @@ class QuantizeConfig(Section):
     backend: Literal["torchao", "quanto"] = Field("torchao", description="Quantization library.")
 
 
-class BaselinesConfig(Section):
-    """Which literature baselines the pipeline runs next to the surgical student."""
+def _default_compare_verify() -> dict:
+    return {
+        "n_items": 100, "bootstrap_samples": 200, "jailbreak_items": 16, "in_context_items": 16,
+        "relearn_lrs": [1e-4, 1e-3], "relearn_max_steps": 500, "relearn_eval_steps": [50, 200, 500],
+        "relearn_eval_items": 32, "relearn_early_stop": False, "benign_relearn": False,
+        "quant_schemes": ["int4"], "probe_train_items": 200, "probe_test_items": 100, "ablation_items": 50,
+    }
 
-    plain_kd: bool = True
-    filter_only: bool = True
-    graddiff: bool = True
-    maxent: bool = True
-    rmu: bool = True
-    undo: bool = True
-    oracle: bool = True
+
+class BaselinesConfig(Section):
+    """Which literature baselines run next to the surgical student, and the comparison battery they share."""
+
+    plain_kd: bool = Field(True, description="The same student, unfiltered data, no penalty.")
+    filter_only: bool = Field(True, description="The same student, filtered data, no penalty.")
+    graddiff: bool = Field(True, description="The teacher unlearned in place with GradDiff.")
+    maxent: bool = Field(True, description="The teacher unlearned in place with MaxEnt.")
+    rmu: bool = Field(True, description="The teacher unlearned in place with RMU (WMDP hyperparameters, scaled).")
+    undo: bool = Field(True, description="UNDO: unlearn, noise a copy, distil (Lee et al., 2025).")
+    oracle: bool = Field(True, description="The student architecture trained from scratch on retain-only labels.")
+    cross_domain: bool = Field(True, description="Distil on add only and measure sub, and the reverse.")
+    undo_unlearn_method: Literal["graddiff", "maxent", "rmu"] = Field(
+        "maxent", description="The unlearning method UNDO starts from.")
+    unlearn: dict = Field(default_factory=dict, description="Overrides of surgical.baselines.unlearn.UnlearnConfig.")
+    compare_verify: dict = Field(
+        default_factory=_default_compare_verify,
+        description="Overrides of the verify config for the comparison battery every method goes through "
+        "(smaller sweeps than the full verify stage, identical for every row).")
 
 
 class PipelineConfig(Section):

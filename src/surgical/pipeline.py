@@ -1,4 +1,12 @@
-"""Stage order, caching and the demo. The runner decides order and caching, and nothing else."""
+"""The pipeline: the demo's stage graph over the arithmetic world, run by ``surgical.runner.Runner``.
+
+world -> teacher -> map -> curate -> generate -> distill -> verify -> quantize (-> verify again inside it)
+-> baselines (plain KD, filter-only KD, GradDiff, MaxEnt, RMU, UNDO, oracle, each through the same
+comparison battery as the surgical student) -> cross-domain experiment -> report.
+
+Each stage function reads only its inputs' output directories (``ctx.inputs``) and the config, and writes
+into ``ctx.out_dir``; the runner decides order and caching, nothing else.
+"""
 
 from __future__ import annotations
 
@@ -7,45 +15,337 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .io import write_json
+from .config import PipelineConfig, demo_config, load_config
+from .io import read_json, read_jsonl, write_json, write_jsonl
+from .runner import Runner, Stage, StageContext
 
-# The stages of `surgical demo`, in order, and whether each is built.
-DEMO_STAGES = ["world", "teacher", "map", "curate", "generate", "distill", "verify", "quantize", "verify-quantized",
-               "report"]
-BUILT_STAGES = {"world", "teacher"}
+FORGET = ("mul", "div")
+RETAIN = ("add", "sub")
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def teacher_dir_of(ctx: StageContext) -> Path:
+    """The teacher directory recorded by the teacher stage."""
+    return Path(read_json(ctx.inputs["teacher"] / "location.json")["teacher_dir"])
+
+
+def policy_path(cfg: PipelineConfig) -> Path:
+    from .policy import demo_policy_path
+
+    return Path(cfg.curate.policy) if getattr(cfg.curate, "policy", None) else demo_policy_path()
+
+
+def _domain_mean(metrics: dict, domains) -> float:
+    return sum(metrics[d]["exact_match"] for d in domains) / len(domains)
+
+
+# ---------------------------------------------------------------- stages
+
+
+def stage_world(ctx: StageContext) -> dict:
+    from .world import build_world, write_world
+
+    write_world(ctx.config.world, ctx.out_dir)
+    wb = build_world(ctx.config.world)
+    return {"counts": {s: {d: len(v) for d, v in wb.splits[s].items()} for s in ("train", "val", "test")},
+            "data_sha256": wb.data_hash}
+
+
+def stage_teacher(ctx: StageContext) -> dict:
+    from .world.teacher import get_or_train_teacher, load_teacher_record
+
+    t0 = time.perf_counter()
+    tdir, trained = get_or_train_teacher(ctx.config.world, ctx.config.teacher, quiet=ctx.quiet)
+    rec = load_teacher_record(tdir)
+    write_json(ctx.out_dir / "teacher.json", rec)
+    write_json(ctx.out_dir / "location.json", {"teacher_dir": str(tdir), "trained_now": trained,
+                                               "wall_s": round(time.perf_counter() - t0, 2)})
+    return {"teacher_dir": str(tdir), "trained_now": trained, "n_parameters": rec["n_parameters"],
+            "test_metrics": rec["test_metrics"], "train_wall_s": rec["train_wall_s"]}
+
+
+def stage_map(ctx: StageContext) -> dict:
+    from .map.data import world_examples
+    from .map.run import run as map_run
+    from .map.validate import WorldEvaluator
+    from .models import load_model, load_tokenizer
+    from .world import build_world
+
+    cfg, mcfg = ctx.config, ctx.config.map
+    tdir = teacher_dir_of(ctx)
+    wb = build_world(cfg.world)
+    tok = load_tokenizer(tdir)
+    model = load_model(tdir, device=mcfg.device)
+    forget = world_examples(wb, FORGET, mcfg.n_forget, mcfg.seed)
+    retain = world_examples(wb, RETAIN, mcfg.n_retain, mcfg.seed + 1)
+    evaluator = WorldEvaluator(wb, tok, mcfg.validation_split, mcfg.validation_limit)
+    res = map_run(mcfg, model, tok, forget, retain, ctx.out_dir, evaluator, inputs={"model": tdir},
+                  quiet=ctx.quiet, extra_provenance={"model_spec": str(tdir), "world_data_sha256": wb.data_hash})
+    m = read_json(ctx.out_dir / "map.json")
+    return {"recommended_layers": m.get("recommended_layers"), "spine": m.get("spine"),
+            "specificity_ratio": m.get("validation", {}).get("specificity_ratio"),
+            "attribution_vs_exact_spearman": m.get("attribution_vs_exact_spearman"), "result": str(type(res).__name__)}
+
+
+def stage_curate(ctx: StageContext) -> dict:
+    from .curate.run import run_demo as curate_demo
+
+    curate_demo(ctx.out_dir, ctx.config, quiet=ctx.quiet, policy_path=policy_path(ctx.config))
+    rep = read_json(ctx.out_dir / "curate.json")
+    return {k: rep.get(k) for k in ("counts", "forbidden_recall", "overfilter_rate", "throughput_docs_per_s")}
+
+
+def stage_generate(ctx: StageContext) -> dict:
+    from .curate.generate import run as generate_run
+
+    gcfg = ctx.config.generate
+    gold = read_jsonl(ctx.inputs["curate"] / "gold.jsonl")
+    prompts = [{"prompt": r["prompt"], "answer": r.get("answer"), "domain": r.get("domain")}
+               for r in gold if r.get("prompt")]
+    limit = getattr(gcfg, "max_prompts", None)
+    if limit:
+        prompts = prompts[:limit]
+    prompts_path = ctx.out_dir / "prompts.jsonl"
+    write_jsonl(prompts_path, prompts)
+    constitution = getattr(ctx.config.curate, "constitution", None)
+    if constitution is None:
+        from .curate.constitution import demo_constitution_path
+
+        constitution = demo_constitution_path()
+    res = generate_run(gcfg, teacher_dir_of(ctx), prompts_path, ctx.out_dir, constitution_path=constitution,
+                       quiet=ctx.quiet)
+    rep = read_json(ctx.out_dir / "generate.json")
+    return {k: rep.get(k) for k in ("counts", "tokens_per_s", "rejected_steps_per_rule")} | {"ok": res is not None}
+
+
+def _distill(ctx: StageContext, out: Path, preset: str, gold, forbidden, map_path=None, teacher=None,
+             overrides: dict | None = None):
+    from .distill.run import run as distill_run
+
+    cfg = ctx.config.distill.model_copy(update=overrides or {})
+    return distill_run(cfg, teacher or teacher_dir_of(ctx), gold, forbidden, map_path=map_path, out_dir=out,
+                       preset=preset, world_cfg=ctx.config.world, quiet=ctx.quiet, resume=True)
+
+
+def stage_distill(ctx: StageContext) -> dict:
+    _distill(ctx, ctx.out_dir, "surgical", ctx.inputs["generate"] / "trajectories.jsonl",
+             ctx.inputs["curate"] / "quarantine.jsonl", map_path=ctx.inputs["map"] / "map.json")
+    rec = read_json(ctx.out_dir / "distill.json")
+    return {k: rec.get(k) for k in ("student", "test_metrics", "tokens_seen", "wall_s")}
+
+
+def stage_verify(ctx: StageContext) -> dict:
+    from .policy import load_policy
+    from .verify.run import run as verify_run
+
+    res = verify_run(ctx.inputs["distill"] / "student", load_policy(policy_path(ctx.config)), ctx.out_dir,
+                     reference_dirs=[teacher_dir_of(ctx)], cfg=ctx.config.verify, world=ctx.config.world,
+                     policy_path=policy_path(ctx.config))
+    return {"verdict": res.verdict, "exit_code": res.exit_code, "checks": res.record.get("checks")}
+
+
+def stage_quantize(ctx: StageContext) -> dict:
+    from .quantize import run as quantize_run
+
+    q = ctx.config.quantize
+    rec = quantize_run(ctx.inputs["distill"] / "student", ctx.out_dir, scheme=q.scheme, backend=q.backend,
+                       verify=True, policy=policy_path(ctx.config), references=[teacher_dir_of(ctx)],
+                       quiet=ctx.quiet)
+    return {"scheme": q.scheme, "backend": q.backend, "verify": (rec or {}).get("verify")}
+
+
+# ---------------------------------------------------------------- baselines and comparison
+
+
+def compare_verify_config(cfg: PipelineConfig):
+    """The comparison battery: the verify config with the baselines section's overrides (smaller sweeps),
+    the same for every method so the rows are comparable."""
+    return cfg.verify.model_copy(update=cfg.baselines.compare_verify)
+
+
+def comparison_row(method: str, model_dir: Path, ctx: StageContext, train: dict) -> dict:
+    """Run the comparison battery on ``model_dir`` and reduce it to one comparison.json row."""
+    from .policy import load_policy
+    from .verify.run import run as verify_run
+
+    vcfg = compare_verify_config(ctx.config)
+    res = verify_run(model_dir, load_policy(policy_path(ctx.config)), ctx.out_dir / "verify",
+                     reference_dirs=[teacher_dir_of(ctx)], cfg=vcfg, world=ctx.config.world,
+                     policy_path=policy_path(ctx.config))
+    return row_from_verify(method, res.record, train)
+
+
+def row_from_verify(method: str, rec: dict, train: dict) -> dict:
+    """A comparison row from a verify record: clean forget EM/MC, worst jailbreak, relearning at the
+    chosen step budgets (best learning rate), int4 forget, best latent-probe accuracy, retain ratio."""
+    side = rec["summary_by_model"]["model"]
+    jail = [v["forget"] for k, v in rec["attacks"].items() if k.startswith("jailbreak:")]
+    relearn = (rec.get("relearning") or {}).get("model") or {}
+    best = relearn.get("best") or {}
+    curve = best.get("curve", [])
+    after = {}
+    for budget in (50, 200, 500):
+        pts = [p for p in curve if p["step"] <= budget]
+        after[str(budget)] = max((p["forget"] for p in pts), default=None)
+    int4 = rec["attacks"].get("quant:int4", {}).get("forget")
+    latent = (rec.get("probes") or {}).get("latent") or {}
+    probe_acc = latent.get("model", {}).get("best_accuracy") if isinstance(latent.get("model"), dict) else None
+    return {
+        "method": method,
+        "forget_exact_match": side["forget"],
+        "forget_mc": side["forget_mc"],
+        "forget_worst_jailbreak": max(jail) if jail else None,
+        "forget_after_relearn": after,
+        "relearn_curve": curve,
+        "relearn_best_lr": relearn.get("best_lr"),
+        "forget_int4": int4,
+        "quantization_gap_int4": (int4 - side["forget"]) if int4 is not None else None,
+        "probe_accuracy": probe_acc,
+        "retain_exact_match": side["retain"],
+        "retain_ratio": rec.get("retention", {}).get("retain_ratio"),
+        "train_flops": train.get("train_flops"),
+        "wall_s": train.get("wall_s"),
+        "verdict": rec.get("verdict"),
+    }
+
+
+def _student_train_info(out: Path) -> dict:
+    rec = read_json(out / "distill.json")
+    n_params = rec.get("student", {}).get("n_parameters") or rec.get("student_parameters")
+    tokens = rec.get("tokens_seen")
+    flops = rec.get("train_flops") or (6 * n_params * tokens if n_params and tokens else None)
+    return {"train_flops": flops, "wall_s": rec.get("wall_s")}
+
+
+def _baseline_stage(method: str):
+    """A stage that trains one baseline (or reuses the surgical student) and runs the comparison battery."""
+
+    def fn(ctx: StageContext) -> dict:
+        cfg = ctx.config
+        gold_traj = ctx.inputs["generate"] / "trajectories.jsonl"
+        quarantine = ctx.inputs["curate"] / "quarantine.jsonl"
+        all_train = ctx.inputs["curate"] / "input.jsonl"
+        model_out = ctx.out_dir / "model"
+        if method == "surgical":
+            model_dir = ctx.inputs["distill"] / "student"
+            train = _student_train_info(ctx.inputs["distill"])
+        elif method in ("plain-kd", "filter-only", "oracle"):
+            gold = all_train if method == "plain-kd" else gold_traj
+            if method == "oracle":  # labels, not the teacher's trajectories: the curated gold records
+                gold = ctx.inputs["curate"] / "gold.jsonl"
+            _distill(ctx, model_out, method, gold, quarantine)
+            model_dir, train = model_out / "student", _student_train_info(model_out)
+        elif method in ("graddiff", "maxent", "rmu"):
+            model_dir, train = _unlearn(ctx, method, model_out)
+        elif method == "undo":
+            unlearned, utrain = _unlearn(ctx, cfg.baselines.undo_unlearn_method, ctx.out_dir / "unlearned")
+            _distill(ctx, model_out, "filter-only", all_train, None, teacher=unlearned,
+                     overrides={"student_init": "noised", "student_init_from": str(unlearned),
+                                "forbidden_ratio": 0.0})
+            model_dir = model_out / "student"
+            dtrain = _student_train_info(model_out)
+            train = {"train_flops": (utrain["train_flops"] or 0) + (dtrain["train_flops"] or 0),
+                     "wall_s": (utrain["wall_s"] or 0) + (dtrain["wall_s"] or 0)}
+        else:
+            raise ValueError(f"unknown baseline {method!r}")
+        row = comparison_row(method, model_dir, ctx, train)
+        write_json(ctx.out_dir / "row.json", row)
+        return {k: v for k, v in row.items() if k != "relearn_curve"}
+
+    return fn
+
+
+def _unlearn(ctx: StageContext, method: str, out: Path) -> tuple[Path, dict]:
+    from .baselines.unlearn import UnlearnConfig, unlearn, world_unlearn_records
+    from .world import build_world
+
+    wb = build_world(ctx.config.world)
+    ucfg = UnlearnConfig(**ctx.config.baselines.unlearn)
+    rec = unlearn(teacher_dir_of(ctx), method, world_unlearn_records(wb, FORGET), world_unlearn_records(wb, RETAIN),
+                  ucfg, out)
+    return out, {"train_flops": rec.get("train_flops"), "wall_s": rec.get("wall_s")}
+
+
+def stage_cross_domain(ctx: StageContext) -> dict:
+    """Distil on one allowed domain only and measure the other (and the reverse)."""
+    from .distill.run import world_records
+    from .world import build_world
+
+    wb = build_world(ctx.config.world)
+    quarantine = ctx.inputs["curate"] / "quarantine.jsonl"
+    out = {}
+    for train_on, held_out in (("add", "sub"), ("sub", "add")):
+        d = ctx.out_dir / f"train-{train_on}"
+        _distill(ctx, d, "surgical", world_records(wb, (train_on,)), quarantine)
+        m = read_json(d / "distill.json").get("test_metrics", {})
+        out[f"{train_on}->{held_out}"] = {"train_domain": train_on, "held_out_domain": held_out,
+                                          "train_domain_exact_match": m.get(train_on, {}).get("exact_match"),
+                                          "held_out_exact_match": m.get(held_out, {}).get("exact_match"),
+                                          "forget_exact_match": _domain_mean(m, FORGET) if m else None}
+    write_json(ctx.out_dir / "cross_domain.json", out)
+    return out
+
+
+def stage_report(ctx: StageContext) -> dict:
+    from .report import write_run_report
+
+    return write_run_report(ctx.run_dir, ctx.config, ctx.out_dir)
+
+
+# ---------------------------------------------------------------- the graph
+
+
+BASELINE_KEYS = {"plain-kd": "plain_kd", "filter-only": "filter_only", "graddiff": "graddiff", "maxent": "maxent",
+                 "rmu": "rmu", "undo": "undo", "oracle": "oracle"}
+
+
+def build_stages(cfg: PipelineConfig) -> list[Stage]:
+    """The demo's stages, in order, with their dependencies and the config each one hashes."""
+    stages = [
+        Stage("world", stage_world, config_of=lambda c: c.world),
+        Stage("teacher", stage_teacher, deps=["world"], config_of=lambda c: c.teacher),
+        Stage("map", stage_map, deps=["teacher"], config_of=lambda c: c.map),
+        Stage("curate", stage_curate, deps=["world"], config_of=lambda c: c.curate,
+              external_inputs=lambda c: {"policy": str(policy_path(c))}),
+        Stage("generate", stage_generate, deps=["teacher", "curate"], config_of=lambda c: (c.generate, c.curate)),
+        Stage("distill", stage_distill, deps=["teacher", "map", "curate", "generate"], config_of=lambda c: c.distill),
+        Stage("verify", stage_verify, deps=["teacher", "distill"], config_of=lambda c: c.verify),
+        Stage("quantize", stage_quantize, deps=["teacher", "distill"], config_of=lambda c: (c.quantize, c.verify)),
+    ]
+    compare_cfg = lambda c: (c.verify, c.baselines.compare_verify)  # noqa: E731
+    methods = ["surgical"] + [m for m, key in BASELINE_KEYS.items() if getattr(cfg.baselines, key)]
+    for m in methods:
+        stages.append(Stage(f"compare-{m}", _baseline_stage(m),
+                            deps=["teacher", "curate", "generate", "distill"],
+                            config_of=lambda c, m=m: (compare_cfg(c), c.distill, c.baselines.unlearn, m)))
+    if cfg.baselines.cross_domain:
+        stages.append(Stage("cross-domain", stage_cross_domain, deps=["teacher", "curate"],
+                            config_of=lambda c: c.distill))
+    stages.append(Stage("report", stage_report, deps=[s.name for s in stages],
+                        config_of=lambda c: c.baselines))
+    return stages
+
+
+def make_runner(cfg: PipelineConfig, run_dir: str | Path | None = None, console: Console | None = None) -> Runner:
+    return Runner(build_stages(cfg), run_dir or cfg.run_dir, cfg, console=console)
+
+
+def run_pipeline(config_path: str | Path | None, run_dir: str | Path | None = None, from_stage: str | None = None,
+                 only: str | None = None, force: bool = False, quiet: bool = False) -> dict:
+    """Run a pipeline YAML (default: the demo config) stage by stage with caching."""
+    cfg = load_config(config_path) if config_path else demo_config()
+    runner = make_runner(cfg, run_dir, console=Console(stderr=True, quiet=quiet))
+    return runner.run(from_stage=from_stage, only=only, force=force, quiet=quiet)
 
 
 def run_demo(out_dir: str | Path = "runs/demo", quiet: bool = False) -> int:
-    """Run every built stage of the demo on the arithmetic world and say which are still missing.
-    Returns the process exit code (0 when every built stage succeeded)."""
-    from .config import demo_config
-    from .world import write_world
-    from .world.teacher import get_or_train_teacher, load_teacher_record
-
-    console = Console(stderr=True, quiet=quiet)
-    out_dir = Path(out_dir)
-    cfg = demo_config()
-    timings: dict[str, float] = {}
+    """`surgical demo`: the whole method on the arithmetic world; prints the headline table and the report."""
+    from .report import print_headline
 
     t0 = time.perf_counter()
-    console.rule("[bold]world")
-    write_world(cfg.world, out_dir / "world")
-    timings["world"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    console.rule("[bold]teacher")
-    tdir, trained = get_or_train_teacher(cfg.world, cfg.teacher, quiet=quiet)
-    rec = load_teacher_record(tdir)
-    timings["teacher"] = time.perf_counter() - t0
-    console.print(f"{'trained' if trained else 'reused cached'} teacher at {tdir}")
-    from .cli import _print_metrics
-
-    _print_metrics(rec["test_metrics"], console)
-
-    missing = [s for s in DEMO_STAGES if s not in BUILT_STAGES]
-    console.rule("[bold]not built yet")
-    for s in missing:
-        console.print(f"[yellow]{s}[/yellow]: not built yet")
-    write_json(out_dir / "demo.json", {"teacher_dir": str(tdir), "teacher_test_metrics": rec["test_metrics"],
-                                       "timings_s": timings, "missing_stages": missing})
-    return 0
+    results = run_pipeline(None, run_dir=out_dir, quiet=quiet)
+    wall = time.perf_counter() - t0
+    print_headline(Path(out_dir), Console(), wall_s=wall)
+    return 0 if results else 1

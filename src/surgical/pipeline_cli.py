@@ -1,0 +1,44 @@
+"""`surgical run PIPELINE.yaml`: every stage in order with content-addressed caching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run_cmd(
+        config: Optional[Path] = typer.Argument(None, help="Pipeline YAML (default: the demo config)."),
+        run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Override the config's run_dir."),
+        from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run this stage and every later one."),
+        only: Optional[str] = typer.Option(None, "--only", help="Run just this stage (its inputs must exist)."),
+        force: bool = typer.Option(False, "--force", help="Re-run every stage, cached or not."),
+        status: bool = typer.Option(False, "--status", help="Print which stages are done and exit."),
+        quiet: bool = typer.Option(False, "--quiet"),
+    ) -> None:
+        """Run a pipeline YAML stage by stage; unchanged stages are skipped, interrupted runs resume."""
+        from .config import ConfigError, demo_config, load_config
+        from .pipeline import make_runner
+        from .runner import PipelineError
+
+        console = Console(stderr=True)
+        try:
+            cfg = load_config(config) if config else demo_config()
+        except ConfigError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+        runner = make_runner(cfg, run_dir, console=Console(stderr=True, quiet=quiet))
+        if status:
+            for name, st in runner.status().items():
+                print(f"{name}\t{st}")
+            return
+        try:
+            runner.run(from_stage=from_stage, only=only, force=force, quiet=quiet)
+        except PipelineError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+        print(Path(run_dir or cfg.run_dir) / "report.html")
