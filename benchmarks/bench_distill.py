@@ -57,7 +57,10 @@ def _bench_trl(teacher_dir, student_init_dir, encoded_rows, tok, args, tmp) -> f
     cfg = GKDConfig(output_dir=str(tmp / "trl"), max_steps=args.steps, per_device_train_batch_size=args.batch,
                     learning_rate=3e-3, lr_scheduler_type="cosine", warmup_steps=0, lmbda=0.0, beta=0.0,
                     seq_kd=False, temperature=1.0, report_to=[], use_cpu=True, save_strategy="no",
-                    logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0, max_length=128)
+                    logging_steps=10**6, disable_tqdm=True, dataloader_num_workers=0, max_length=128,
+                    # TRL's configs default to activation checkpointing and bf16 autocast; ours runs fp32 without
+                    # checkpointing, so TRL must too for a like-for-like comparison.
+                    gradient_checkpointing=False, bf16=False, adam_beta2=0.98, weight_decay=0.01)
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=cfg, train_dataset=ds,
                          data_collator=PadCollator(tok.pad_token_id), processing_class=tok)
     # Same batch order as ours: sequential.
@@ -72,7 +75,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--top-k", type=int, default=16)
     ap.add_argument("--teacher", default=None)
     ap.add_argument("--out", default="benchmarks/results/bench_distill.json")

@@ -98,26 +98,24 @@ def stage_curate(ctx: StageContext) -> dict:
 
 
 def stage_generate(ctx: StageContext) -> dict:
+    """Teacher trajectories on the gold prompts (at most ``generate.demo_per_domain`` per domain), checked
+    against the answer key and rewritten by the constitution."""
     from .curate.generate import run as generate_run
 
     gcfg = ctx.config.generate
-    gold = read_jsonl(ctx.inputs["curate"] / "gold.jsonl")
-    prompts = [{"prompt": r["prompt"], "answer": r.get("answer"), "domain": r.get("domain")}
-               for r in gold if r.get("prompt")]
-    limit = getattr(gcfg, "max_prompts", None)
-    if limit:
-        prompts = prompts[:limit]
+    per_domain: dict[str, int] = {}
+    prompts = []
+    for r in read_jsonl(ctx.inputs["curate"] / "gold.jsonl"):
+        d = r.get("domain", "?")
+        if r.get("prompt") and per_domain.get(d, 0) < gcfg.demo_per_domain:
+            per_domain[d] = per_domain.get(d, 0) + 1
+            prompts.append({"prompt": r["prompt"], "answer": r.get("answer"), "domain": d})
     prompts_path = ctx.out_dir / "prompts.jsonl"
     write_jsonl(prompts_path, prompts)
-    constitution = getattr(ctx.config.curate, "constitution", None)
-    if constitution is None:
-        from .curate.constitution import demo_constitution_path
-
-        constitution = demo_constitution_path()
-    res = generate_run(gcfg, teacher_dir_of(ctx), prompts_path, ctx.out_dir, constitution_path=constitution,
-                       quiet=ctx.quiet)
+    generate_run(gcfg, teacher_dir_of(ctx), prompts_path, ctx.out_dir, constitution_path=gcfg.constitution or None,
+                 quiet=ctx.quiet)
     rep = read_json(ctx.out_dir / "generate.json")
-    return {k: rep.get(k) for k in ("counts", "tokens_per_s", "rejected_steps_per_rule")} | {"ok": res is not None}
+    return {"prompts": len(prompts), **{k: rep.get(k) for k in ("counts", "tokens_per_s", "rejected_steps_per_rule")}}
 
 
 def _distill(ctx: StageContext, out: Path, preset: str, gold, forbidden, map_path=None, teacher=None,

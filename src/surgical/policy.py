@@ -31,6 +31,11 @@ class ForbiddenDomain(Section):
     classifier_threshold: float = Field(
         0.5, ge=0, le=1, description="Classifier probability at or above which an escalated record is forbidden."
     )
+    decisive_at: int | None = Field(
+        None, ge=1, description="Blocklist hits at or above which the record is quarantined by stage 1 alone, "
+        "without the classifier (None: the classifier always decides). Saves classifier time on corpora "
+        "where heavy hitters are unambiguous."
+    )
 
     @field_validator("regexes")
     @classmethod

@@ -65,3 +65,20 @@ def test_confusion_metrics():
     assert len(m["forbidden_recall"]["ci95"]) == 2
     assert m["per_domain_removed"]["add"] == {"n": 20, "removed": 2, "rate": 0.1}
     assert math.isnan(Confusion().metrics()["precision"])
+
+
+def test_decisive_hits_quarantine_without_the_classifier(tmp_path, stub_classifier):
+    from surgical.curate.config import CurateConfig
+    from surgical.curate.run import curate
+
+    pol = Policy(forbidden=[ForbiddenDomain(name="mul", keywords=["*"], escalate_at=1, decisive_at=3,
+                                            exemplars=["1*1"])])
+    bl = Blocklist(pol)
+    assert bl.decisive(bl.hits("1*2*3*4")) == ["mul"] and bl.decisive(bl.hits("1*2")) == []
+    q = decide({"mul": 3}, ["mul"], None, {"mul": 0.5}, 0.1, decisive=["mul"])
+    assert (q["decision"], q["rule"]) == (QUARANTINE, "blocklist:decisive:mul")
+    recs = [{"text": "1*2*3*4 heavy"}, {"text": "1*2 light"}, {"text": "no hits"}]
+    stub_classifier.domains = ("mul",)
+    res = curate(((str(i), r) for i, r in enumerate(recs)), tmp_path, pol, CurateConfig(), classifier=stub_classifier)
+    assert stub_classifier.batch_sizes == [1]  # only the light record reached the classifier
+    assert res.report["counts"]["by_stage"]["stage1_decisive"] == 1

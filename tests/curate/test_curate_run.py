@@ -41,8 +41,8 @@ def test_fail_closed_corrupt_line_missing_field_empty_text(tmp_path, demo_policy
 
 def test_crashing_classifier_quarantines_its_batch(tmp_path, demo_policy, make_stub):
     clf = make_stub(crash_on="99")
-    recs = [{"text": "99*2: 9*2+0=18; 9*2+1=19; so 198"}, {"text": "11*2: 1*2+0=2; 1*2+0=2; so 22"},
-            {"text": "10+10: 0+0+0=0; 1+1+0=2; so 20"}]
+    # one keyword hit each: escalated (not decisive), so the classifier must score them
+    recs = [{"text": "99 times 2 is 198"}, {"text": "11 times 2 is 22"}, {"text": "10+10: 0+0+0=0; 1+1+0=2; so 20"}]
     res = curate(((str(i), r) for i, r in enumerate(recs)), tmp_path, demo_policy, CurateConfig(), classifier=clf)
     gold = _read(tmp_path, "gold.jsonl")
     assert [r["text"] for r in gold] == [recs[2]["text"]]  # not escalated: never needed the classifier

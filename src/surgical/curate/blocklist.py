@@ -19,6 +19,7 @@ class DomainRules:
     keywords: tuple[str, ...]  # lower-cased
     regexes: tuple[re.Pattern, ...]
     escalate_at: int
+    decisive_at: int | None
 
 
 class Blocklist:
@@ -31,6 +32,7 @@ class Blocklist:
                 keywords=tuple(k.lower() for k in d.keywords if k),
                 regexes=tuple(re.compile(p, re.IGNORECASE) for p in d.regexes),
                 escalate_at=d.escalate_at,
+                decisive_at=d.decisive_at,
             )
             for d in policy.forbidden
         ]
@@ -46,3 +48,7 @@ class Blocklist:
     def escalated(self, hits: dict[str, int]) -> list[str]:
         """Domains whose hits reach their ``escalate_at``."""
         return [r.name for r in self.rules if hits.get(r.name, 0) >= r.escalate_at]
+
+    def decisive(self, hits: dict[str, int]) -> list[str]:
+        """Domains whose hits reach their ``decisive_at`` (quarantined without the classifier)."""
+        return [r.name for r in self.rules if r.decisive_at is not None and hits.get(r.name, 0) >= r.decisive_at]

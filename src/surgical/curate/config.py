@@ -50,7 +50,6 @@ class CurateConfig(Section):
     eval_file: str = Field("", description="Labelled held-out JSONL for recall/over-filtering (never trained on). "
                            "Empty: the labelled input records minus classifier exemplars.")
     world_split: Literal["train", "val", "test"] = Field("train", description="World split the demo corpus uses.")
-    bootstrap_seed: int = Field(0, description="Seed of anything random in the report.")
 
 
 class GenerateConfig(Section):

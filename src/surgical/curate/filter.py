@@ -3,6 +3,7 @@
 Decision (per record), after the Deep Ignorance two-stage filter (O'Brien et al., 2025):
 
 * stage 1: blocklist hits per forbidden domain; a domain with ``hits >= escalate_at`` escalates;
+* optionally, ``hits >= decisive_at`` quarantines at once (stage 1 alone decides);
 * stage 2 (escalated records, or all with ``classify='all'``): one probability per forbidden domain;
   any ``p >= classifier_threshold`` -> quarantine; an escalated record within ``borderline_band`` below
   the threshold -> borderline; otherwise gold.
@@ -25,11 +26,17 @@ def decide(
     probs: Mapping[str, float] | None,
     thresholds: Mapping[str, float],
     borderline_band: float,
+    decisive: list[str] | None = None,
 ) -> dict:
     """The ``curate`` block of one readable record: decision, domain, rule, scores, reason.
 
-    ``probs`` is None when the classifier did not run on the record (not escalated)."""
+    ``probs`` is None when the classifier did not run on the record (not escalated, or decided by stage 1:
+    ``decisive`` lists the domains whose hits reached their ``decisive_at``)."""
     scores = {"blocklist_hits": dict(hits)}
+    if decisive:
+        top = max(decisive, key=lambda d: hits[d])
+        return {"decision": QUARANTINE, "domain": top, "rule": f"blocklist:decisive:{top}", "scores": scores,
+                "reason": "forbidden"}
     if probs is None:
         return {"decision": GOLD, "domain": None, "rule": "blocklist:pass", "scores": scores, "reason": "no_hits"}
     scores["classifier"] = {d: round(float(p), 6) for d, p in probs.items()}

@@ -61,7 +61,8 @@ def _stage1(texts: list[str]) -> tuple[list[tuple], float, float]:
     keys = [exact_key(t) if dedup else None for t in texts]
     sigs = [minhash(t, params, n) if dedup else None for t in texts]
     t2 = time.perf_counter()
-    return [(h, bl.escalated(h), k, s) for h, k, s in zip(hits, keys, sigs, strict=True)], t1 - t0, t2 - t1
+    rows = [(h, bl.escalated(h), k, s, bl.decisive(h)) for h, k, s in zip(hits, keys, sigs, strict=True)]
+    return rows, t1 - t0, t2 - t1
 
 
 def _batched(it: Iterable, n: int) -> Iterator[list]:
@@ -110,7 +111,7 @@ class Curator:
 
     def decide_batch(self, stage1: list[tuple], texts: list[str], classify_all: bool) -> list[dict]:
         """The curate block of each text given its stage-1 results."""
-        to_score = [i for i, (_, esc, _, _) in enumerate(stage1) if esc or classify_all]
+        to_score = [i for i, (_, esc, _, _, dec) in enumerate(stage1) if (esc or classify_all) and not dec]
         scored = self.classify([texts[i] for i in to_score])
         probs: dict[int, dict] = {}
         if isinstance(scored, Exception):
@@ -120,11 +121,11 @@ class Curator:
             blocks = {}
             probs = dict(zip(to_score, scored, strict=True))
         out = []
-        for i, (hits, esc, _, _) in enumerate(stage1):
+        for i, (hits, esc, _, _, dec) in enumerate(stage1):
             if i in blocks:
                 out.append(blocks[i])
             else:
-                out.append(decide(hits, esc, probs.get(i), self.thresholds, self.cfg.borderline_band))
+                out.append(decide(hits, esc, probs.get(i), self.thresholds, self.cfg.borderline_band, dec))
         return out
 
     def evaluate(self, records: list[dict], text_field: str = "text") -> dict:
@@ -142,11 +143,11 @@ class Curator:
             scored = self.classify(texts)
             if isinstance(scored, Exception):
                 raise RuntimeError(f"classifier failed on the evaluation set: {scored}") from scored
-            for r, (hits, esc, _, _), p in zip(keep, stage1, scored, strict=True):
+            for r, (hits, esc, _, _, dec), p in zip(keep, stage1, scored, strict=True):
                 forbidden = r.get(self.cfg.label_field) == "forbidden"
                 dom = r.get("domain")
                 two = decide(hits, esc, p if (esc or self.cfg.classify == "all") else None, self.thresholds,
-                             self.cfg.borderline_band)
+                             self.cfg.borderline_band, dec)
                 conf["blocklist_only"].add(forbidden, bool(esc), dom)
                 conf["classifier_only"].add(forbidden, any(p[d] >= t for d, t in self.thresholds.items()), dom)
                 conf["two_stage"].add(forbidden, two["decision"] != GOLD, dom)
@@ -275,7 +276,7 @@ def curate(
             curator.seconds["stage1_wall"] += time.perf_counter() - t0
             # exact dedup before the classifier: duplicates are dropped, never scored twice
             fresh = []
-            for i, (_, _, key, _) in enumerate(stage1):
+            for i, (_, _, key, _, _) in enumerate(stage1):
                 if key is not None and key in seen:
                     counts["by_stage"]["dedup_exact_dropped"] += 1
                     continue
@@ -286,11 +287,12 @@ def curate(
             ok = [ok[i] for i in fresh]
             texts = [texts[i] for i in fresh]
             counts["by_stage"]["stage1_escalated"] += sum(bool(s[1]) for s in stage1)
+            counts["by_stage"]["stage1_decisive"] += sum(bool(s[4]) for s in stage1)
             n_before = curator.n_classified
             blocks = curator.decide_batch(stage1, texts, cfg.classify == "all")
             counts["by_stage"]["stage2_classified"] += curator.n_classified - n_before
             t0 = time.perf_counter()
-            for (where, rec), (_, _, _, sig), block in zip(ok, stage1, blocks, strict=True):
+            for (where, rec), (_, _, _, sig, _), block in zip(ok, stage1, blocks, strict=True):
                 block["source"] = where
                 if block["decision"] == QUARANTINE:
                     quarantine(rec, block, sig)

@@ -13,8 +13,8 @@ class MapConfig(Section):
     """The map stage's knobs (see docs/map.md)."""
 
     # ---- data
-    n_forget: int = Field(128, ge=4, description="Forget examples (sequences) used for statistics and attribution.")
-    n_retain: int = Field(128, ge=4, description="Retain examples (sequences) used for statistics and attribution.")
+    n_forget: int = Field(64, ge=4, description="Forget examples (sequences) used for statistics and attribution.")
+    n_retain: int = Field(64, ge=4, description="Retain examples (sequences) used for statistics and attribution.")
     batch_size: int = Field(64, ge=1, description="Sequences per forward/backward pass.")
     max_length: int = Field(256, ge=8, description="Tokens per sequence (longer ones are cut).")
     seed: int = Field(0, description="Seed of data sampling, random controls and SAE init.")
@@ -31,7 +31,7 @@ class MapConfig(Section):
         "activation-statistics baseline).")
 
     # ---- exact activation patching
-    exact_top_n: int = Field(8, ge=0, description="Top units per layer (by |attribution|) patched for real, "
+    exact_top_n: int = Field(6, ge=0, description="Top units per layer (by |attribution|) patched for real, "
                              "for the MLP neurons; every head and every layer is patched as well.")
 
     # ---- layer summary
@@ -43,7 +43,7 @@ class MapConfig(Section):
     # ---- validation
     validation_k: int = Field(64, ge=1, description="MLP neurons ablated in the headline validation (the map's "
                               "top-k vs k random neurons from the same layers).")
-    validation_k_sweep: list[int] = Field([16, 32, 64, 128], description="Further k values for the "
+    validation_k_sweep: list[int] = Field([16, 128], description="Further k values for the "
                                           "ablation curve (map vs random); empty = none.")
     ablation: Literal["mean", "zero"] = Field("mean", description="How validation ablates a unit: its mean "
                                               "activation on retain tokens, or zero.")
@@ -55,10 +55,10 @@ class MapConfig(Section):
     sae: bool = Field(True, description="Train a TopK SAE on the residual stream and validate latent clamping.")
     sae_layers: list[int] | None = Field(None, description="Layers whose residual stream (decoder-layer output) "
                                          "gets an SAE; default: the first recommended layer.")
-    sae_expansion: int = Field(8, ge=1, description="Latents per residual dimension.")
+    sae_expansion: int = Field(4, ge=1, description="Latents per residual dimension.")
     sae_k: int = Field(16, ge=1, description="Active latents per token (TopK).")
-    sae_steps: int = Field(600, ge=1, description="Adam steps of SAE training.")
-    sae_batch_tokens: int = Field(1024, ge=16, description="Activation vectors per SAE training step.")
+    sae_steps: int = Field(400, ge=1, description="Adam steps of SAE training.")
+    sae_batch_tokens: int = Field(512, ge=16, description="Activation vectors per SAE training step.")
     sae_lr: float = Field(2e-3, gt=0, description="SAE learning rate (Adam).")
     sae_clamp_k: int = Field(16, ge=1, description="Top forget latents clamped in the SAE validation.")
     sae_clamp_scale: float = Field(-4.0, description="Negative-scaling clamp: a latent's activation is multiplied "
