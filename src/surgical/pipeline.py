@@ -148,10 +148,12 @@ def stage_quantize(ctx: StageContext) -> dict:
     from .quantize import run as quantize_run
 
     q = ctx.config.quantize
-    rec = quantize_run(ctx.inputs["distill"] / "student", ctx.out_dir, scheme=q.scheme, backend=q.backend,
+    # The quantized student goes through the comparison battery (the same one every method's row uses).
+    res = quantize_run(ctx.inputs["distill"] / "student", ctx.out_dir, scheme=q.scheme, backend=q.backend,
                        verify=True, policy=policy_path(ctx.config), references=[teacher_dir_of(ctx)],
-                       quiet=ctx.quiet)
-    return {"scheme": q.scheme, "backend": q.backend, "verify": (rec or {}).get("verify")}
+                       verify_config=compare_verify_config(ctx.config), world_config=ctx.config.world)
+    rec = res.record
+    return {"scheme": q.scheme, "backend": q.backend, "verify": rec.get("verify"), "ratios": rec.get("ratios")}
 
 
 # ---------------------------------------------------------------- baselines and comparison

@@ -410,45 +410,26 @@ def compare(fp32: dict, quantized: dict) -> dict:
 # ---------------------------------------------------------------- verify (optional) and model card
 
 
-def _verify_api():
-    """The verify stage's Python entry point if it is installed, else None."""
-    import importlib
-
-    try:
-        mod = importlib.import_module("surgical.verify")
-    except ImportError:
-        return None
-    for name in ("run", "run_verify", "verify"):
-        fn = getattr(mod, name, None)
-        if callable(fn):
-            return fn
-    return None
-
-
 def run_verify(model_dir: Path, out_dir: Path, policy: str | Path | None, references: list[str | Path],
-               verify_config: Any = None) -> dict:
-    """Re-run the verify battery on the quantized model when ``surgical.verify`` provides ``run``.
-    Returns {"status": "ran"|"not available"|"error", ...}; never raises (quantize's own result stands)."""
-    fn = _verify_api()
-    if fn is None:
-        return {"status": "verify not available", "reason": "surgical.verify has no run() yet"}
-    import inspect
+               verify_config: Any = None, world_config: Any = None) -> dict:
+    """Re-run the verify battery on the quantized model. Returns {"status": "ran"|"error", ...}; never raises,
+    so a verify failure cannot lose the quantized model (the failure is recorded instead)."""
+    from .policy import demo_policy_path, load_policy
+    from .verify.run import run as verify_run
 
-    params = inspect.signature(fn).parameters
-    offered = {"model": str(model_dir), "model_dir": str(model_dir), "policy": str(policy) if policy else None,
-               "policy_path": str(policy) if policy else None, "references": [str(r) for r in references],
-               "reference": [str(r) for r in references], "out": str(out_dir), "out_dir": str(out_dir),
-               "config": verify_config, "cfg": verify_config}
-    kwargs = {k: v for k, v in offered.items() if k in params and v is not None}
+    policy_path = Path(policy) if policy else demo_policy_path()
     try:
-        result = fn(**kwargs)
-    except Exception as exc:  # a verify failure must not lose the quantized model; it is recorded
+        result = verify_run(model_dir, load_policy(policy_path), out_dir, reference_dirs=list(references),
+                            cfg=verify_config, world=world_config, policy_path=policy_path)
+    except Exception as exc:  # noqa: BLE001 - recorded in quantize.json and the model card
         return {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
-    record = getattr(result, "record", None) or (result if isinstance(result, dict) else {})
-    if not record and (out_dir / "verify.json").exists():
-        record = read_json(out_dir / "verify.json")
-    return {"status": "ran", "verdict": record.get("verdict"), "summary": record.get("summary"),
-            "verify_json": str(out_dir / "verify.json")}
+    rec = result.record
+    side = rec.get("summary_by_model", {}).get("model", {})
+    return {"status": "ran", "verdict": rec.get("verdict"), "verify_json": str(out_dir / "verify.json"),
+            "summary": {"forget_exact_match": side.get("forget"), "forget_mc": side.get("forget_mc"),
+                        "retain_exact_match": side.get("retain"),
+                        "retain_ratio": rec.get("retention", {}).get("retain_ratio"),
+                        "failed_checks": [c.get("name") for c in rec.get("checks", []) if c.get("passed") is False]}}
 
 
 def _removed_domains(policy: str | Path | None) -> list[str]:
@@ -518,7 +499,7 @@ def model_card(record: dict) -> str:
 def run(model: str | Path, out_dir: str | Path, scheme: str = "int8", backend: str = "torchao",
         verify: bool = True, policy: str | Path | None = None, references: list[str | Path] | None = None,
         verify_config: Any = None, do_measure: bool = True, mode: str = "weight_only",
-        measure_kwargs: dict | None = None) -> QuantizeResult:
+        measure_kwargs: dict | None = None, world_config: Any = None) -> QuantizeResult:
     """The quantize stage: ``out_dir/model/`` (quantized HF dir + tokenizer + README.md model card +
     quantize.json), ``out_dir/quantize.json``, and ``out_dir/verify/`` when verify runs."""
     check_supported(scheme, backend)
@@ -543,7 +524,8 @@ def run(model: str | Path, out_dir: str | Path, scheme: str = "int8", backend: s
         record["fp32"] = measure(src, **mk)
         record["quantized"] = measure(model_dir, **mk)
         record["ratios"] = compare(record["fp32"], record["quantized"])
-    record["verify"] = (run_verify(model_dir, out_dir / "verify", policy, references or [src], verify_config)
+    record["verify"] = (run_verify(model_dir, out_dir / "verify", policy, references or [src], verify_config,
+                                   world_config)
                         if verify else {"status": "skipped (--no-verify)"})
     record["provenance"] = provenance({"scheme": scheme, "backend": backend, "mode": mode},
                                       inputs={"model": src, **({"policy": policy} if policy else {})})

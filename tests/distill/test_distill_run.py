@@ -135,9 +135,10 @@ def test_cli_cache_then_distill_and_errors(files, tmp_path):
     assert r.exit_code == 0, r.output
     meta = json.loads(r.stdout)
     assert meta["k"] == 16 and meta["bytes_per_token"] == 100
-    r = _cli("distill", "--teacher", str(files / "teacher"), "--gold", str(files / "gold.jsonl"), "--forbidden",
-             str(files / "forbidden.jsonl"), "--out", str(tmp_path / "out"), "--quiet", "--json",
-             "--set", "max_steps=2", "--set", "batch_size=4", "--set", "student_hidden_size=16",
+    (tmp_path / "p.yaml").write_text("distill:\n  max_steps: 2\n  batch_size: 4\n  student_hidden_size: 16\n")
+    r = _cli("distill", "--config", str(tmp_path / "p.yaml"), "--teacher", str(files / "teacher"),
+             "--gold", str(files / "gold.jsonl"), "--forbidden", str(files / "forbidden.jsonl"),
+             "--out", str(tmp_path / "out"), "--quiet", "--json",
              "--set", "teacher_logits=cache", "--set", f"cache_dir={tmp_path / 'cache'}")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.strip().splitlines()[-1])["steps"] == 2
@@ -166,3 +167,20 @@ def test_accelerate_launch_two_processes(files, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rec = json.loads((tmp_path / "ddp" / "distill.json").read_text())
     assert rec["steps"] == 3 and (tmp_path / "ddp" / "student" / "config.json").exists()
+
+
+def test_teacher_layers_student_from_the_map(files, tmp_path):
+    from surgical.io import write_json
+
+    write_json(tmp_path / "map.json", {"spine": [1], "forget_neurons": {"1": [3, 4, 5]},
+                                       "recommended_layers": [0]})
+    cfg = DistillConfig(**{**TINY, "max_steps": 2, "student_init": "teacher_layers", "cut_forget_neurons": 2,
+                           "mlp_keep_fraction": 0.5, "hidden_weight": 1.0,
+                           "penalty_forms": ["representation"]})
+    res = run(cfg, files / "teacher", files / "gold.jsonl", files / "forbidden.jsonl",
+              map_path=tmp_path / "map.json", out_dir=tmp_path / "o", quiet=True)
+    st = res.record["student"]
+    assert st["kept_layers"] == [1] and {3, 4} <= set(st["cut_neurons"]["1"])
+    rec = json.loads((tmp_path / "o" / "distill.json").read_text())
+    assert rec["layers"] == {"align_pairs": [[1, 0]], "rmu_pairs": [[0, 0]]}
+    assert "term_hidden" in res.record["curves"][-1] and "term_rmu_forget" in res.record["curves"][-1]

@@ -273,7 +273,8 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
     curves_png = plot_curves(record, out_dir / "curves.png")
     record["curves_png"] = str(curves_png) if curves_png else None
     write_json(out_dir / "distill.json", record)
-    shutil.rmtree(work, ignore_errors=True) if not cfg.save_steps else None
+    if not cfg.save_steps:
+        shutil.rmtree(work, ignore_errors=True)
     return DistillResult(out_dir, student_dir, record)
 
 

@@ -22,7 +22,7 @@ from .stats import (
     fire_rate,
     group_sum,
     standardized_difference,
-    token_loss_sum,
+    token_damage_sum,
     unit_score,
 )
 
@@ -34,7 +34,7 @@ class Scores:
     """Every score tensor of the map, named ``<site>.<score>``, with shape (layers, units of the site)."""
 
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
-    clean_loss: dict[str, float] = field(default_factory=dict)  # set -> nats per scored token
+    clean_loss: dict[str, float] = field(default_factory=dict)  # set -> the metric per scored token (clean model)
     n_tokens: dict[str, int] = field(default_factory=dict)  # set -> scored tokens
 
     def __getitem__(self, key: str) -> torch.Tensor:
@@ -59,10 +59,11 @@ def _head_norms(t: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def compute_scores(model, batches: dict[str, list[dict]], fire_threshold: float,
-                   progress: Callable[[], None] | None = None) -> Scores:
+                   progress: Callable[[], None] | None = None, metric: str = "loss") -> Scores:
     """Statistics and attribution scores of every MLP neuron, head and residual dimension of ``model``.
 
     ``batches`` maps "forget" and "retain" to lists of collated batches (input_ids, attention_mask, labels).
+    ``metric`` is what the attribution differentiates (``stats.token_damage_sum``: "loss" or "logodds").
     """
     sites = _sites(model)
     n_layers = len(sites["mlp"])
@@ -135,7 +136,7 @@ def compute_scores(model, batches: dict[str, list[dict]], fire_threshold: float,
             scored = scored_positions(b["labels"])
             with torch.enable_grad(), capture(model, sites) as acts:
                 logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-                loss_sum, n = token_loss_sum(logits, b["labels"])
+                loss_sum, n = token_damage_sum(logits, b["labels"], metric)
                 grads = torch.autograd.grad(loss_sum, [acts[k] for k in keys], allow_unused=True)
             total_loss += float(loss_sum.detach())
             total_n += n

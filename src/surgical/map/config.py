@@ -25,6 +25,10 @@ class MapConfig(Section):
         "RMS over forget and retain tokens together (dimensionless)."
     )
 
+    metric: Literal["logodds", "loss"] = Field(
+        "logodds", description="What attribution and exact patching measure per scored token: 'logodds' = minus "
+        "the log-odds of the correct token (does not saturate on a confident teacher), 'loss' = cross-entropy "
+        "(nats).")
     rank_by: Literal["attribution", "selectivity"] = Field(
         "attribution", description="Ranking of forget units: 'attribution' = estimated forget minus retain loss "
         "change under mean-ablation (the map's score); 'selectivity' = Cohen's d of the activation (the "
@@ -67,5 +71,7 @@ class MapConfig(Section):
     top_latents: int = Field(10, ge=1, description="Top forget latents listed in map.json / map.md.")
 
     # ---- runtime
-    threads: int = Field(2, ge=1, description="torch intra-op threads.")
+    threads: int = Field(1, ge=1, description="torch intra-op threads. 1 by default: the map runs many small ops and "
+                         "short generations, where a second thread gains little and, on a busy machine, costs a lot "
+                         "(OpenMP spin-waits; measured 10x+ slower generation at 2 threads under load).")
     device: str = Field("cpu", description="Torch device.")

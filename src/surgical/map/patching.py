@@ -15,19 +15,20 @@ import torch
 from ..models import head_dim
 from .attribution import Scores
 from .hooks import edit, head_columns, set_columns
-from .stats import spearman, token_loss_sum
+from .stats import spearman, token_damage_sum
 
 
 @torch.no_grad()
-def mean_loss(model, batches: list[dict], edits: dict | None = None) -> float:
-    """Cross-entropy per scored token over ``batches`` with ``edits`` applied (nats)."""
+def mean_loss(model, batches: list[dict], edits: dict | None = None, metric: str = "loss") -> float:
+    """Cross-entropy (or another ``stats.token_damage_sum`` metric) per scored token over ``batches`` with
+    ``edits`` applied (nats)."""
     device = next(model.parameters()).device
     total, n = 0.0, 0
     with edit(model, edits or {}):
         for batch in batches:
             b = {k: v.to(device) for k, v in batch.items()}
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            loss, count = token_loss_sum(logits, b["labels"])
+            loss, count = token_damage_sum(logits, b["labels"], metric)
             total, n = total + float(loss), n + count
     return total / max(n, 1)
 
@@ -68,7 +69,7 @@ def _estimate(scores: Scores, target: dict, which: str, suffix: str) -> float:
 
 
 def exact_patching(model, scores: Scores, batches: dict[str, list[dict]], top_n: int,
-                   progress: Callable[[], None] | None = None) -> dict:
+                   progress: Callable[[], None] | None = None, metric: str = "loss") -> dict:
     """Exact effects of the patch targets and the estimate-vs-exact rank correlations."""
     device = next(model.parameters()).device
     hd = head_dim(model)
@@ -79,7 +80,8 @@ def exact_patching(model, scores: Scores, batches: dict[str, list[dict]], top_n:
             edits = ablation_edits(scores, target["units"], kind, hd, device)
             for which in ("forget", "retain"):
                 row[f"est_{which}{suffix}"] = _estimate(scores, target, which, suffix)
-                row[f"exact_{which}{suffix}"] = mean_loss(model, batches[which], edits) - scores.clean_loss[which]
+                row[f"exact_{which}{suffix}"] = mean_loss(model, batches[which], edits, metric) - \
+                    scores.clean_loss[which]
         rows.append(row)
         if progress:
             progress()

@@ -42,15 +42,15 @@ def unit_heatmap(score: torch.Tensor, title: str, xlabel: str, path: Path) -> Pa
 
 
 def layer_effects(forget: list[float], retain: list[float], title: str, path: Path) -> Path:
-    """Per-layer bar chart of the exact forget and retain loss changes when the layer is mean-ablated."""
+    """Per-layer bar chart of the exact forget and retain metric changes when the layer is mean-ablated."""
     plt = _figure()
     layers = range(len(forget))
     fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(forget) + 2), 3.5))
     w = 0.4
-    ax.bar([x - w / 2 for x in layers], forget, w, label="forget Δloss", color="#c0392b")
-    ax.bar([x + w / 2 for x in layers], retain, w, label="retain Δloss", color="#2c7fb8")
+    ax.bar([x - w / 2 for x in layers], forget, w, label="forget Δ", color="#c0392b")
+    ax.bar([x + w / 2 for x in layers], retain, w, label="retain Δ", color="#2c7fb8")
     ax.set_xlabel("layer")
-    ax.set_ylabel("Δ loss (nats/token)")
+    ax.set_ylabel("Δ per token (higher = worse)")
     ax.set_xticks(list(layers))
     ax.set_title(title)
     ax.legend()

@@ -84,14 +84,14 @@ def layer_summary(scores: Scores, exact_rows: list[dict], n_recommended: int, sp
         ex = by_layer[layer]
         rows.append({
             "layer": layer, "residual_separability": sep,
-            "exact_forget_dloss": ex["exact_forget"], "exact_retain_dloss": ex["exact_retain"],
-            "est_forget_dloss": ex["est_forget"], "est_retain_dloss": ex["est_retain"],
+            "exact_forget": ex["exact_forget"], "exact_retain": ex["exact_retain"],
+            "est_forget": ex["est_forget"], "est_retain": ex["est_retain"],
             "positive_mlp_score_mass": float(scores["mlp.score"][layer].clamp_min(0).sum()),
         })
     recommended = sorted(range(n_layers), key=lambda i: (-rows[i]["residual_separability"],
-                                                          -rows[i]["exact_forget_dloss"]))[:n_recommended]
+                                                          -rows[i]["exact_forget"]))[:n_recommended]
     n_spine = max(1, math.ceil(spine_fraction * n_layers))
-    spine = sorted(sorted(range(n_layers), key=lambda i: -rows[i]["exact_retain_dloss"])[:n_spine])
+    spine = sorted(sorted(range(n_layers), key=lambda i: -rows[i]["exact_retain"])[:n_spine])
     return {"layers": rows, "recommended_layers": recommended, "spine": spine}
 
 
@@ -134,8 +134,7 @@ def _residual_rows(model, tokenizer, batch_list: list[dict], layer: int, with_co
     return torch.cat(all_rows), torch.cat(scored_rows), contexts
 
 
-def run_sae(model, tokenizer, cfg: MapConfig, layer: int, data: dict[str, list[dict]], clean_loss: dict,
-            scores: Scores, evaluator, baseline: dict | None, progress) -> tuple[dict, dict[str, torch.Tensor]]:
+def run_sae(model, tokenizer, cfg: MapConfig, layer: int, data: dict[str, list[dict]], scores: Scores, evaluator, baseline: dict | None, progress) -> tuple[dict, dict[str, torch.Tensor]]:
     """Train a TopK SAE on ``layer``'s residual stream; quality, latent selectivity, top latents, clamping."""
     from .sae import fvu, latent_stats, splice_edit, top_examples, train_sae
     from .validate import validate_latents
@@ -160,11 +159,12 @@ def run_sae(model, tokenizer, cfg: MapConfig, layer: int, data: dict[str, list[d
     quality = {"fvu_heldout": fvu(held, x_hat), "l0": float((z > 0).sum(1).float().mean()),
                "dead_fraction": float(((z_all > 0).sum(0) == 0).float().mean()), "train_fvu_curve": curve,
                "train_s": round(train_s, 2), "n_train_rows": int(train.shape[0]), "n_latents": int(z.shape[1])}
-    for which in ("forget", "retain"):
+    for which in ("forget", "retain"):  # LM loss = cross-entropy, whatever the attribution metric
+        clean = mean_loss(model, data[which])
         spliced = mean_loss(model, data[which], splice)
         ablated = mean_loss(model, data[which], mean_abl)
-        quality[f"delta_lm_loss_{which}"] = spliced - clean_loss[which]
-        gap = ablated - clean_loss[which]
+        quality[f"delta_lm_loss_{which}"] = spliced - clean
+        gap = ablated - clean
         quality[f"loss_recovered_{which}"] = (ablated - spliced) / gap if abs(gap) > 1e-9 else float("nan")
     tick()
     stats = latent_stats(sae, x_f, x_r)
@@ -213,13 +213,15 @@ def run(cfg: MapConfig, model, tokenizer, forget: list[Example], retain: list[Ex
     with _Progress(quiet) as bar:
         t0 = time.perf_counter()
         scores = compute_scores(model, data, cfg.fire_threshold,
-                                bar.phase("statistics + attribution", 2 * sum(len(v) for v in data.values())))
+                                bar.phase("statistics + attribution", 2 * sum(len(v) for v in data.values())),
+                                metric=cfg.metric)
         timings["attribution_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         n_layers = len(decoder_layers(model))
         n_targets = n_layers * (min(cfg.exact_top_n, scores["mlp.score"].shape[1]) + scores["heads.score"].shape[1] + 1)
-        exact = exact_patching(model, scores, data, cfg.exact_top_n, bar.phase("exact patching", n_targets))
+        exact = exact_patching(model, scores, data, cfg.exact_top_n, bar.phase("exact patching", n_targets),
+                               metric=cfg.metric)
         timings["exact_patching_s"] = time.perf_counter() - t0
 
         summary = layer_summary(scores, exact["rows"], cfg.recommended_layers, cfg.spine_fraction)
@@ -241,7 +243,7 @@ def run(cfg: MapConfig, model, tokenizer, forget: list[Example], retain: list[Ex
             for layer in cfg.sae_layers if cfg.sae_layers is not None else summary["recommended_layers"][:1]:
                 if not 0 <= layer < n_layers:
                     raise ValueError(f"map.sae_layers: layer {layer} out of range 0..{n_layers - 1}")
-                block, tensors = run_sae(model, tokenizer, cfg, layer, data, scores.clean_loss, scores, evaluator,
+                block, tensors = run_sae(model, tokenizer, cfg, layer, data, scores, evaluator,
                                          baseline, bar.phase)
                 sae_blocks.append(block)
                 sae_tensors.update(tensors)
@@ -259,7 +261,7 @@ def run(cfg: MapConfig, model, tokenizer, forget: list[Example], retain: list[Ex
         "data": {"n_forget": sum(len(b["input_ids"]) for b in data["forget"]),
                  "n_retain": sum(len(b["input_ids"]) for b in data["retain"]),
                  "forget_tokens": scores.n_tokens["forget"], "retain_tokens": scores.n_tokens["retain"],
-                 "clean_loss": scores.clean_loss},
+                 "metric": scores_metric_doc(scores, cfg)},
         "recommended_layers": summary["recommended_layers"],
         "spine": summary["spine"],
         "forget_neurons": ranked_units(ranking, cfg.validation_k),
@@ -280,13 +282,19 @@ def run(cfg: MapConfig, model, tokenizer, forget: list[Example], retain: list[Ex
     return MapResult(out_dir, result, wall_s)
 
 
+def scores_metric_doc(scores: Scores, cfg: MapConfig) -> dict:
+    return {"name": cfg.metric, "clean_per_token": scores.clean_loss}
+
+
 SCORE_DEFINITIONS = {
+    "metric": "what attribution and exact patching measure, per scored token, higher = worse: 'logodds' = minus the "
+              "log-odds of the correct next token, 'loss' = cross-entropy (nats); effects are its change",
     "selectivity": "standardised mean difference (forget - retain) of the activation on scored tokens; for heads, "
                    "of the head output's L2 norm",
     "fire_rate_diff": "fraction of forget tokens minus fraction of retain tokens where |activation| > "
                       "fire_threshold x the unit's RMS",
-    "attr_forget / attr_retain": "attribution patching: estimated change of the forget / retain loss (nats per "
-                                 "scored token) when the unit is set to its retain mean at every position",
+    "attr_forget / attr_retain": "attribution patching: estimated change of the forget / retain metric per scored "
+                                 "token when the unit is set to its retain mean at every position",
     "attr_*_zero": "the same estimate for zero-ablation",
     "score": "attr_forget - attr_retain: the ranking of forget_neurons and forget_heads",
     "delta_exact_match": "exact-match after ablation minus before (negative = accuracy fell)",
@@ -318,9 +326,9 @@ def write_outputs(out_dir: Path, result: dict, scores: Scores, exact_rows: list[
                        "neuron rank", out_dir / "mlp_scores.png")
     plots.unit_heatmap(scores["heads.score"], "attention heads: forget-specificity score (sorted per layer)",
                        "head rank", out_dir / "head_scores.png")
-    plots.layer_effects([r["exact_forget_dloss"] for r in result["layer_summary"]],
-                        [r["exact_retain_dloss"] for r in result["layer_summary"]],
-                        "whole-layer mean-ablation", out_dir / "layer_effects.png")
+    plots.layer_effects([r["exact_forget"] for r in result["layer_summary"]],
+                        [r["exact_retain"] for r in result["layer_summary"]],
+                        f"whole-layer mean-ablation ({result['data']['metric']['name']})", out_dir / "layer_effects.png")
     if result["validation"].get("sweep"):
         plots.ablation_curve(result["validation"]["sweep"], out_dir / "ablation_curve.png")
     write_json(out_dir / "map.json", result)
@@ -340,12 +348,12 @@ def render_markdown(r: dict) -> str:
              "",
              f"- Recommended layers for a representation penalty: {r['recommended_layers']}",
              f"- Spine (layers to keep in a smaller student): {r['spine']}",
-             f"- Attribution vs exact patching, Spearman (neurons + heads, forget loss): "
+             f"- Attribution vs exact patching, Spearman (neurons + heads, forget {r['data']['metric']['name']}): "
              f"{r['attribution_vs_exact_spearman']:.3f}", "",
-             "## Layers (whole-layer mean-ablation, Δ loss in nats/token)", "",
-             "| layer | forget Δloss | retain Δloss | residual separability |", "|---|---|---|---|"]
+             f"## Layers (whole-layer mean-ablation, Δ {r['data']['metric']['name']} per token)", "",
+             "| layer | forget Δ | retain Δ | residual separability |", "|---|---|---|---|"]
     for row in r["layer_summary"]:
-        lines.append(f"| {row['layer']} | {row['exact_forget_dloss']:.3f} | {row['exact_retain_dloss']:.3f} | "
+        lines.append(f"| {row['layer']} | {row['exact_forget']:.3f} | {row['exact_retain']:.3f} | "
                      f"{row['residual_separability']:.2f} |")
     v = r["validation"]
     lines += ["", "## Validation", ""]

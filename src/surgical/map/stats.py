@@ -74,6 +74,27 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return loss, int((shift_labels != -100).sum())
 
 
+def token_damage_sum(logits: torch.Tensor, labels: torch.Tensor, metric: str = "loss") -> tuple[torch.Tensor, int]:
+    """Summed per-token "damage" over scored tokens (higher = worse) and their count.
+
+    ``loss``: next-token cross-entropy. ``logodds``: minus the log-odds of the correct token,
+    -(z_y - logsumexp_{j != y} z_j). Cross-entropy saturates on a confident model (its gradient, 1 - p, vanishes as
+    p -> 1, so a first-order estimate sees almost nothing); the log-odds does not (its gradient wrt z_y is 1),
+    which is why attribution patching is usually run on logit differences (Nanda 2023).
+    """
+    if metric == "loss":
+        return token_loss_sum(logits, labels)
+    if metric != "logodds":
+        raise ValueError(f"unknown metric {metric!r}; expected 'loss' or 'logodds'")
+    z = logits[:, :-1].float()
+    y = labels[:, 1:]
+    mask = y != -100
+    z, y = z[mask], y[mask]
+    z_y = z.gather(1, y[:, None]).squeeze(1)
+    others = z.scatter(1, y[:, None], float("-inf")).logsumexp(1)
+    return (others - z_y).sum(), int(mask.sum())
+
+
 def unit_score(attr_forget: torch.Tensor, attr_retain: torch.Tensor) -> torch.Tensor:
     """Forget-specificity of a unit: the estimated rise of the forget loss minus that of the retain loss when the
     unit is mean-ablated (nats per token). High = removing it hurts forget, not retain."""

@@ -45,7 +45,12 @@ def policy_domains(policy) -> tuple[list[str], list[str]]:
 def _load(model_dir, wb):
     from ..models import load_model, load_tokenizer
 
-    model = load_model(model_dir)
+    if (Path(model_dir) / "quantize.json").exists():  # a quantized dir that only surgical can reload
+        from ..quantize import load_quantized
+
+        model = load_quantized(model_dir).eval()
+    else:
+        model = load_model(model_dir)
     try:
         tokenizer = load_tokenizer(model_dir)
     except Exception:  # a model dir saved without its tokenizer: the world's own
