@@ -6,8 +6,17 @@ import pytest
 import torch
 
 from surgical.distill.losses import (
-    away_hinge, hidden_mse, jsd_from_logp, kd_loss, kd_loss_topk, linear_warmup, masked_ce, maxent_penalty,
-    reduce_masked, rmu_forget_loss, topk_cache_entry,
+    away_hinge,
+    hidden_mse,
+    jsd_from_logp,
+    kd_loss,
+    kd_loss_topk,
+    linear_warmup,
+    masked_ce,
+    maxent_penalty,
+    reduce_masked,
+    rmu_forget_loss,
+    topk_cache_entry,
 )
 
 
@@ -19,7 +28,7 @@ P, Q = [0.5, 0.5], [0.25, 0.75]
 
 
 def _kl(p, q):
-    return sum(a * math.log(a / b) for a, b in zip(p, q) if a > 0)
+    return sum(a * math.log(a / b) for a, b in zip(p, q, strict=False) if a > 0)
 
 
 def test_forward_and_reverse_kl_by_hand():
@@ -36,7 +45,7 @@ def test_identical_inputs_give_zero(kind):
 
 
 def test_jsd_by_hand_and_symmetric_at_half():
-    m = [(a + b) / 2 for a, b in zip(P, Q)]
+    m = [(a + b) / 2 for a, b in zip(P, Q, strict=False)]
     expected = 0.5 * _kl(P, m) + 0.5 * _kl(Q, m)
     t, s = _logits(P)[None], _logits(Q)[None]
     assert kd_loss(s, t, kind="jsd", beta=0.5).item() == pytest.approx(expected, abs=1e-6)
@@ -47,7 +56,7 @@ def test_jsd_by_hand_and_symmetric_at_half():
 def test_jsd_beta_limits_and_asymmetry():
     t, s = _logits(P)[None], _logits(Q)[None]
     # beta=0.2: m = 0.2 t + 0.8 s; JSD = 0.2 KL(t||m) + 0.8 KL(s||m)
-    m = [0.2 * a + 0.8 * b for a, b in zip(P, Q)]
+    m = [0.2 * a + 0.8 * b for a, b in zip(P, Q, strict=False)]
     assert kd_loss(s, t, kind="jsd", beta=0.2).item() == pytest.approx(0.2 * _kl(P, m) + 0.8 * _kl(Q, m), abs=1e-6)
     assert jsd_from_logp(t.log_softmax(-1), s.log_softmax(-1), 0.0).item() == pytest.approx(_kl(P, Q), abs=1e-6)
     assert jsd_from_logp(t.log_softmax(-1), s.log_softmax(-1), 1.0).item() == pytest.approx(_kl(Q, P), abs=1e-6)

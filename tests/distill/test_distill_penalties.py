@@ -7,7 +7,11 @@ from conftest import make_tiny_model
 from surgical.distill.data import DistillCollator, encode_record, world_records
 from surgical.distill.losses import kd_loss, maxent_penalty, rmu_forget_loss
 from surgical.distill.penalties import (
-    away_term, maxent_term, random_directions, refusal_term, representation_terms,
+    away_term,
+    maxent_term,
+    random_directions,
+    refusal_term,
+    representation_terms,
 )
 from surgical.distill.student import noised_copy
 from surgical.distill.trainer import capture_layers

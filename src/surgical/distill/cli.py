@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -28,7 +27,7 @@ def _fail(msg: str) -> None:
     raise typer.Exit(1)
 
 
-def _load(config: Optional[Path]):
+def _load(config: Path | None):
     from ..config import ConfigError, demo_config, load_config
 
     try:
@@ -63,14 +62,14 @@ def _section(pcfg, overrides: dict):
 @distill_app.callback()
 def distill(
     ctx: typer.Context,
-    config: Optional[Path] = typer.Option(None, "--config", help="Pipeline YAML; its distill: section is used."),
+    config: Path | None = typer.Option(None, "--config", help="Pipeline YAML; its distill: section is used."),
     demo: bool = typer.Option(False, "--demo", help="The arithmetic world: world teacher, add/sub gold, "
                               "mul/div/mixed forbidden, and test-set evaluation of the student."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="surgical | plain-kd | filter-only | oracle."),
-    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher HF model dir."),
-    gold: Optional[Path] = typer.Option(None, "--gold", help="Gold JSONL (prompt+completion or text)."),
-    forbidden: Optional[Path] = typer.Option(None, "--forbidden", help="Forbidden JSONL (curate's quarantine)."),
-    map_path: Optional[Path] = typer.Option(None, "--map", help="map.json (spine, forget neurons, layers)."),
+    preset: str | None = typer.Option(None, "--preset", help="surgical | plain-kd | filter-only | oracle."),
+    teacher: Path | None = typer.Option(None, "--teacher", help="Teacher HF model dir."),
+    gold: Path | None = typer.Option(None, "--gold", help="Gold JSONL (prompt+completion or text)."),
+    forbidden: Path | None = typer.Option(None, "--forbidden", help="Forbidden JSONL (curate's quarantine)."),
+    map_path: Path | None = typer.Option(None, "--map", help="map.json (spine, forget neurons, layers)."),
     out_dir: Path = typer.Option(Path("runs/distill"), "--out", help="Output directory."),
     overrides: list[str] = typer.Option([], "--set", help="Override a distill field: --set max_steps=100."),
     resume: bool = typer.Option(False, "--resume", help="Resume from the last checkpoint in OUT/checkpoints."),
@@ -139,22 +138,22 @@ def _print(summary: dict) -> None:
 
 @distill_app.command("cache-logits")
 def cache_logits_cmd(
-    config: Optional[Path] = typer.Option(None, "--config", help="Pipeline YAML; its distill: section is used."),
+    config: Path | None = typer.Option(None, "--config", help="Pipeline YAML; its distill: section is used."),
     demo: bool = typer.Option(False, "--demo", help="The arithmetic world's teacher and data."),
-    teacher: Optional[Path] = typer.Option(None, "--teacher", help="Teacher HF model dir."),
-    gold: Optional[Path] = typer.Option(None, "--gold", help="Gold JSONL."),
-    forbidden: Optional[Path] = typer.Option(None, "--forbidden", help="Forbidden JSONL (cached too, for 'away')."),
+    teacher: Path | None = typer.Option(None, "--teacher", help="Teacher HF model dir."),
+    gold: Path | None = typer.Option(None, "--gold", help="Gold JSONL."),
+    forbidden: Path | None = typer.Option(None, "--forbidden", help="Forbidden JSONL (cached too, for 'away')."),
     out_dir: Path = typer.Option(Path("runs/distill/logits-cache"), "--out", help="Cache directory."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Logits kept per token (default distill.cache_top_k)."),
+    top_k: int | None = typer.Option(None, "--top-k", help="Logits kept per token (default distill.cache_top_k)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a distill field (temperature, max_length...)."),
     as_json: bool = typer.Option(False, "--json", help="Print cache.json."),
 ) -> None:
     """Store the teacher's top-k logits per token (fp16 values, int32 ids, an 'other' bucket) in safetensors
     shards; point distill at it with --set teacher_logits=cache --set cache_dir=DIR."""
     from ..models import ModelLoadError, load_model, load_tokenizer
+    from .cache import cache_logits
     from .data import DataError
     from .run import data_keys, demo_inputs, encode_all, load_inputs
-    from .cache import cache_logits
 
     pcfg = _load(config)
     dcfg = _section(pcfg, _overrides(overrides))

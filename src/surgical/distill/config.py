@@ -91,10 +91,10 @@ class DistillConfig(Section):
     rmu_retain_weight: float = Field(1.0, ge=0, description="representation: weight of the gold-side alignment.")
 
     # ---- optimisation
-    max_steps: int = Field(600, ge=1, description="Optimizer steps.")
+    max_steps: int = Field(1000, ge=1, description="Optimizer steps.")
     batch_size: int = Field(32, ge=1, description="Sequences per optimizer step (gold + forbidden).")
     grad_accum: int = Field(1, ge=1, description="Gradient accumulation steps.")
-    lr: float = Field(3e-3, gt=0, description="Peak learning rate (AdamW, cosine).")
+    lr: float = Field(4e-3, gt=0, description="Peak learning rate (AdamW, cosine).")
     warmup_steps: int = Field(30, ge=0, description="LR warm-up steps.")
     weight_decay: float = Field(0.01, ge=0)
     max_length: int = Field(128, ge=8, description="Truncate encoded records to this many tokens.")

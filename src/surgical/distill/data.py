@@ -82,7 +82,7 @@ def encode_record(tokenizer, rec: dict, kd_tokens: str = "completion", max_lengt
         raise DataError(f"record {rec.get('id', '?')}: kd mask has {len(kd)} tokens, the encoding {len(ids)}")
     if kd_tokens == "all":
         labels = [-100] + ids[1:]  # every token but BOS is a prediction target
-    target = [int(l != -100) for l in labels]
+    target = [int(label != -100) for label in labels]
     out = {
         "input_ids": ids[:max_length],
         "labels": labels[:max_length],

@@ -68,8 +68,13 @@ def data_keys(cfg: DistillConfig, gold_hash: str, forb_hash: str) -> tuple[str, 
 
 def _build_student(cfg: DistillConfig, teacher, teacher_tok, map_data: dict):
     from ..models import load_model, load_tokenizer, num_layers
-    from .student import (check_tokenizers, noised_copy, spine_layers, student_from_config,
-                          student_from_teacher)
+    from .student import (
+        check_tokenizers,
+        noised_copy,
+        spine_layers,
+        student_from_config,
+        student_from_teacher,
+    )
 
     if cfg.student_init == "config":
         return student_from_config(teacher, cfg.student_layers, cfg.student_hidden_size, cfg.student_heads,
@@ -82,8 +87,8 @@ def _build_student(cfg: DistillConfig, teacher, teacher_tok, map_data: dict):
     if cfg.student_init_from:
         check_tokenizers(teacher_tok, load_tokenizer(cfg.student_init_from))
         source = load_model(cfg.student_init_from)
-    from .student import StudentInfo
     from ..models import count_parameters
+    from .student import StudentInfo
 
     student = noised_copy(source, cfg.noise_alpha, cfg.noise_beta, seed=cfg.seed)
     info = StudentInfo("noised", count_parameters(student), count_parameters(teacher),
