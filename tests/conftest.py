@@ -31,16 +31,6 @@ def world_tokenizer(world):
     return world.tokenizer
 
 
-def make_tiny_model(family: str, vocab_size: int, seed: int = 0, **kw):
-    """A tiny random-init causal LM of ``family`` (llama, qwen2, gpt2, gpt_neox)."""
-    from transformers import AutoModelForCausalLM
-
-    from surgical.models import tiny_config
-
-    torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(family, vocab_size=vocab_size, **kw)).eval()
-
-
 @pytest.fixture(params=["llama", "qwen2", "gpt2", "gpt_neox"])
 def family(request):
     return request.param
@@ -48,6 +38,8 @@ def family(request):
 
 @pytest.fixture
 def tiny_model(family, world_tokenizer):
+    from surgical.models import make_tiny_model
+
     return make_tiny_model(family, len(world_tokenizer))
 
 

@@ -126,7 +126,10 @@ def teacher_eval(
     from .world import build_world
     from .world.teacher import evaluate_world
 
+    import torch
+
     cfg = _load_cfg(config)
+    torch.set_num_threads(cfg.teacher.threads)
     wb = build_world(cfg.world)
     try:
         model = load_model(model_dir)

@@ -93,6 +93,7 @@ class BaselinesConfig(Section):
     undo: bool = Field(True, description="UNDO: unlearn, noise a copy, distil (Lee et al., 2025).")
     oracle: bool = Field(True, description="The student architecture trained from scratch on retain-only labels.")
     cross_domain: bool = Field(True, description="Distil on add only and measure sub, and the reverse.")
+    cross_domain_steps: int = Field(500, ge=1, description="Optimizer steps of each cross-domain distillation.")
     undo_unlearn_method: Literal["graddiff", "maxent", "rmu"] = Field(
         "maxent", description="The unlearning method UNDO starts from.")
     unlearn: dict = Field(default_factory=dict, description="Overrides of surgical.baselines.unlearn.UnlearnConfig.")

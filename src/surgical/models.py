@@ -248,3 +248,11 @@ def tiny_config(family: str, vocab_size: int = 96, hidden: int = 32, layers: int
 
 
 FAMILIES = ("llama", "qwen2", "gpt2", "gpt_neox")
+
+
+def make_tiny_model(family: str, vocab_size: int, seed: int = 0, **kw):
+    """A tiny random-init causal LM of ``family`` (seeded), in eval mode: for tests and examples."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(family, vocab_size=vocab_size, **kw)).eval()

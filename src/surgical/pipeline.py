@@ -226,24 +226,23 @@ def _baseline_stage(method: str):
         cfg = ctx.config
         gold_traj = ctx.inputs["generate"] / "trajectories.jsonl"
         quarantine = ctx.inputs["curate"] / "quarantine.jsonl"
-        all_train = ctx.inputs["curate"] / "input.jsonl"
         model_out = ctx.out_dir / "model"
         if method == "surgical":
             model_dir = ctx.inputs["distill"] / "student"
             train = _student_train_info(ctx.inputs["distill"])
         elif method in ("plain-kd", "filter-only", "oracle"):
-            gold = all_train if method == "plain-kd" else gold_traj
-            if method == "oracle":  # labels, not the teacher's trajectories: the curated gold records
-                gold = ctx.inputs["curate"] / "gold.jsonl"
+            # plain-kd: the preset imitates the teacher on the quarantined (unfiltered) records too;
+            # filter-only: gold trajectories only; oracle: labels (the curated gold records), no teacher.
+            gold = ctx.inputs["curate"] / "gold.jsonl" if method == "oracle" else gold_traj
             _distill(ctx, model_out, method, gold, quarantine)
             model_dir, train = model_out / "student", _student_train_info(model_out)
         elif method in ("graddiff", "maxent", "rmu"):
             model_dir, train = _unlearn(ctx, method, model_out)
         elif method == "undo":
             unlearned, utrain = _unlearn(ctx, cfg.baselines.undo_unlearn_method, ctx.out_dir / "unlearned")
-            _distill(ctx, model_out, "filter-only", all_train, None, teacher=unlearned,
-                     overrides={"student_init": "noised", "student_init_from": str(unlearned),
-                                "forbidden_ratio": 0.0})
+            # UNDO distils the noised copy from the unlearned teacher on the unfiltered data.
+            _distill(ctx, model_out, "plain-kd", gold_traj, quarantine, teacher=unlearned,
+                     overrides={"student_init": "noised", "student_init_from": str(unlearned)})
             model_dir = model_out / "student"
             dtrain = _student_train_info(model_out)
             train = {"train_flops": (utrain["train_flops"] or 0) + (dtrain["train_flops"] or 0),
@@ -270,7 +269,7 @@ def _unlearn(ctx: StageContext, method: str, out: Path) -> tuple[Path, dict]:
 
 def stage_cross_domain(ctx: StageContext) -> dict:
     """Distil on one allowed domain only and measure the other (and the reverse)."""
-    from .distill.run import world_records
+    from .distill.data import world_records
     from .world import build_world
 
     wb = build_world(ctx.config.world)
@@ -278,7 +277,8 @@ def stage_cross_domain(ctx: StageContext) -> dict:
     out = {}
     for train_on, held_out in (("add", "sub"), ("sub", "add")):
         d = ctx.out_dir / f"train-{train_on}"
-        _distill(ctx, d, "surgical", world_records(wb, (train_on,)), quarantine)
+        _distill(ctx, d, "surgical", world_records(wb, (train_on,)), quarantine,
+                 overrides={"max_steps": ctx.config.baselines.cross_domain_steps, "eval_every": 0})
         m = read_json(d / "distill.json").get("test_metrics", {})
         out[f"{train_on}->{held_out}"] = {"train_domain": train_on, "held_out_domain": held_out,
                                           "train_domain_exact_match": m.get(train_on, {}).get("exact_match"),

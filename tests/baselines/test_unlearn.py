@@ -63,7 +63,7 @@ _PRETRAINED: dict = {}
 
 def _pretrained_tiny(family, world, tmp_path_factory):
     """A tiny model briefly trained on all four domains, so there is something to forget."""
-    from conftest import make_tiny_model
+    from surgical.models import make_tiny_model
     from surgical.world.teacher import PadCollator, encode_example
 
     if family in _PRETRAINED:
@@ -102,14 +102,15 @@ def test_method_raises_forget_loss_keeps_retain(method, family, world, unlearn_d
     # 40 steps barely moves in 12 steps under alpha = 1200 (docs/baselines.md); the objective is the same.
     extra = {"steering_coeff": 20.0, "alpha": 100.0} if method == "rmu" else {}
     lr = {"graddiff": 3e-3, "maxent": 3e-3, "rmu": 3e-2}[method]
-    cfg = UnlearnConfig(max_steps=12, batch_size=16, lr=lr, threads=1, eval_items=64, **extra)
+    steps = 30 if method == "rmu" else 12  # RMU moves representations first and the loss only later
+    cfg = UnlearnConfig(max_steps=steps, batch_size=16, lr=lr, threads=1, eval_items=64, **extra)
     rec = unlearn(teacher, method, forget, retain, cfg, tmp_path / method)
     b, a = rec["before"], rec["after"]
     assert a["forget_ce"] > b["forget_ce"] + 0.05, rec
     assert a["forget_ce"] - b["forget_ce"] > a["retain_ce"] - b["retain_ce"], rec  # selective
     assert a["retain_ce"] < 1.5 * b["retain_ce"], rec  # no blow-up
     saved = json.loads((tmp_path / method / "unlearn.json").read_text())
-    assert saved["method"] == method and saved["steps"] == 12 and saved["train_flops"] > 0
+    assert saved["method"] == method and saved["steps"] == steps and saved["train_flops"] > 0
     assert (tmp_path / method / "config.json").exists() and (tmp_path / method / "tokenizer.json").exists()
 
 

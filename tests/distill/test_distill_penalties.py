@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from surgical.models import make_tiny_model
 from surgical.distill.data import DistillCollator, encode_record, world_records
 from surgical.distill.losses import kd_loss, maxent_penalty, rmu_forget_loss
 from surgical.distill.penalties import (

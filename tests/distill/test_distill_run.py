@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from surgical.models import make_tiny_model
 from surgical.distill.config import DistillConfig
 from surgical.distill.data import world_records
 from surgical.distill.run import run

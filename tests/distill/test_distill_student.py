@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import make_tiny_model
+from surgical.models import make_tiny_model
 from surgical.distill.student import (
     TokenizerMismatchError,
     check_tokenizers,

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import make_tiny_model
+from surgical.models import make_tiny_model
 from surgical.map.attribution import compute_scores
 from surgical.map.data import batches, world_examples
 from surgical.map.hooks import capture, edit, head_columns, set_columns

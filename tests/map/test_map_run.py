@@ -8,7 +8,7 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from conftest import make_tiny_model
+from surgical.models import make_tiny_model
 from surgical.cli import app
 from surgical.io import write_jsonl
 from surgical.map.config import MapConfig

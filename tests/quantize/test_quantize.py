@@ -54,7 +54,7 @@ def test_torchao_int8_round_trip(family, tiny_model, tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize("scheme", ["int8", "int4", "int2"])
 def test_quanto_round_trip_and_error_grows_with_fewer_bits(scheme, world_tokenizer, tmp_path):
-    from conftest import make_tiny_model
+    from surgical.models import make_tiny_model
 
     model = make_tiny_model("llama", len(world_tokenizer), hidden=64, intermediate=128)
     src = tmp_path / "src"
@@ -77,7 +77,7 @@ def test_quanto_round_trip_and_error_grows_with_fewer_bits(scheme, world_tokeniz
 
 
 def test_quanto_gpt2_conv1d_is_quantized(world_tokenizer, tmp_path):
-    from conftest import make_tiny_model
+    from surgical.models import make_tiny_model
 
     model = make_tiny_model("gpt2", len(world_tokenizer))
     src = tmp_path / "src"
@@ -89,7 +89,7 @@ def test_quanto_gpt2_conv1d_is_quantized(world_tokenizer, tmp_path):
 
 
 def test_conv1d_to_linear_is_exact(world_tokenizer):
-    from conftest import make_tiny_model
+    from surgical.models import make_tiny_model
 
     model = make_tiny_model("gpt2", len(world_tokenizer))
     ids = torch.randint(3, len(world_tokenizer), (2, 9))
@@ -117,7 +117,7 @@ def test_pure_helpers():
 @pytest.mark.slow
 def test_measure_and_model_card(world_tokenizer, tmp_path):
     """Full stage with measurement subprocesses and the card (about 20 s: two fresh Python processes)."""
-    from conftest import make_tiny_model
+    from surgical.models import make_tiny_model
 
     src = tmp_path / "src"
     make_tiny_model("llama", len(world_tokenizer)).save_pretrained(src)

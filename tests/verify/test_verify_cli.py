@@ -23,7 +23,7 @@ def _policy(path, **thresholds):
 
 @pytest.fixture
 def verify_args(tmp_path, world_tokenizer):
-    from conftest import make_tiny_model
+    from surgical.models import make_tiny_model
 
     model_dir = tmp_path / "student"
     make_tiny_model("llama", len(world_tokenizer)).save_pretrained(model_dir)

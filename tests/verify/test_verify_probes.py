@@ -105,7 +105,7 @@ def test_ablation_hooks_remove_the_direction(tiny_model, world_tokenizer, world)
 
 
 def test_quantization_attack(world_tokenizer, world):
-    from conftest import make_tiny_model
+    from surgical.models import make_tiny_model
 
     model = make_tiny_model("llama", len(world_tokenizer))
     q8, n8 = quantize_copy(model, "int8", "quanto")
@@ -124,7 +124,7 @@ def test_quantization_attack(world_tokenizer, world):
 
 
 def test_relearning_learns_and_early_stops(world_tokenizer, world):
-    from conftest import make_tiny_model
+    from surgical.models import make_tiny_model
     from surgical.scoring import continuation_logprobs
 
     model = make_tiny_model("llama", len(world_tokenizer))
