@@ -122,11 +122,11 @@ def teacher_eval(
     split: str = typer.Option("test", "--split", help="test or val."),
 ) -> None:
     """Exact-match and MC accuracy per domain on the world's held-out set."""
+    import torch
+
     from .models import ModelLoadError, load_model
     from .world import build_world
     from .world.teacher import evaluate_world
-
-    import torch
 
     cfg = _load_cfg(config)
     torch.set_num_threads(cfg.teacher.threads)

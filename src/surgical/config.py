@@ -140,8 +140,8 @@ def parse_config(data: dict, source: str = "<dict>") -> PipelineConfig:
         raise ConfigError(source, _format_errors(exc)) from None
 
 
-def load_config(path: str | Path) -> PipelineConfig:
-    """Read and validate a pipeline YAML file."""
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file's top-level mapping; ConfigError names the file and the line of a syntax error."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -152,8 +152,22 @@ def load_config(path: str | Path) -> PipelineConfig:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<yaml>"
         raise ConfigError(str(path), [(where, f"invalid YAML: {getattr(exc, 'problem', exc)}")]) from None
     if data is not None and not isinstance(data, dict):
-        raise ConfigError(str(path), [("<root>", "the top level must be a mapping of sections")])
-    return parse_config(data or {}, source=str(path))
+        raise ConfigError(str(path), [("<root>", "the top level must be a mapping")])
+    return data or {}
+
+
+def load_yaml_model(path: str | Path, model_cls):
+    """Read a YAML file and validate it as ``model_cls``; ConfigError lists every bad field path."""
+    data = read_yaml_mapping(path)
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(str(path), _format_errors(exc)) from None
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline YAML file."""
+    return load_yaml_model(path, PipelineConfig)
 
 
 def default_config_path() -> Path:

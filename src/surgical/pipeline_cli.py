@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -12,10 +11,10 @@ from rich.console import Console
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
-        config: Optional[Path] = typer.Argument(None, help="Pipeline YAML (default: the demo config)."),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Override the config's run_dir."),
-        from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run this stage and every later one."),
-        only: Optional[str] = typer.Option(None, "--only", help="Run just this stage (its inputs must exist)."),
+        config: Path | None = typer.Argument(None, help="Pipeline YAML (default: the demo config)."),
+        run_dir: Path | None = typer.Option(None, "--run-dir", help="Override the config's run_dir."),
+        from_stage: str | None = typer.Option(None, "--from", help="Re-run this stage and every later one."),
+        only: str | None = typer.Option(None, "--only", help="Run just this stage (its inputs must exist)."),
         force: bool = typer.Option(False, "--force", help="Re-run every stage, cached or not."),
         status: bool = typer.Option(False, "--status", help="Print which stages are done and exit."),
         quiet: bool = typer.Option(False, "--quiet"),

@@ -9,10 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from .config import ConfigError, _format_errors
 from .config_base import Section
 
 
@@ -88,19 +86,9 @@ class Policy(Section):
 
 def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy YAML; raises ConfigError listing every bad field path."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(str(path), [("<file>", "no such file")]) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<yaml>"
-        raise ConfigError(str(path), [(where, f"invalid YAML: {getattr(exc, 'problem', exc)}")]) from None
-    try:
-        return Policy.model_validate(data or {})
-    except ValidationError as exc:
-        raise ConfigError(str(path), _format_errors(exc)) from None
+    from .config import load_yaml_model  # not at import time: config imports the stage configs, which import us
+
+    return load_yaml_model(path, Policy)
 
 
 def demo_policy_path() -> Path:

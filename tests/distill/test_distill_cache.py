@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from surgical.models import make_tiny_model
 from surgical.distill.cache import CacheError, TopKCache, cache_bytes_per_token, cache_logits
 from surgical.distill.data import DistillCollator, encode_record, world_records
 from surgical.distill.losses import kd_loss, kd_loss_topk
+from surgical.models import make_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from surgical.models import make_tiny_model
 from surgical.distill.data import DistillCollator, encode_record, world_records
 from surgical.distill.losses import kd_loss, maxent_penalty, rmu_forget_loss
 from surgical.distill.penalties import (
@@ -15,6 +14,7 @@ from surgical.distill.penalties import (
 )
 from surgical.distill.student import noised_copy
 from surgical.distill.trainer import capture_layers
+from surgical.models import make_tiny_model
 
 REFUSAL = " I cannot help with that."
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from surgical.models import make_tiny_model
 from surgical.distill.config import DistillConfig
 from surgical.distill.data import world_records
 from surgical.distill.run import run
 from surgical.io import write_jsonl
+from surgical.models import make_tiny_model
 
 TINY = dict(student_hidden_size=16, student_heads=2, student_intermediate_size=32, batch_size=8, logging_steps=2,
             threads=1, eval_every=0, warmup_steps=0)

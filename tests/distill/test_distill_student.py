@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from surgical.models import make_tiny_model
 from surgical.distill.student import (
     TokenizerMismatchError,
     check_tokenizers,
@@ -13,7 +12,7 @@ from surgical.distill.student import (
     student_from_config,
     student_from_teacher,
 )
-from surgical.models import count_parameters, decoder_layers, mlp_width
+from surgical.models import count_parameters, decoder_layers, make_tiny_model, mlp_width
 
 
 def _x(vocab):

@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from surgical.models import make_tiny_model
 from surgical.map.attribution import compute_scores
 from surgical.map.data import batches, world_examples
 from surgical.map.hooks import capture, edit, head_columns, set_columns
@@ -17,6 +16,7 @@ from surgical.models import (
     final_norm,
     head_dim,
     hidden_size,
+    make_tiny_model,
     mlp_down_proj,
     mlp_width,
     num_heads,

@@ -8,13 +8,13 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from surgical.models import make_tiny_model
 from surgical.cli import app
 from surgical.io import write_jsonl
 from surgical.map.config import MapConfig
 from surgical.map.data import Example, world_examples
 from surgical.map.run import MAP_FILES, run
 from surgical.map.validate import RecordEvaluator
+from surgical.models import make_tiny_model
 
 SMALL = dict(n_forget=12, n_retain=12, batch_size=12, exact_top_n=2, validation_k=4, validation_k_sweep=[2],
              validation_limit=3, sae_steps=30, sae_expansion=2, sae_k=4, sae_clamp_k=2, threads=1)

@@ -17,8 +17,8 @@ def test_mc_agrees_with_lm_eval(tmp_path, world_tokenizer, world):
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
-    from surgical.models import make_tiny_model
     from surgical.config import WorldConfig
+    from surgical.models import make_tiny_model
     from surgical.verify.probes import mc_hits
     from surgical.world import write_world
 
@@ -43,8 +43,8 @@ def test_report_renders_in_headless_chromium(tmp_path, world_tokenizer):
         pytest.skip("chromium is not installed (Debian package `chromium`)")
     from test_verify_cli import TINY_VERIFY, _policy
 
-    from surgical.models import make_tiny_model
     from surgical.cli import app
+    from surgical.models import make_tiny_model
 
     model_dir = tmp_path / "student"
     make_tiny_model("llama", len(world_tokenizer)).save_pretrained(model_dir)

@@ -19,10 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from ..config import ConfigError, _format_errors
 from ..config_base import Section
 
 
@@ -63,17 +61,9 @@ class Constitution(Section):
 
 def load_constitution(path: str | Path) -> Constitution:
     """Read and validate a constitution YAML; raises ConfigError naming every bad field path."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(str(path), [("<file>", "no such file")]) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(str(path), [("<yaml>", f"invalid YAML: {exc}")]) from None
-    try:
-        return Constitution.model_validate(data or {})
-    except ValidationError as exc:
-        raise ConfigError(str(path), _format_errors(exc)) from None
+    from ..config import load_yaml_model
+
+    return load_yaml_model(path, Constitution)
 
 
 def demo_constitution_path() -> Path:
