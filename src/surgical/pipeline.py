@@ -148,10 +148,12 @@ def stage_quantize(ctx: StageContext) -> dict:
     from .quantize import run as quantize_run
 
     q = ctx.config.quantize
-    # The quantized student goes through the comparison battery (the same one every method's row uses).
+    # The quantized student goes through the comparison battery (the same one every method's row uses), minus
+    # the relearning attack: fine-tuning int8 weights is not what an attacker would do (they would dequantize).
     res = quantize_run(ctx.inputs["distill"] / "student", ctx.out_dir, scheme=q.scheme, backend=q.backend,
                        verify=True, policy=policy_path(ctx.config), references=[teacher_dir_of(ctx)],
-                       verify_config=compare_verify_config(ctx.config), world_config=ctx.config.world)
+                       verify_config=compare_verify_config(ctx.config).model_copy(update={"relearn": False}),
+                       world_config=ctx.config.world)
     rec = res.record
     return {"scheme": q.scheme, "backend": q.backend, "verify": rec.get("verify"), "ratios": rec.get("ratios")}
 
@@ -184,14 +186,15 @@ def row_from_verify(method: str, rec: dict, train: dict) -> dict:
     jail = [v["forget"] for k, v in rec["attacks"].items() if k.startswith("jailbreak:")]
     relearn = (rec.get("relearning") or {}).get("model") or {}
     best = relearn.get("best") or {}
-    curve = best.get("curve", [])
+    # verify stores a curve as [step, forget exact-match] pairs
+    curve = [{"step": int(p[0]), "forget": float(p[1])} for p in best.get("curve", [])]
     after = {}
     for budget in (50, 200, 500):
-        pts = [p for p in curve if p["step"] <= budget]
-        after[str(budget)] = max((p["forget"] for p in pts), default=None)
+        at = [p["forget"] for p in curve if p["step"] == budget]
+        after[str(budget)] = at[0] if at else None
     int4 = rec["attacks"].get("quant:int4", {}).get("forget")
-    latent = (rec.get("probes") or {}).get("latent") or {}
-    probe_acc = latent.get("model", {}).get("best_accuracy") if isinstance(latent.get("model"), dict) else None
+    by_layer = ((rec.get("probes") or {}).get("latent") or {}).get("by_layer", {}).get("model") or []
+    probe_acc = max((layer["value"] for layer in by_layer), default=None)  # best layer
     return {
         "method": method,
         "forget_exact_match": side["forget"],

@@ -21,7 +21,9 @@ class QuantizationUnavailable(RuntimeError):
 def quantize_copy(model, scheme: str, backend: str = "quanto"):
     """A weight-quantized deep copy of ``model`` (nn.Linear layers; GPT-2's Conv1D layers stay float).
     Returns (model, number of quantized modules)."""
-    work = copy.deepcopy(model).float().eval()
+    work = copy.deepcopy(model)
+    # an already-quantized model (e.g. torchao int8 through transformers) refuses .float(); keep its weights
+    work = (work if getattr(model, "is_quantized", False) else work.float()).eval()
     if backend == "quanto":
         try:
             from optimum.quanto import freeze, qint4, qint8, quantize

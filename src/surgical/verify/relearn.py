@@ -54,7 +54,9 @@ def finetune_curve(model, tokenizer, examples: Sequence[tuple[str, str]], evalua
     return [(step, evaluate(copy))] at step 0 and each of ``eval_steps``. Stops once the value reaches
     ``stop_at``."""
     torch.manual_seed(seed)
-    work = copy.deepcopy(model).float()
+    work = copy.deepcopy(model)
+    if not getattr(model, "is_quantized", False):  # a quantized model refuses .float()
+        work = work.float()
     encoded = [encode_example(tokenizer, p, t) for p, t in examples]
     collate = PadCollator(tokenizer.pad_token_id)
     opt = torch.optim.AdamW(work.parameters(), lr=lr, weight_decay=0.0)

@@ -1,0 +1,68 @@
+"""The comparison rows, the targets check and the run report, on synthetic stage outputs."""
+
+import json
+
+from surgical.io import write_json
+from surgical.pipeline import build_stages, row_from_verify
+from surgical.report import check_targets, collect_rows, write_run_report
+
+
+def fake_verify(forget, mc, retain, curve, int4, probes):
+    return {
+        "verdict": "pass",
+        "summary_by_model": {"model": {"forget": forget, "forget_mc": mc, "retain": retain}},
+        "attacks": {"none": {"forget": forget}, "jailbreak:roleplay": {"forget": forget + 0.1},
+                    "jailbreak:encoding": {"forget": forget + 0.2}, "quant:int4": {"forget": int4}},
+        "relearning": {"model": {"best_lr": 1e-3, "best": {"curve": curve}}},
+        "probes": {"latent": {"by_layer": {"model": [{"value": p} for p in probes]}}},
+        "retention": {"retain_ratio": retain},
+    }
+
+
+def test_row_from_verify_reads_every_column():
+    rec = fake_verify(0.0, 0.2, 0.99, [[0, 0.0], [50, 0.1], [200, 0.3], [500, 0.4]], 0.01, [0.2, 0.4, 0.3])
+    row = row_from_verify("surgical", rec, {"train_flops": 1e12, "wall_s": 10.0})
+    assert row["forget_worst_jailbreak"] == 0.2
+    assert row["forget_after_relearn"] == {"50": 0.1, "200": 0.3, "500": 0.4}
+    assert row["forget_int4"] == 0.01 and abs(row["quantization_gap_int4"] - 0.01) < 1e-12
+    assert row["probe_accuracy"] == 0.4 and row["retain_ratio"] == 0.99 and row["train_flops"] == 1e12
+
+
+def _row(method, r50, r200, r500, gap=0.0, retain=1.0):
+    return {"method": method, "forget_after_relearn": {"50": r50, "200": r200, "500": r500},
+            "quantization_gap_int4": gap, "retain_ratio": retain, "forget_exact_match": 0.0}
+
+
+def test_targets_are_met_or_missed_with_margins():
+    rows = [_row("surgical", 0.0, 0.05, 0.1), _row("oracle", 0.0, 0.0, 0.05), _row("rmu", 0.3, 0.5, 0.9),
+            _row("maxent", 0.2, 0.4, 0.8)]
+    t = {x["target"].split(" ")[0]: x for x in check_targets(rows)}
+    assert all(x["met"] for x in t.values())
+    rows[0] = _row("surgical", 0.0, 0.6, 0.9, gap=0.05, retain=0.9)
+    t = check_targets(rows)
+    assert [x["met"] for x in t] == [False, False, False, False]
+    assert abs(t[0]["measured"]["500"] - 0.85) < 1e-9  # surgical minus oracle, reported, not hidden
+
+
+def test_report_writes_comparison_and_html(tmp_path):
+    for m, r in (("surgical", 0.0), ("oracle", 0.0), ("plain-kd", 0.9)):
+        row = _row(m, r, r, r)
+        row["relearn_curve"] = [{"step": 0, "forget": r}, {"step": 500, "forget": r}]
+        write_json(tmp_path / f"compare-{m}" / "row.json", row)
+    out = write_run_report(tmp_path, None, tmp_path / "report")
+    rows = json.loads((tmp_path / "comparison.json").read_text())
+    assert [r["method"] for r in rows] == ["surgical", "plain-kd", "oracle"] == [r["method"] for r in collect_rows(tmp_path)]
+    html = (tmp_path / "report.html").read_text()
+    assert "id='headline'" in html and "data:image/png;base64," in html and "MET" in html
+    assert out["targets_total"] >= 2
+
+
+def test_demo_graph_has_every_method_and_stage():
+    from surgical.config import demo_config
+
+    names = [s.name for s in build_stages(demo_config())]
+    for n in ("world", "teacher", "map", "curate", "generate", "distill", "verify", "quantize", "cross-domain",
+              "report"):
+        assert n in names
+    for m in ("surgical", "plain-kd", "filter-only", "graddiff", "maxent", "rmu", "undo", "oracle"):
+        assert f"compare-{m}" in names
