@@ -350,5 +350,5 @@ def run_demo(out_dir: str | Path = "runs/demo", quiet: bool = False) -> int:
     t0 = time.perf_counter()
     results = run_pipeline(None, run_dir=out_dir, quiet=quiet)
     wall = time.perf_counter() - t0
-    print_headline(Path(out_dir), Console(), wall_s=wall)
+    print_headline(Path(out_dir), Console(width=170), wall_s=wall)
     return 0 if results else 1
