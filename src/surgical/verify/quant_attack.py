@@ -54,6 +54,11 @@ def quantization_attack(model, tokenizer, wb, forget_domains, retain_domains, cf
     from .probes import knowledge_probes
 
     out = {"backend": cfg.quant_backend, "schemes": {}}
+    if getattr(model, "is_quantized", False):
+        # The model under test is itself quantized (surgical quantize's output): the knowledge probes above
+        # already measure it, and quantizing quantized weights again is not supported by the backends.
+        out["skipped"] = "the model is already quantized; its own probes are the quantized figures"
+        return out
     base = summarise_sides({"forget": {d: baseline[d] for d in forget_domains},
                             "retain": {d: baseline[d] for d in retain_domains}})
     for scheme in cfg.quant_schemes:
