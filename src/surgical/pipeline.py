@@ -67,26 +67,14 @@ def stage_teacher(ctx: StageContext) -> dict:
 
 
 def stage_map(ctx: StageContext) -> dict:
-    from .map.data import world_examples
-    from .map.run import run as map_run
-    from .map.validate import WorldEvaluator
-    from .models import load_model, load_tokenizer
-    from .world import build_world
+    """The map stage's own demo entry point: the config's (cached) teacher on the world's train split."""
+    from .map.run import run_demo as map_demo
 
-    cfg, mcfg = ctx.config, ctx.config.map
-    tdir = teacher_dir_of(ctx)
-    wb = build_world(cfg.world)
-    tok = load_tokenizer(tdir)
-    model = load_model(tdir, device=mcfg.device)
-    forget = world_examples(wb, FORGET, mcfg.n_forget, mcfg.seed)
-    retain = world_examples(wb, RETAIN, mcfg.n_retain, mcfg.seed + 1)
-    evaluator = WorldEvaluator(wb, tok, mcfg.validation_split, mcfg.validation_limit)
-    res = map_run(mcfg, model, tok, forget, retain, ctx.out_dir, evaluator, inputs={"model": tdir},
-                  quiet=ctx.quiet, extra_provenance={"model_spec": str(tdir), "world_data_sha256": wb.data_hash})
+    map_demo(ctx.out_dir, ctx.config, quiet=ctx.quiet)
     m = read_json(ctx.out_dir / "map.json")
     return {"recommended_layers": m.get("recommended_layers"), "spine": m.get("spine"),
             "specificity_ratio": m.get("validation", {}).get("specificity_ratio"),
-            "attribution_vs_exact_spearman": m.get("attribution_vs_exact_spearman"), "result": str(type(res).__name__)}
+            "attribution_vs_exact_spearman": m.get("attribution_vs_exact_spearman")}
 
 
 def stage_curate(ctx: StageContext) -> dict:
