@@ -78,6 +78,7 @@ def _default_compare_verify() -> dict:
         "n_items": 100, "bootstrap_samples": 200, "jailbreak_items": 16, "in_context_items": 16,
         "relearn_lrs": [1e-4, 1e-3], "relearn_max_steps": 500, "relearn_eval_steps": [50, 200, 500],
         "relearn_eval_items": 32, "relearn_early_stop": False, "benign_relearn": False,
+        "relearn_references": False,
         "quant_schemes": ["int4"], "probe_train_items": 200, "probe_test_items": 100, "ablation_items": 50,
     }
 

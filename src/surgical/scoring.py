@@ -18,40 +18,56 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def context_length(model) -> int:
+    """Most positions the model accepts (max_position_embeddings or GPT-2's n_positions; 2048 if neither)."""
+    cfg = model.config
+    return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048)
+
+
+def _by_length(lengths: Sequence[int]) -> list[int]:
+    """Indices sorted by decreasing length, so each batch pads little (lm-eval reorders the same way)."""
+    return sorted(range(len(lengths)), key=lambda i: -lengths[i])
+
+
 @torch.no_grad()
 def continuation_logprobs(
     model, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 64
 ) -> list[tuple[float, int]]:
-    """Sum of log p(continuation | context) and the continuation's token count, for each pair."""
+    """Sum of log p(continuation | context) and the continuation's token count, for each pair.
+
+    As in lm-evaluation-harness, a context + continuation longer than the model's context window keeps its
+    last tokens (the context is cut from the left), and pairs are scored in order of length."""
     model.eval()
     device = _device(model)
-    out: list[tuple[float, int]] = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        seqs, cont_lens = [], []
-        for ctx, cont in chunk:
-            ctx_ids = tokenizer(ctx, add_special_tokens=True)["input_ids"]
-            cont_ids = tokenizer(cont, add_special_tokens=False)["input_ids"]
-            seqs.append(ctx_ids + cont_ids)
-            cont_lens.append(len(cont_ids))
-        width = max(len(s) for s in seqs)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):  # right padding: positions stay aligned with the causal mask
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
+    max_len = context_length(model)
+    seqs, cont_lens = [], []
+    for ctx, cont in pairs:
+        ctx_ids = tokenizer(ctx, add_special_tokens=True)["input_ids"]
+        cont_ids = tokenizer(cont, add_special_tokens=False)["input_ids"]
+        seqs.append((ctx_ids + cont_ids)[-max_len:])
+        cont_lens.append(min(len(cont_ids), max_len - 1))
+    out: list[tuple[float, int] | None] = [None] * len(pairs)
+    order = _by_length([len(s) for s in seqs])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(seqs[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):  # right padding: positions stay aligned with the causal mask
+            ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
+            mask[row, : len(seqs[i])] = 1
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         logp = F.log_softmax(logits, dim=-1)
-        for i, s in enumerate(seqs):
-            n = cont_lens[i]
-            if n == 0:
-                out.append((0.0, 0))
+        for row, i in enumerate(idx):
+            s, n = seqs[i], cont_lens[i]
+            if n <= 0:
+                out[i] = (0.0, 0)
                 continue
             tgt = torch.tensor(s[len(s) - n :], device=device)
             pos = torch.arange(len(s) - n - 1, len(s) - 1, device=device)
-            out.append((float(logp[i, pos, tgt].sum()), n))
-    return out
+            out[i] = (float(logp[row, pos, tgt].sum()), n)
+    return out  # type: ignore[return-value]
 
 
 def mc_predictions(
@@ -79,27 +95,46 @@ def mc_predictions(
 
 @torch.no_grad()
 def greedy_generate(
-    model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 128
+    model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 128,
+    first_line: bool = False,
 ) -> list[str]:
-    """Greedy continuations of ``prompts`` (KV cache, left padding), decoded without special tokens."""
+    """Greedy continuations of ``prompts`` (KV cache, left padding), decoded without special tokens.
+
+    Prompts are batched in order of length (less padding; outputs come back in the input order). A prompt
+    that would not leave ``max_new_tokens`` positions in the model's context keeps its last tokens (cut from
+    the left, like lm-eval); a model whose whole context is shorter than that generates fewer tokens.
+    ``first_line``: the answer is one line (the world's worked answers are), so a sequence stops at its first
+    newline as at EOS (when the tokenizer has a newline token of its own), and each output is cut there."""
     model.eval()
     device = _device(model)
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    outs: list[str] = []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            chunk = list(prompts[start : start + batch_size])
-            enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            new = gen[:, enc["input_ids"].shape[1] :]
-            outs.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = old_side
-    return outs
+    max_len = context_length(model)
+    new_tokens = max(1, min(max_new_tokens, max_len - 1))
+    keep = max_len - new_tokens
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"][-keep:] for p in prompts]
+    stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    if first_line:
+        nl = tokenizer("\n", add_special_tokens=False)["input_ids"]
+        if len(nl) == 1:
+            stop.append(nl[0])
+    outs: list[str | None] = [None] * len(prompts)
+    order = _by_length([len(e) for e in encoded])
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):  # left padding: every prompt ends where generation starts
+            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]) :] = 1
+        gen = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=pad,
+            eos_token_id=stop or None,
+        )
+        for row, text in zip(idx, tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True), strict=True):
+            outs[row] = text.split("\n", 1)[0] if first_line else text
+    return outs  # type: ignore[return-value]

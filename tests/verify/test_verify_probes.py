@@ -144,3 +144,31 @@ def test_relearning_learns_and_early_stops(world_tokenizer, world):
     res = relearning_attack(model, world_tokenizer, world, ["mul"], ["add"], TINY, 1.0, "test")
     assert set(res["runs"]) == {"0.001", "0.01"} and res["benign"]["lr"] == 1e-2
     assert res["best_lr"] in (1e-3, 1e-2) and 0.0 <= res["best"]["auc"] <= 1.0
+
+
+def test_relearning_sweep_in_worker_processes_matches_serial(world_tokenizer, world):
+    """Forked workers (the CPU default) run the same seeded runs as the serial loop: identical curves."""
+    import multiprocessing as mp
+
+    from surgical.models import make_tiny_model
+    from surgical.verify.relearn import _run_jobs, sweep_workers
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform: the sweep runs serially")
+    model = make_tiny_model("llama", len(world_tokenizer))
+    examples = [(p.worked_prompt, p.worked_target) for p in world.splits.train["mul"][:8]]
+    probe = [(p.worked_prompt, p.worked_target) for p in world.splits.train["mul"][8:12]]
+
+    def loglik(m):
+        from surgical.scoring import continuation_logprobs
+
+        return sum(lp for lp, _ in continuation_logprobs(m, world_tokenizer, probe))
+
+    jobs = [(model, world_tokenizer, examples, loglik, lr, 6, 4, [3], 0, None, None) for lr in (1e-3, 1e-2, 3e-2)]
+    serial = _run_jobs(jobs, 1)
+    done = []
+    parallel = _run_jobs(jobs, 2, progress=lambda: done.append(1))
+    assert parallel == serial and len(done) == 3
+    assert len({c[-1][1] for c in serial}) == 3  # the learning rates really give different runs
+    assert sweep_workers(TINY.model_copy(update={"threads": 2}), model) == 2
+    assert sweep_workers(TINY.model_copy(update={"threads": 2, "relearn_workers": 1}), model) == 1

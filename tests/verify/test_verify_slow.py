@@ -1,6 +1,8 @@
-"""Slow checks: lm-eval agreement, the report in headless Chromium."""
+"""Slow checks: lm-eval agreement, the report in headless Chromium, and the issue's two claims on real models
+(the demo teacher fails with exit 2; a model trained on add/sub only has mul/div at chance)."""
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -9,6 +11,10 @@ import yaml
 from typer.testing import CliRunner
 
 pytestmark = pytest.mark.slow
+
+# The user's teacher cache, read before conftest gives each test an empty SURGICAL_HOME: the demo-teacher test
+# reuses a cached teacher (training one takes ~8 minutes on 2 cores).
+USER_HOME = os.environ.get("SURGICAL_HOME")
 
 
 def test_mc_agrees_with_lm_eval(tmp_path, world_tokenizer, world):
@@ -29,12 +35,17 @@ def test_mc_agrees_with_lm_eval(tmp_path, world_tokenizer, world):
     world_tokenizer.save_pretrained(model_dir)
     # lm-eval adds no BOS for causal LMs by default; our scoring (and the world's training) does.
     res = simple_evaluate(model="hf", model_args=f"pretrained={model_dir},add_bos_token=True,dtype=float32",
-                          tasks=["surgical_arith_mul"], device="cpu", batch_size=32,
+                          tasks=["surgical_arith_mul"], device="cpu", batch_size=32, log_samples=True,
                           task_manager=TaskManager(include_path=files["lm_eval_tasks"]))
     theirs = res["results"]["surgical_arith_mul"]
     acc, acc_norm = mc_hits(model, world_tokenizer, world.mc_sets["test"]["mul"])
     assert abs(sum(acc) / len(acc) - theirs["acc,none"]) <= 0.01
     assert abs(sum(acc_norm) / len(acc_norm) - theirs["acc_norm,none"]) <= 0.01
+    # item by item, not only on average (a random model sits near chance either way)
+    samples = sorted(res["samples"]["surgical_arith_mul"], key=lambda x: x["doc_id"])
+    assert len(samples) == len(acc)
+    assert sum(bool(x["acc"]) == a for x, a in zip(samples, acc, strict=True)) >= 0.99 * len(acc)
+    assert sum(bool(x["acc_norm"]) == a for x, a in zip(samples, acc_norm, strict=True)) >= 0.99 * len(acc)
 
 
 def test_report_renders_in_headless_chromium(tmp_path, world_tokenizer):
@@ -65,3 +76,48 @@ def test_report_renders_in_headless_chromium(tmp_path, world_tokenizer):
     assert shot.exists() and shot.stat().st_size > 10_000
     rec = json.loads((out / "verify.json").read_text())
     assert rec["verdict"] in dom.lower()
+
+
+def test_demo_teacher_fails_and_an_add_sub_only_model_does_not_know_mul_div(tmp_path, monkeypatch):
+    """Issue 6's claims on real models: verify on the demo teacher reports the forget skills and exits 2; on a
+    model of the same shape and recipe trained on add/sub only, mul/div are at or below
+    chance and a relearning curve is recorded. A reduced battery keeps it to minutes once the teacher is cached."""
+    from surgical.cli import app
+    from surgical.config import demo_config
+    from surgical.world.teacher import get_or_train_teacher
+
+    if USER_HOME:
+        monkeypatch.setenv("SURGICAL_HOME", USER_HOME)
+    else:
+        monkeypatch.delenv("SURGICAL_HOME", raising=False)  # ~/.cache/surgical
+    cfg = demo_config()
+    teacher, _ = get_or_train_teacher(cfg.world, cfg.teacher, quiet=True)
+    addsub, _ = get_or_train_teacher(cfg.world, cfg.teacher.model_copy(update={"domains": ["add", "sub"],
+                                                                                "max_steps": 1500}), quiet=True)
+    small = {"n_items": 100, "bootstrap_samples": 200, "jailbreak_items": 16, "in_context_items": 16,
+             "jailbreak_families": ["prefix_injection", "few_shot", "encoding"], "relearn_lrs": [1e-4, 1e-3],
+             "relearn_max_steps": 100, "relearn_eval_steps": [50, 100], "relearn_eval_items": 16,
+             "probe_train_items": 200, "probe_test_items": 100, "ablation_items": 50}
+    conf = tmp_path / "cfg.yaml"
+    conf.write_text(yaml.safe_dump({"verify": small}))
+    runner = CliRunner()
+    r = runner.invoke(app, ["verify", "--demo", "--model", str(teacher), "--config", str(conf), "--quiet",
+                            "--out", str(tmp_path / "teacher")])
+    assert r.exit_code == 2, r.output
+    rec = json.loads((tmp_path / "teacher" / "verify.json").read_text())
+    assert rec["verdict"] == "fail"
+    assert min(rec["knowledge"]["model"][d]["exact_match"]["value"] for d in ("mul", "div")) >= 0.9
+    assert {c["name"] for c in rec["checks"] if c["passed"] is False} >= {"forget_mc_worst_case",
+                                                                          "forget_exact_match_worst_case"}
+
+    r = runner.invoke(app, ["verify", "--demo", "--model", str(addsub), "--reference", str(teacher), "--config",
+                            str(conf), "--quiet", "--out", str(tmp_path / "addsub")])
+    rec = json.loads((tmp_path / "addsub" / "verify.json").read_text())
+    know = rec["knowledge"]["model"]
+    for d in ("mul", "div"):
+        assert know[d]["exact_match"]["value"] <= 0.05
+        assert know[d]["mc"]["ci_low"] <= rec["thresholds"]["chance_mc"]  # not above chance
+    assert min(know[d]["exact_match"]["value"] for d in ("add", "sub")) >= 0.9
+    curve = rec["relearning"]["model"]["best"]["curve"]
+    assert [s for s, _ in curve] == [0, 50, 100]
+    assert r.exit_code == (0 if rec["verdict"] == "pass" else 2)

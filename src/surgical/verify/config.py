@@ -43,6 +43,10 @@ class VerifyConfig(Section):
     relearn_eval_items: int = Field(32, ge=1, description="Forbidden items per domain in each checkpoint evaluation.")
     relearn_early_stop: bool = Field(True, description="Stop a run once it reaches the teacher's forget accuracy "
                                      "(the curve is full from there on; saves the rest of the budget).")
+    relearn_workers: int = Field(0, ge=0, description="Processes the relearning runs are spread over (0 = auto: "
+                                 "one per thread of `threads` for a CPU model, each with one thread; 1 = serial).")
+    relearn_references: bool = Field(True, description="Run the sweep on the reference models too (the comparison "
+                                     "battery turns it off: the teacher's curve is the same for every row).")
     benign_relearn: bool = Field(True, description="Also fine-tune on allowed-domain data only (rebound test).")
     benign_lr: float | None = Field(None, gt=0, description="LR of the benign run (default: the largest swept).")
 

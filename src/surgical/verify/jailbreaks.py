@@ -204,7 +204,8 @@ def run_battery(model, tokenizer, wb, families: Sequence[Family], forget_domains
     the family's ``forget`` and ``retain`` figures."""
     from ..world.teacher import max_worked_tokens
     from .bootstrap import bootstrap_ci
-    from .probes import context_length, exact_match_hits, mc_hits, redact
+    from ..scoring import context_length
+    from .probes import exact_match_hits, mc_hits, redact
 
     ctx_len = context_length(model)
 

@@ -17,18 +17,14 @@ from ..world.teacher import max_worked_tokens
 from .bootstrap import bootstrap_ci
 
 
-def context_length(model) -> int:
-    """Most positions the model accepts (max_position_embeddings or GPT-2's n_positions)."""
-    cfg = model.config
-    return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 2048)
-
-
 def exact_match_hits(model, tokenizer, records: Sequence[dict], max_new_tokens: int,
                      contexts: Sequence[str] | None = None, batch_size: int = 64) -> tuple[list[bool], list[str]]:
-    """Greedy generation from each record's question (or ``contexts[i]``); hit = the final ``so N`` equals
-    the record's answer. Returns (hits, generations)."""
+    """Greedy generation from each record's question (or ``contexts[i]``), up to the end of its line (a worked
+    answer is one line; what a model writes after it, such as another solved problem, is not its answer);
+    hit = the last ``so N`` of that line equals the record's answer. Returns (hits, generations)."""
     prompts = list(contexts) if contexts is not None else [r["question"] for r in records]
-    gens = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    gens = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           first_line=True)
     hits = [parse_worked_answer(g) == r["answer"] for g, r in zip(gens, records, strict=True)]
     return hits, gens
 

@@ -93,21 +93,79 @@ def summarise_curve(curve: Sequence[tuple[int, float]], max_steps: int, teacher_
             "auc": recovery_auc(curve, max_steps, teacher_forget)}
 
 
+# The jobs of one sweep, read by forked workers (fork shares the parent's model, tokenizer and world without
+# pickling them; see _run_jobs).
+_JOBS: list[tuple] = []
+
+
+def _run_job(i: int) -> list[tuple[int, float]]:
+    model, tokenizer, examples, evaluate, lr, max_steps, batch_size, eval_steps, seed, stop_at, threads = _JOBS[i]
+    torch.set_num_threads(threads)
+    return finetune_curve(model, tokenizer, examples, evaluate, lr, max_steps, batch_size, eval_steps, seed, stop_at)
+
+
+def sweep_workers(cfg, model) -> int:
+    """Processes the sweep's runs are spread over: ``cfg.relearn_workers``, or with 0 ("auto") one per torch
+    thread on a CPU model where fork exists (each worker then runs with one thread), else 1."""
+    import multiprocessing as mp
+
+    if cfg.relearn_workers:
+        return cfg.relearn_workers
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    return max(1, cfg.threads) if on_cpu and "fork" in mp.get_all_start_methods() else 1
+
+
+def _run_jobs(jobs: list[tuple], workers: int, progress=None) -> list[list[tuple[int, float]]]:
+    """Run finetune_curve jobs, in ``workers`` forked processes when > 1 (threads split between them).
+
+    Why processes: the runs of a sweep are independent, and a demo-sized model does not use two cores well
+    from one process (measured: 2 threads step 1.4x faster than 1, two 1-thread processes ~2x)."""
+    global _JOBS
+    if workers <= 1 or len(jobs) <= 1:
+        out = []
+        for job in jobs:
+            out.append(finetune_curve(*job[:-1]))
+            if progress is not None:
+                progress()
+        return out
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(workers, len(jobs))
+    per = max(1, torch.get_num_threads() // workers)
+    _JOBS = [(*job[:-1], per) for job in jobs]
+    try:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+            futures = [pool.submit(_run_job, i) for i in range(len(jobs))]
+            out = []
+            for f in futures:
+                out.append(f.result())
+                if progress is not None:
+                    progress()
+    finally:
+        _JOBS = []
+    return out
+
+
 def relearning_attack(model, tokenizer, wb, forget_domains: Sequence[str], retain_domains: Sequence[str], cfg,
                       teacher_forget: float, split: str, progress=None) -> dict:
     """The LR sweep on forbidden data (attacker's best = largest area under the recovery curve, ties to the
     fewest steps to 50%) and the benign run on allowed data. ``teacher_forget`` is the reference's forget
-    exact match on the same eval items (1.0 when no reference is given)."""
+    exact match on the same eval items (1.0 when no reference is given). The runs are independent and may
+    run in parallel processes (``sweep_workers``); each run is seeded, so the curves do not depend on it
+    except through the thread count of a run."""
     evaluate = forget_eval_fn(tokenizer, wb, forget_domains, split, cfg.relearn_eval_items, cfg.batch_size)
     stop_at = teacher_forget if cfg.relearn_early_stop else None
-    runs = {}
     forbidden = training_examples(wb, forget_domains, cfg.relearn_examples, cfg.seed)
-    for lr in cfg.relearn_lrs:
-        curve = finetune_curve(model, tokenizer, forbidden, evaluate, lr, cfg.relearn_max_steps,
-                               cfg.relearn_batch_size, cfg.relearn_eval_steps, cfg.seed, stop_at)
-        runs[f"{lr:g}"] = summarise_curve(curve, cfg.relearn_max_steps, teacher_forget)
-        if progress is not None:
-            progress()
+    common = (cfg.relearn_max_steps, cfg.relearn_batch_size, cfg.relearn_eval_steps, cfg.seed)
+    jobs = [(model, tokenizer, forbidden, evaluate, lr, *common, stop_at, None) for lr in cfg.relearn_lrs]
+    benign_lr = cfg.benign_lr or max(cfg.relearn_lrs)
+    if cfg.benign_relearn:
+        allowed = training_examples(wb, retain_domains, cfg.relearn_examples, cfg.seed + 1)
+        jobs.append((model, tokenizer, allowed, evaluate, benign_lr, *common, None, None))
+    curves = _run_jobs(jobs, sweep_workers(cfg, model), progress)
+    runs = {f"{lr:g}": summarise_curve(c, cfg.relearn_max_steps, teacher_forget)
+            for lr, c in zip(cfg.relearn_lrs, curves, strict=False)}
     best_lr = max(runs, key=lambda k: (runs[k]["auc"], -(runs[k]["steps_to_half_teacher"] or 10**9)))
     best = runs[best_lr]
     out = {"teacher_forget": teacher_forget, "n_examples": len(forbidden), "max_steps": cfg.relearn_max_steps,
@@ -116,11 +174,5 @@ def relearning_attack(model, tokenizer, wb, forget_domains: Sequence[str], retai
            "min_steps_to_half_teacher": min((r["steps_to_half_teacher"] for r in runs.values()
                                              if r["steps_to_half_teacher"] is not None), default=None)}
     if cfg.benign_relearn:
-        lr = cfg.benign_lr or max(cfg.relearn_lrs)
-        allowed = training_examples(wb, retain_domains, cfg.relearn_examples, cfg.seed + 1)
-        curve = finetune_curve(model, tokenizer, allowed, evaluate, lr, cfg.relearn_max_steps,
-                               cfg.relearn_batch_size, cfg.relearn_eval_steps, cfg.seed, None)
-        out["benign"] = {"lr": lr, **summarise_curve(curve, cfg.relearn_max_steps, teacher_forget)}
-        if progress is not None:
-            progress()
+        out["benign"] = {"lr": benign_lr, **summarise_curve(curves[-1], cfg.relearn_max_steps, teacher_forget)}
     return out

@@ -163,7 +163,7 @@ def run(model_dir: str | Path, policy, out_dir: str | Path, reference_dirs: Sequ
             relearning = {"model": relearn.relearning_attack(model, tok, wb, forget, retain, cfg, teacher_forget,
                                                              cfg.split)}
             ref_cfg = cfg.model_copy(update={"benign_relearn": False})
-            for n, r in refs.items():
+            for n, r in (refs.items() if cfg.relearn_references else ()):
                 relearning[n] = relearn.relearning_attack(r, tok, wb, forget, retain, ref_cfg, teacher_forget,
                                                           cfg.split)
 
