@@ -202,9 +202,9 @@ def run_battery(model, tokenizer, wb, families: Sequence[Family], forget_domains
     Per template: forget exact match and MC (acc, acc_norm) and retain exact match, each with a CI.
     Per family: the template that is worst for the forget side (highest forget exact match, then MC) gives
     the family's ``forget`` and ``retain`` figures."""
+    from ..scoring import context_length
     from ..world.teacher import max_worked_tokens
     from .bootstrap import bootstrap_ci
-    from ..scoring import context_length
     from .probes import exact_match_hits, mc_hits, redact
 
     ctx_len = context_length(model)
