@@ -73,3 +73,18 @@ def test_mixed_is_forbidden_and_uses_both_ops():
     p = make_problem("mixed", (3, 4, 2), Difficulty(), op="+")
     assert p.forbidden and p.answer == 14
     assert any("*" in s for s in p.steps) and any("+" in s for s in p.steps)
+
+
+@pytest.mark.parametrize("domain", ["add", "sub", "mul", "div", "mixed"])
+def test_answer_digit_context_stops_where_the_last_digit_is_written(domain, world):
+    """The latent probes' context is a prefix of the worked text and the number written next ends in the
+    answer's last digit, for every test problem of every domain."""
+    import re
+
+    from surgical.world.problems import answer_digit_context
+
+    for p in world.splits.test[domain]:
+        ctx = answer_digit_context(p)
+        assert p.worked_text.startswith(ctx) and ctx.endswith("=")
+        assert int(re.match(r"\d+", p.worked_text[len(ctx):]).group()) % 10 == p.answer % 10
+    assert answer_digit_context(world.splits.test["mul"][0]).count("=") == 1  # units column: the first step

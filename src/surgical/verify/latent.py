@@ -1,6 +1,7 @@
 """Latent probes: is the forbidden knowledge still encoded inside, even when it is not output?
 
-* A linear probe per layer (logistic regression on the residual stream at the prompt's last token)
+* A linear probe per layer (logistic regression on the residual stream at the last token of the worked
+  solution teacher-forced up to where the answer's last digit is written, e.g. ``141*6: 1*6+0=``)
   predicts the forbidden answer's last digit on held-out items (Alain & Bengio 2016; as used for
   unlearning by Lynch et al. 2024, "Eight methods to evaluate robust unlearning"). It is compared with
   the same probe on the reference teacher and on a random-init model of the same shape.
@@ -89,18 +90,22 @@ def probe_accuracy(x_train: np.ndarray, y_train: Sequence[int], x_test: np.ndarr
 
 
 def probe_items(wb, domains: Sequence[str], n_train: int, n_test: int, split: str, seed: int):
-    """(train prompts, train labels, test prompts, test labels): label = the answer's last digit."""
+    """(train contexts, train labels, test contexts, test labels): label = the answer's last digit; context =
+    the worked solution teacher-forced up to where that digit is written (``answer_digit_context``)."""
+    from ..world.problems import answer_digit_context
+
     rng = random.Random(seed)
     train = [p for d in domains for p in wb.splits.train[d]]
     train = rng.sample(train, min(n_train, len(train)))
     per_dom = max(1, n_test // len(domains))
     test = [p for d in domains for p in wb.splits[split][d][:per_dom]]
-    return ([p.worked_prompt for p in train], [p.answer % 10 for p in train],
-            [p.worked_prompt for p in test], [p.answer % 10 for p in test])
+    return ([answer_digit_context(p) for p in train], [p.answer % 10 for p in train],
+            [answer_digit_context(p) for p in test], [p.answer % 10 for p in test])
 
 
 def layer_probes(model, tokenizer, items, n_boot: int, seed: int, batch_size: int = 64) -> list[dict]:
-    """Held-out accuracy (with CI) of the last-digit probe on every layer's output."""
+    """Held-out accuracy (with CI) of the last-digit probe on every layer's output (at each context's last
+    token)."""
     tr_x, tr_y, te_x, te_y = items
     h_tr = last_token_states(model, tokenizer, tr_x, batch_size)
     h_te = last_token_states(model, tokenizer, te_x, batch_size)

@@ -141,6 +141,18 @@ def parse_worked_answer(text: str) -> int | None:
     return int(found[-1]) if found else None
 
 
+def answer_digit_context(p: Problem) -> str:
+    """The worked prompt and solution up to the ``=`` of the step that writes the answer's last digit: the units
+    column for add, sub and one-digit multipliers (the first step), the last dividend digit for division and the
+    final step otherwise. A model that can do the operation holds that digit at this position, so the latent
+    probes read it here (at the prompt's ``:`` the worked form has not computed anything yet)."""
+    if not p.steps:
+        raise ValueError(f"{p.question}: no worked steps")
+    first = p.domain in ("add", "sub") or (p.domain == "mul" and len(p.operands) > 1 and p.operands[1] < 10)
+    k = 0 if first else len(p.steps) - 1
+    return p.worked_prompt + " " + "; ".join([*p.steps[:k], p.steps[k].split("=", 1)[0] + "="])
+
+
 # ---------------------------------------------------------------- worked solutions, one per operation
 
 
