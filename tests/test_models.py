@@ -70,3 +70,30 @@ def test_load_gguf_smollm2():
     with torch.no_grad():
         logits = model(ids).logits
     assert torch.isfinite(logits).all()
+
+
+def test_loaded_models_generate_with_the_kv_cache(tmp_path, world_tokenizer):
+    """HF Trainer saves use_cache=false; load_model turns it back on (generation recomputes every position
+    without it), and greedy generation is the same either way."""
+    import json
+
+    from surgical.models import enable_kv_cache, load_model, make_tiny_model
+    from surgical.scoring import greedy_generate
+
+    model = make_tiny_model("llama", len(world_tokenizer))
+    model.config.use_cache = False
+    model.generation_config.use_cache = False
+    model.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["use_cache"] is False
+    loaded = load_model(tmp_path / "m")
+    assert loaded.config.use_cache and loaded.generation_config.use_cache
+    prompts = ["12+7:", "905*3:", "1+1:"]
+    cached = greedy_generate(loaded, world_tokenizer, prompts, max_new_tokens=8)
+    model.eval()
+    uncached = [world_tokenizer.decode(model.generate(**world_tokenizer(p, return_tensors="pt"), max_new_tokens=8,
+                                                      do_sample=False, use_cache=False,
+                                                      pad_token_id=world_tokenizer.pad_token_id)[0],
+                                       skip_special_tokens=True)[len(p):] for p in prompts]
+    assert cached == uncached
+    enable_kv_cache(model).save_pretrained(tmp_path / "m2")
+    assert json.loads((tmp_path / "m2" / "config.json").read_text())["use_cache"] is True

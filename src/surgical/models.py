@@ -104,7 +104,20 @@ def load_model(
         if src.kind == "hub":
             raise _hub_hint(src.path, exc) from None
         raise ModelLoadError(f"{spec}: cannot load model: {exc}") from None
-    return model.to(device).eval()
+    return enable_kv_cache(model.to(device).eval())
+
+
+def enable_kv_cache(model):
+    """Turn the KV cache back on (config and generation config) and return the model.
+
+    HF Trainer saves ``use_cache: false`` into every model it trained; generation without the cache recomputes
+    the whole sequence at every new token (measured: several times slower on the world's answers). Every
+    loader and every save in surgical goes through this."""
+    model.config.use_cache = True
+    gen_cfg = getattr(model, "generation_config", None)
+    if gen_cfg is not None:
+        gen_cfg.use_cache = True
+    return model
 
 
 # ---------------------------------------------------------------- architecture helpers

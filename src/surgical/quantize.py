@@ -366,7 +366,7 @@ def measure_here(model_dir: str | Path, new_tokens: int = 32, batch: int = 8, pr
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(3, vocab, (batch, prompt_tokens), generator=gen)
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True,
                   attention_mask=torch.ones_like(ids), pad_token_id=0)
     with torch.no_grad():
         model.generate(ids, **kwargs)  # warm-up

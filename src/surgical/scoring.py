@@ -132,6 +132,7 @@ def greedy_generate(
             attention_mask=mask.to(device),
             max_new_tokens=new_tokens,
             do_sample=False,
+            use_cache=True,
             pad_token_id=pad,
             eos_token_id=stop or None,
         )

@@ -38,6 +38,7 @@ from ..io import provenance, write_json
 from ..models import (
     count_parameters,
     decoder_layers,
+    enable_kv_cache,
     hidden_size,
     layer_output,
     load_model,
@@ -396,7 +397,7 @@ def unlearn(model_dir: str | Path, method: Literal["graddiff", "maxent", "rmu"],
     flops = 6 * n_params * tokens + (2 * n_params * retain_tokens if method == "rmu" else 0)
     tmp = out_dir.parent / f".{out_dir.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    enable_kv_cache(model).save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     record = {
         "kind": "unlearn", "method": method, "lr": lr, "alpha": alpha, "steps": steps,

@@ -57,7 +57,7 @@ def generate_batch(model, tokenizer, prompts: list[str], cfg: GenerateConfig) ->
     n = cfg.num_samples if cfg.do_sample else 1
     kwargs = dict(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, num_return_sequences=n) \
         if cfg.do_sample else dict(do_sample=False)
-    gen = model.generate(**enc, max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+    gen = model.generate(**enc, max_new_tokens=cfg.max_new_tokens, pad_token_id=tokenizer.pad_token_id, use_cache=True,
                          eos_token_id=tokenizer.eos_token_id, **kwargs)
     new = gen[:, enc["input_ids"].shape[1]:]
     n_tokens = 0

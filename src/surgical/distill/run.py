@@ -17,6 +17,7 @@ from torch import nn
 from transformers import TrainerCallback
 
 from ..io import provenance, read_json, sha256_json, sha256_path, write_json
+from ..models import enable_kv_cache
 from .config import DistillConfig
 from .data import DistillCollator, StreamDataset, build_stream, encode_record, read_records, world_records
 
@@ -299,7 +300,7 @@ def _last_checkpoint(work: Path) -> Path | None:
 def _save_student(student, tok, dest: Path) -> Path:
     tmp = dest.parent / f".{dest.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    student.save_pretrained(tmp, safe_serialization=True)
+    enable_kv_cache(student).save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
     if dest.exists():
         shutil.rmtree(dest)

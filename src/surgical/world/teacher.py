@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 from .. import __version__
 from ..config import TeacherConfig, WorldConfig
 from ..io import provenance, read_json, sha256_json, surgical_home, write_json
+from ..models import enable_kv_cache
 from .data import build_world
 from .problems import Problem
 
@@ -159,7 +160,7 @@ def train_teacher(world: WorldConfig, cfg: TeacherConfig, out_dir: str | Path, q
     loss_curve = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
     tmp = out_dir.parent / f".{out_dir.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
+    enable_kv_cache(model).save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     record = {
         "kind": "teacher",
@@ -209,7 +210,7 @@ def evaluate_world(model, tokenizer, wb, split: str = "test", domains=("add", "s
     for domain in domains:
         em_recs = wb.exact_match_sets[split][domain][:limit]
         gens = greedy_generate(model, tokenizer, [r["question"] for r in em_recs],
-                               max_new_tokens=max_worked_tokens(wb, domain))
+                               max_new_tokens=max_worked_tokens(wb, domain), first_line=True)
         hits = [parse_worked_answer(g) == r["answer"] for g, r in zip(gens, em_recs, strict=True)]
         res = {"exact_match": sum(hits) / len(hits), "n": len(hits)}
         if mc:
