@@ -101,7 +101,8 @@ class BaselinesConfig(Section):
     compare_verify: dict = Field(
         default_factory=_default_compare_verify,
         description="Overrides of the verify config for the comparison battery every method goes through "
-        "(smaller sweeps than the full verify stage, identical for every row).")
+        "(smaller sweeps than the full verify stage, identical for every row). Keys given here replace the "
+        "default comparison values one by one; the others keep them.")
 
 
 class PipelineConfig(Section):

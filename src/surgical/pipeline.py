@@ -151,8 +151,11 @@ def stage_quantize(ctx: StageContext) -> dict:
 
 def compare_verify_config(cfg: PipelineConfig):
     """The comparison battery: the verify config with the baselines section's overrides (smaller sweeps),
-    the same for every method so the rows are comparable."""
-    return cfg.verify.model_copy(update=cfg.baselines.compare_verify)
+    the same for every method so the rows are comparable. A `compare_verify` given in the YAML overrides the
+    defaults key by key; keys it leaves out keep the default comparison value, not the full verify's."""
+    from .config import _default_compare_verify
+
+    return cfg.verify.model_copy(update={**_default_compare_verify(), **cfg.baselines.compare_verify})
 
 
 def comparison_row(method: str, model_dir: Path, ctx: StageContext, train: dict) -> dict:

@@ -66,3 +66,17 @@ def test_demo_graph_has_every_method_and_stage():
         assert n in names
     for m in ("surgical", "plain-kd", "filter-only", "graddiff", "maxent", "rmu", "undo", "oracle"):
         assert f"compare-{m}" in names
+
+
+def test_comparison_battery_merges_yaml_overrides_over_its_defaults():
+    """A partial `compare_verify` keeps the comparison defaults it does not name (the reference's relearning
+    sweep stays off, the benign run stays off); the demo YAML's battery never reruns the teacher's sweep."""
+    from surgical.config import BaselinesConfig, PipelineConfig, demo_config
+    from surgical.pipeline import compare_verify_config
+
+    cfg = PipelineConfig(baselines=BaselinesConfig(compare_verify={"relearn_lrs": [0.01]}))
+    v = compare_verify_config(cfg)
+    assert v.relearn_lrs == [0.01] and v.relearn_references is False and v.benign_relearn is False
+    assert v.n_items == 100 and cfg.verify.n_items == 200  # the full verify stage keeps its own
+    demo = compare_verify_config(demo_config())
+    assert demo.relearn_references is False and demo.relearn_lrs == [0.0003, 0.001]

@@ -89,3 +89,17 @@ def test_verify_errors_exit_1(verify_args, tmp_path):
     assert r.exit_code == 1 and "world" in r.output
     r = runner.invoke(app, ["verify", "--model", str(tmp_path / "missing"), "--policy", str(bad)])
     assert r.exit_code == 1
+
+
+def test_relearn_references_off_skips_the_reference_sweep(verify_args):
+    tmp, args, ref = verify_args
+    cfg = tmp / "noref.yaml"
+    cfg.write_text(yaml.safe_dump({"verify": {**TINY_VERIFY, "relearn_references": False, "benign_relearn": False,
+                                              "jailbreak_families": ["prefix_injection"]}}))
+    args = [a if a != str(tmp / "cfg.yaml") else str(cfg) for a in args]
+    out = tmp / "out"
+    r = CliRunner().invoke(app, ["verify", *args, "--policy", str(_policy(tmp / "p.yaml")), "--reference", str(ref),
+                                 "--out", str(out)])
+    assert r.exit_code in (0, 2), r.output
+    rec = json.loads((out / "verify.json").read_text())
+    assert set(rec["relearning"]) == {"model"} and "benign" not in rec["relearning"]["model"]
