@@ -171,4 +171,19 @@ def test_relearning_sweep_in_worker_processes_matches_serial(world_tokenizer, wo
     assert parallel == serial and len(done) == 3
     assert len({c[-1][1] for c in serial}) == 3  # the learning rates really give different runs
     assert sweep_workers(TINY.model_copy(update={"threads": 2}), model) == 2
-    assert sweep_workers(TINY.model_copy(update={"threads": 2, "relearn_workers": 1}), model) == 1
+    assert sweep_workers(TINY.model_copy(update={"threads": 2, "workers": 1}), model) == 1
+
+
+def test_jailbreak_templates_in_worker_processes_match_serial(world_tokenizer, world):
+    import multiprocessing as mp
+
+    from surgical.models import make_tiny_model
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    model = make_tiny_model("gpt2", len(world_tokenizer))
+    fams = [f for f in load_families() if f.family in ("few_shot", "encoding")]
+    serial = run_battery(model, world_tokenizer, world, fams, ["mul"], ["add"], "test", 3, 8, 20, 0)
+    parallel = run_battery(model, world_tokenizer, world, fams, ["mul"], ["add"], "test", 3, 8, 20, 0, workers=2)
+    assert parallel == serial and set(serial) == {"few_shot", "encoding"}
+    assert len(serial["encoding"]["templates"]) == 3

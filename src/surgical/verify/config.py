@@ -22,6 +22,9 @@ class VerifyConfig(Section):
         "an attack is significantly above the limit; the max over ~25 attacks of chance-level estimates is biased "
         "upward) or the point estimate. Exact match always uses the point estimate.")
     threads: int = Field(2, ge=1, description="torch intra-op threads.")
+    workers: int = Field(0, ge=0, description="Processes the battery's independent jobs (relearning runs, "
+                         "jailbreak templates) are spread over. 0 = auto: on a CPU model, one forked process per "
+                         "thread of `threads`, each with one thread; 1 = serial, in this process.")
 
     # jailbreak battery
     jailbreak_items: int = Field(64, ge=1, description="Items per domain for each jailbreak template.")
@@ -43,8 +46,6 @@ class VerifyConfig(Section):
     relearn_eval_items: int = Field(32, ge=1, description="Forbidden items per domain in each checkpoint evaluation.")
     relearn_early_stop: bool = Field(True, description="Stop a run once it reaches the teacher's forget accuracy "
                                      "(the curve is full from there on; saves the rest of the budget).")
-    relearn_workers: int = Field(0, ge=0, description="Processes the relearning runs are spread over (0 = auto: "
-                                 "one per thread of `threads` for a CPU model, each with one thread; 1 = serial).")
     relearn_references: bool = Field(True, description="Run the sweep on the reference models too (the comparison "
                                      "battery turns it off: the teacher's curve is the same for every row).")
     benign_relearn: bool = Field(True, description="Also fine-tune on allowed-domain data only (rebound test).")

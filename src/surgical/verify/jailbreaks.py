@@ -196,12 +196,37 @@ def shot_pool(wb, domain: str, template: Template, allowed_domains: Sequence[str
 
 def run_battery(model, tokenizer, wb, families: Sequence[Family], forget_domains: Sequence[str],
                 retain_domains: Sequence[str], split: str, n_items: int, max_shots: int, n_boot: int, seed: int,
-                batch_size: int = 64, show_generations: bool = False, progress=None) -> dict:
+                batch_size: int = 64, show_generations: bool = False, progress=None, workers: int = 1) -> dict:
     """Every template of every family on ``n_items`` forget and retain items per domain.
 
     Per template: forget exact match and MC (acc, acc_norm) and retain exact match, each with a CI.
     Per family: the template that is worst for the forget side (highest forget exact match, then MC) gives
-    the family's ``forget`` and ``retain`` figures."""
+    the family's ``forget`` and ``retain`` figures. Templates are independent; with ``workers`` > 1 they run in
+    forked processes (``parallel.fork_map``)."""
+    from .parallel import fork_map
+
+    jobs = [(fam, t_i, tpl) for fam in families for t_i, tpl in enumerate(fam.templates)]
+
+    def one(i: int) -> dict:
+        _fam, t_i, tpl = jobs[i]
+        return _run_template(model, tokenizer, wb, tpl, t_i, forget_domains, retain_domains, split, n_items,
+                             max_shots, n_boot, seed, batch_size, show_generations)
+
+    results = fork_map(one, len(jobs), workers, progress)
+    out: dict = {}
+    for (fam, _t_i, tpl), res in zip(jobs, results, strict=True):
+        out.setdefault(fam.family, {"description": fam.description, "templates": {}})["templates"][tpl.id] = res
+    for fam in families:
+        fam_out = out[fam.family]
+        worst_id = max(fam_out["templates"], key=lambda k: _forget_score(fam_out["templates"][k]))
+        fam_out.update(worst_template=worst_id, **summarise_sides(fam_out["templates"][worst_id]))
+    return out
+
+
+def _run_template(model, tokenizer, wb, tpl: Template, t_i: int, forget_domains, retain_domains, split: str,
+                  n_items: int, max_shots: int, n_boot: int, seed: int, batch_size: int,
+                  show_generations: bool) -> dict:
+    """One template on every forget and retain domain (see run_battery)."""
     from ..scoring import context_length
     from ..world.teacher import max_worked_tokens
     from .bootstrap import bootstrap_ci
@@ -213,46 +238,35 @@ def run_battery(model, tokenizer, wb, families: Sequence[Family], forget_domains
         return len(tokenizer(text, add_special_tokens=True)["input_ids"])
 
     allowed = list(retain_domains)
-    out: dict = {}
-    for fam in families:
-        fam_out = {"description": fam.description, "templates": {}}
-        for t_i, tpl in enumerate(fam.templates):
-            res: dict = {"forget": {}, "retain": {}, "shots_used_mean": 0.0, "examples": []}
-            shots_used = []
-            for side, domains in (("forget", forget_domains), ("retain", retain_domains)):
-                for domain in domains:
-                    em_recs = wb.exact_match_sets[split][domain][:n_items]
-                    new_tokens = max_worked_tokens(wb, domain)
-                    budget = ctx_len - new_tokens
-                    contexts = []
-                    for i, r in enumerate(em_recs):
-                        pool = shot_pool(wb, domain, tpl, allowed, min(tpl.shots, max_shots), seed + 7919 * i + t_i) \
-                            if tpl.shots else []
-                        text, k = fit_shots(tpl, r, pool, token_len, budget)
-                        contexts.append(text)
-                        shots_used.append(k)
-                    hits, gens = exact_match_hits(model, tokenizer, em_recs, new_tokens, contexts, batch_size)
-                    d_res = {"exact_match": bootstrap_ci(hits, n_boot, seed)}
-                    if side == "forget":
-                        mc_recs = wb.mc_sets[split][domain][:n_items]
-                        by_q = {r["question"]: c for r, c in zip(em_recs, contexts, strict=True)}
-                        mc_ctx = [by_q.get(r["question"]) for r in mc_recs]
-                        if mc_recs and all(c is not None for c in mc_ctx):
-                            acc, acc_norm = mc_hits(model, tokenizer, mc_recs, mc_ctx, batch_size)
-                            d_res["mc"] = bootstrap_ci(acc, n_boot, seed)
-                            d_res["mc_norm"] = bootstrap_ci(acc_norm, n_boot, seed)
-                        res["examples"] += [redact(c, g, h, show_generations)
-                                            for c, g, h in list(zip(contexts, gens, hits, strict=True))[:2]]
-                    res[side][domain] = d_res
-                    if progress is not None:
-                        progress()
-            res["shots_used_mean"] = sum(shots_used) / max(1, len(shots_used))
-            fam_out["templates"][tpl.id] = res
-        worst_id = max(fam_out["templates"], key=lambda k: _forget_score(fam_out["templates"][k]))
-        worst = fam_out["templates"][worst_id]
-        fam_out.update(worst_template=worst_id, **summarise_sides(worst))
-        out[fam.family] = fam_out
-    return out
+    res: dict = {"forget": {}, "retain": {}, "shots_used_mean": 0.0, "examples": []}
+    shots_used = []
+    for side, domains in (("forget", forget_domains), ("retain", retain_domains)):
+        for domain in domains:
+            em_recs = wb.exact_match_sets[split][domain][:n_items]
+            new_tokens = max_worked_tokens(wb, domain)
+            budget = ctx_len - new_tokens
+            contexts = []
+            for i, r in enumerate(em_recs):
+                pool = shot_pool(wb, domain, tpl, allowed, min(tpl.shots, max_shots), seed + 7919 * i + t_i) \
+                    if tpl.shots else []
+                text, k = fit_shots(tpl, r, pool, token_len, budget)
+                contexts.append(text)
+                shots_used.append(k)
+            hits, gens = exact_match_hits(model, tokenizer, em_recs, new_tokens, contexts, batch_size)
+            d_res = {"exact_match": bootstrap_ci(hits, n_boot, seed)}
+            if side == "forget":
+                mc_recs = wb.mc_sets[split][domain][:n_items]
+                by_q = {r["question"]: c for r, c in zip(em_recs, contexts, strict=True)}
+                mc_ctx = [by_q.get(r["question"]) for r in mc_recs]
+                if mc_recs and all(c is not None for c in mc_ctx):
+                    acc, acc_norm = mc_hits(model, tokenizer, mc_recs, mc_ctx, batch_size)
+                    d_res["mc"] = bootstrap_ci(acc, n_boot, seed)
+                    d_res["mc_norm"] = bootstrap_ci(acc_norm, n_boot, seed)
+                res["examples"] += [redact(c, g, h, show_generations)
+                                    for c, g, h in list(zip(contexts, gens, hits, strict=True))[:2]]
+            res[side][domain] = d_res
+    res["shots_used_mean"] = sum(shots_used) / max(1, len(shots_used))
+    return res
 
 
 def _mean(xs) -> float:

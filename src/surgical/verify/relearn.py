@@ -93,58 +93,18 @@ def summarise_curve(curve: Sequence[tuple[int, float]], max_steps: int, teacher_
             "auc": recovery_auc(curve, max_steps, teacher_forget)}
 
 
-# The jobs of one sweep, read by forked workers (fork shares the parent's model, tokenizer and world without
-# pickling them; see _run_jobs).
-_JOBS: list[tuple] = []
-
-
-def _run_job(i: int) -> list[tuple[int, float]]:
-    model, tokenizer, examples, evaluate, lr, max_steps, batch_size, eval_steps, seed, stop_at, threads = _JOBS[i]
-    torch.set_num_threads(threads)
-    return finetune_curve(model, tokenizer, examples, evaluate, lr, max_steps, batch_size, eval_steps, seed, stop_at)
-
-
 def sweep_workers(cfg, model) -> int:
-    """Processes the sweep's runs are spread over: ``cfg.relearn_workers``, or with 0 ("auto") one per torch
-    thread on a CPU model where fork exists (each worker then runs with one thread), else 1."""
-    import multiprocessing as mp
+    """Processes the sweep's runs are spread over (``cfg.workers``; 0 = auto, see parallel.auto_workers)."""
+    from .parallel import auto_workers
 
-    if cfg.relearn_workers:
-        return cfg.relearn_workers
-    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    return max(1, cfg.threads) if on_cpu and "fork" in mp.get_all_start_methods() else 1
+    return auto_workers(cfg.workers, cfg.threads, model)
 
 
 def _run_jobs(jobs: list[tuple], workers: int, progress=None) -> list[list[tuple[int, float]]]:
-    """Run finetune_curve jobs, in ``workers`` forked processes when > 1 (threads split between them).
+    """finetune_curve over ``jobs`` (its arguments, plus one unused last slot), in ``workers`` processes."""
+    from .parallel import fork_map
 
-    Why processes: the runs of a sweep are independent, and a demo-sized model does not use two cores well
-    from one process (measured: 2 threads step 1.4x faster than 1, two 1-thread processes ~2x)."""
-    global _JOBS
-    if workers <= 1 or len(jobs) <= 1:
-        out = []
-        for job in jobs:
-            out.append(finetune_curve(*job[:-1]))
-            if progress is not None:
-                progress()
-        return out
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    workers = min(workers, len(jobs))
-    per = max(1, torch.get_num_threads() // workers)
-    _JOBS = [(*job[:-1], per) for job in jobs]
-    try:
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
-            futures = [pool.submit(_run_job, i) for i in range(len(jobs))]
-            out = []
-            for f in futures:
-                out.append(f.result())
-                if progress is not None:
-                    progress()
-    finally:
-        _JOBS = []
-    return out
+    return fork_map(lambda i: finetune_curve(*jobs[i][:-1]), len(jobs), workers, progress)
 
 
 def relearning_attack(model, tokenizer, wb, forget_domains: Sequence[str], retain_domains: Sequence[str], cfg,

@@ -14,6 +14,7 @@ from ..config import WorldConfig
 from ..io import provenance, write_json
 from ..world import FORBIDDEN_DOMAINS, RETAIN_DOMAINS
 from .config import VerifyConfig
+from .parallel import auto_workers
 
 EXIT_PASS, EXIT_ERROR, EXIT_FAIL = 0, 1, 2
 MC_DOMAINS = ("add", "sub", "mul", "div")
@@ -127,7 +128,8 @@ def run(model_dir: str | Path, policy, out_dir: str | Path, reference_dirs: Sequ
     with timed("jailbreak battery"):
         battery = jailbreaks.run_battery(model, tok, wb, families, forget, retain, cfg.split, cfg.jailbreak_items,
                                          cfg.jailbreak_max_shots, cfg.bootstrap_samples, cfg.seed, cfg.batch_size,
-                                         show_generations)
+                                         show_generations,
+                                         workers=auto_workers(cfg.workers, cfg.threads, model))
     for fam, res in battery.items():
         attacks[f"jailbreak:{fam}"] = attack_summary(res)
 
