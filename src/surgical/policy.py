@@ -86,9 +86,8 @@ class Policy(Section):
 
 def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy YAML; raises ConfigError listing every bad field path."""
-    from .config import (
-        load_yaml_model,  # not at import time: config imports the stage configs, which import us
-    )
+    # not at import time: config imports the stage configs, which import us
+    from .config import load_yaml_model
 
     return load_yaml_model(path, Policy)
 

@@ -164,7 +164,7 @@ def test_relearning_sweep_in_worker_processes_matches_serial(world_tokenizer, wo
 
         return sum(lp for lp, _ in continuation_logprobs(m, world_tokenizer, probe))
 
-    jobs = [(model, world_tokenizer, examples, loglik, lr, 6, 4, [3], 0, None, None) for lr in (1e-3, 1e-2, 3e-2)]
+    jobs = [(model, world_tokenizer, examples, loglik, lr, 6, 4, [3], 0, None) for lr in (1e-3, 1e-2, 3e-2)]
     serial = _run_jobs(jobs, 1)
     done = []
     parallel = _run_jobs(jobs, 2, progress=lambda: done.append(1))

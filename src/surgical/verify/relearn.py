@@ -101,10 +101,10 @@ def sweep_workers(cfg, model) -> int:
 
 
 def _run_jobs(jobs: list[tuple], workers: int, progress=None) -> list[list[tuple[int, float]]]:
-    """finetune_curve over ``jobs`` (its arguments, plus one unused last slot), in ``workers`` processes."""
+    """finetune_curve over ``jobs`` (tuples of its positional arguments), in ``workers`` processes."""
     from .parallel import fork_map
 
-    return fork_map(lambda i: finetune_curve(*jobs[i][:-1]), len(jobs), workers, progress)
+    return fork_map(lambda i: finetune_curve(*jobs[i]), len(jobs), workers, progress)
 
 
 def relearning_attack(model, tokenizer, wb, forget_domains: Sequence[str], retain_domains: Sequence[str], cfg,
@@ -118,11 +118,11 @@ def relearning_attack(model, tokenizer, wb, forget_domains: Sequence[str], retai
     stop_at = teacher_forget if cfg.relearn_early_stop else None
     forbidden = training_examples(wb, forget_domains, cfg.relearn_examples, cfg.seed)
     common = (cfg.relearn_max_steps, cfg.relearn_batch_size, cfg.relearn_eval_steps, cfg.seed)
-    jobs = [(model, tokenizer, forbidden, evaluate, lr, *common, stop_at, None) for lr in cfg.relearn_lrs]
+    jobs = [(model, tokenizer, forbidden, evaluate, lr, *common, stop_at) for lr in cfg.relearn_lrs]
     benign_lr = cfg.benign_lr or max(cfg.relearn_lrs)
     if cfg.benign_relearn:
         allowed = training_examples(wb, retain_domains, cfg.relearn_examples, cfg.seed + 1)
-        jobs.append((model, tokenizer, allowed, evaluate, benign_lr, *common, None, None))
+        jobs.append((model, tokenizer, allowed, evaluate, benign_lr, *common, None))
     curves = _run_jobs(jobs, sweep_workers(cfg, model), progress)
     runs = {f"{lr:g}": summarise_curve(c, cfg.relearn_max_steps, teacher_forget)
             for lr, c in zip(cfg.relearn_lrs, curves, strict=False)}
