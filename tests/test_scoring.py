@@ -43,3 +43,16 @@ def test_inputs_longer_than_the_context_are_cut_from_the_left(family, world_toke
     assert gen[0] == world_tokenizer.decode(ref[0, 10:], skip_special_tokens=True), tail
     (lp, n), = continuation_logprobs(model, world_tokenizer, [(long_prompt, "50")])
     assert n == 2 and math.isfinite(lp) and lp < 0
+
+
+def test_first_line_stops_at_the_newline(world_tokenizer):
+    """first_line=True: the same greedy text up to the first newline, and nothing after it (a worked answer is one
+    line; what follows, such as another invented problem, is not the answer)."""
+    model = make_tiny_model("llama", len(world_tokenizer), seed=0)
+    (nl,) = world_tokenizer("\n", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():  # make a newline likely, so the random model writes one early
+        model.model.embed_tokens.weight[nl] *= 8
+    full = greedy_generate(model, world_tokenizer, PROMPTS, max_new_tokens=20)
+    cut = greedy_generate(model, world_tokenizer, PROMPTS, max_new_tokens=20, first_line=True)
+    assert sum("\n" in f for f in full) >= 3  # the case this test is about does occur
+    assert cut == [f.split("\n", 1)[0] for f in full]
