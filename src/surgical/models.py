@@ -107,6 +107,15 @@ def load_model(
     return enable_kv_cache(model.to(device).eval())
 
 
+def float_copy(model):
+    """A deep copy of ``model`` in float32, or a plain deep copy of a quantized model (its weights refuse
+    ``.float()``; the attacks run on them as they are)."""
+    import copy
+
+    work = copy.deepcopy(model)
+    return work if getattr(model, "is_quantized", False) else work.float()
+
+
 def enable_kv_cache(model):
     """Turn the KV cache back on (config and generation config) and return the model.
 

@@ -40,12 +40,12 @@ def continuation_logprobs(
     model.eval()
     device = _device(model)
     max_len = context_length(model)
-    seqs, cont_lens = [], []
-    for ctx, cont in pairs:
-        ctx_ids = tokenizer(ctx, add_special_tokens=True)["input_ids"]
-        cont_ids = tokenizer(cont, add_special_tokens=False)["input_ids"]
-        seqs.append((ctx_ids + cont_ids)[-max_len:])
-        cont_lens.append(min(len(cont_ids), max_len - 1))
+    if not pairs:
+        return []
+    ctx_ids = tokenizer([c for c, _ in pairs], add_special_tokens=True)["input_ids"]
+    cont_ids = tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
+    seqs = [(c + k)[-max_len:] for c, k in zip(ctx_ids, cont_ids, strict=True)]
+    cont_lens = [min(len(k), max_len - 1) for k in cont_ids]
     out: list[tuple[float, int] | None] = [None] * len(pairs)
     order = _by_length([len(s) for s in seqs])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -111,7 +111,9 @@ def greedy_generate(
     new_tokens = max(1, min(max_new_tokens, max_len - 1))
     keep = max_len - new_tokens
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"][-keep:] for p in prompts]
+    if not prompts:
+        return []
+    encoded = [ids[-keep:] for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
     stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if first_line:
         nl = tokenizer("\n", add_special_tokens=False)["input_ids"]

@@ -28,12 +28,10 @@ def _fail(msg: str) -> None:
 
 
 def _load(config: Path | None):
-    from ..config import ConfigError, demo_config, load_config
+    """The pipeline config (the demo's without ``config``); a bad file prints its errors and exits 1."""
+    from ..cli import _load_cfg
 
-    try:
-        return load_config(config) if config else demo_config()
-    except ConfigError as exc:
-        _fail(str(exc))
+    return _load_cfg(config)
 
 
 def _overrides(pairs: list[str]) -> dict:

@@ -34,20 +34,16 @@ class WorldEvaluator:
         return self.retain_domains + self.forget_domains
 
     def __call__(self, model) -> dict[str, float]:
-        # The same scoring as ``world.teacher.evaluate_world(..., mc=False)`` (greedy worked generation, final
-        # answer of the first line parsed), but with every domain in one generate call: on a CPU the per-step overhead of
-        # ``generate`` dominates, and the validation runs a dozen evaluations.
-        from ..scoring import greedy_generate
-        from ..world.problems import parse_worked_answer
-        from ..world.teacher import max_worked_tokens
+        # The same scoring as ``world.teacher.evaluate_world(..., mc=False)`` (``exact_match_hits``), but with every
+        # domain in one call: on a CPU the per-step overhead of ``generate`` dominates, and the validation runs a
+        # dozen evaluations.
+        from ..world.teacher import exact_match_hits, max_worked_tokens
 
         recs = {d: self.wb.exact_match_sets[self.split][d][:self.limit] for d in self.domains}
-        prompts = [r["question"] for d in self.domains for r in recs[d]]
+        flat = [r for d in self.domains for r in recs[d]]
         budget = max(max_worked_tokens(self.wb, d) for d in self.domains)
-        gens = iter(greedy_generate(model, self.tokenizer, prompts, max_new_tokens=budget, batch_size=256,
-                                    first_line=True))
-        return {d: sum(parse_worked_answer(next(gens)) == r["answer"] for r in recs[d]) / len(recs[d])
-                for d in self.domains}
+        hits = iter(exact_match_hits(model, self.tokenizer, flat, budget, batch_size=256)[0])
+        return {d: sum(next(hits) for _ in recs[d]) / len(recs[d]) for d in self.domains}
 
 
 class RecordEvaluator:

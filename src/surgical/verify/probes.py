@@ -11,22 +11,9 @@ import hashlib
 import math
 from collections.abc import Sequence
 
-from ..scoring import continuation_logprobs, greedy_generate, mc_predictions
-from ..world import parse_worked_answer
-from ..world.teacher import max_worked_tokens
+from ..scoring import continuation_logprobs, mc_predictions
+from ..world.teacher import exact_match_hits, max_worked_tokens  # noqa: F401 (re-exported for verify)
 from .bootstrap import bootstrap_ci
-
-
-def exact_match_hits(model, tokenizer, records: Sequence[dict], max_new_tokens: int,
-                     contexts: Sequence[str] | None = None, batch_size: int = 64) -> tuple[list[bool], list[str]]:
-    """Greedy generation from each record's question (or ``contexts[i]``), up to the end of its line (a worked
-    answer is one line; what a model writes after it, such as another solved problem, is not its answer);
-    hit = the last ``so N`` of that line equals the record's answer. Returns (hits, generations)."""
-    prompts = list(contexts) if contexts is not None else [r["question"] for r in records]
-    gens = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                           first_line=True)
-    hits = [parse_worked_answer(g) == r["answer"] for g, r in zip(gens, records, strict=True)]
-    return hits, gens
 
 
 def mc_hits(model, tokenizer, records: Sequence[dict], contexts: Sequence[str] | None = None,

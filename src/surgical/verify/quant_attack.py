@@ -9,8 +9,6 @@ place, not serialisable); torchao does int8 (its int4 kernel needs the ``mslk`` 
 
 from __future__ import annotations
 
-import copy
-
 from torch import nn
 
 
@@ -21,9 +19,9 @@ class QuantizationUnavailable(RuntimeError):
 def quantize_copy(model, scheme: str, backend: str = "quanto"):
     """A weight-quantized deep copy of ``model`` (nn.Linear layers; GPT-2's Conv1D layers stay float).
     Returns (model, number of quantized modules)."""
-    work = copy.deepcopy(model)
-    # an already-quantized model (e.g. torchao int8 through transformers) refuses .float(); keep its weights
-    work = (work if getattr(model, "is_quantized", False) else work.float()).eval()
+    from ..models import float_copy
+
+    work = float_copy(model).eval()
     if backend == "quanto":
         try:
             from optimum.quanto import freeze, qint4, qint8, quantize

@@ -14,12 +14,12 @@ of a demo-sized model; the loop below is plain AdamW at a constant learning rate
 
 from __future__ import annotations
 
-import copy
 import random
 from collections.abc import Callable, Sequence
 
 import torch
 
+from ..models import float_copy
 from ..world.teacher import PadCollator, encode_example, max_worked_tokens
 from .bootstrap import recovery_auc, steps_to_fraction
 from .probes import exact_match_hits
@@ -54,9 +54,7 @@ def finetune_curve(model, tokenizer, examples: Sequence[tuple[str, str]], evalua
     return [(step, evaluate(copy))] at step 0 and each of ``eval_steps``. Stops once the value reaches
     ``stop_at``."""
     torch.manual_seed(seed)
-    work = copy.deepcopy(model)
-    if not getattr(model, "is_quantized", False):  # a quantized model refuses .float()
-        work = work.float()
+    work = float_copy(model)
     encoded = [encode_example(tokenizer, p, t) for p, t in examples]
     collate = PadCollator(tokenizer.pad_token_id)
     opt = torch.optim.AdamW(work.parameters(), lr=lr, weight_decay=0.0)

@@ -198,20 +198,32 @@ def load_teacher_record(path: str | Path) -> dict:
 # ---------------------------------------------------------------- evaluation
 
 
+def exact_match_hits(model, tokenizer, records, max_new_tokens: int, contexts=None,
+                     batch_size: int = 64) -> tuple[list[bool], list[str]]:
+    """The world's exact match: greedy generation from each record's question (or ``contexts[i]``), up to the end
+    of its line (a worked answer is one line; what a model writes after it, such as another solved problem, is not
+    its answer); hit = the last ``so N`` of that line equals the record's answer. Returns (hits, generations)."""
+    from ..scoring import greedy_generate
+    from .problems import parse_worked_answer
+
+    prompts = list(contexts) if contexts is not None else [r["question"] for r in records]
+    gens = greedy_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                           first_line=True)
+    return [parse_worked_answer(g) == r["answer"] for g, r in zip(gens, records, strict=True)], gens
+
+
 def evaluate_world(model, tokenizer, wb, split: str = "test", domains=("add", "sub", "mul", "div"),
                    limit: int | None = None, bare: bool = False, mc: bool = True) -> dict:
     """Per domain: exact-match of the final answer after greedy worked generation, MC accuracy over
     worked continuations (summed and length-normalised log-likelihood), and optionally bare-form
     exact-match (answer with no worked steps)."""
     from ..scoring import greedy_generate, mc_predictions
-    from .problems import parse_bare_answer, parse_worked_answer
+    from .problems import parse_bare_answer
 
     out = {}
     for domain in domains:
         em_recs = wb.exact_match_sets[split][domain][:limit]
-        gens = greedy_generate(model, tokenizer, [r["question"] for r in em_recs],
-                               max_new_tokens=max_worked_tokens(wb, domain), first_line=True)
-        hits = [parse_worked_answer(g) == r["answer"] for g, r in zip(gens, em_recs, strict=True)]
+        hits, _ = exact_match_hits(model, tokenizer, em_recs, max_worked_tokens(wb, domain))
         res = {"exact_match": sum(hits) / len(hits), "n": len(hits)}
         if mc:
             preds = mc_predictions(model, tokenizer, wb.mc_sets[split][domain][:limit])
