@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .config_base import Section
 
@@ -81,7 +81,18 @@ class Policy(Section):
     forbidden: list[ForbiddenDomain] = Field(default_factory=list)
     allowed: list[AllowedDomain] = Field(default_factory=list)
     thresholds: Thresholds = Thresholds()
-    world: bool = Field(False, description="True for the embedded arithmetic world (its eval sets are built in).")
+    world: bool = Field(False, description="True for the embedded arithmetic world: its suite is the one the "
+                        "world writes (`surgical world`), unless `suite` or --suite names another.")
+    suite: str | None = Field(None, description="The evaluation suite (a suite YAML, relative to this file) "
+                              "every stage measures against; --suite or a pipeline's data.suite overrides it.")
+
+    @model_validator(mode="after")
+    def _domains_distinct(self):
+        names = [d.name for d in self.forbidden] + [d.name for d in self.allowed]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"domain name(s) {dup} appear more than once (or are both forbidden and allowed)")
+        return self
 
 
 def load_policy(path: str | Path) -> Policy:

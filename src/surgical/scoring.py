@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
+
+from .data import prompt_ids_batch
 
 
 def _device(model) -> torch.device:
@@ -42,10 +43,11 @@ def continuation_logprobs(
     max_len = context_length(model)
     if not pairs:
         return []
-    ctx_ids = tokenizer([c for c, _ in pairs], add_special_tokens=True)["input_ids"]
+    ctx_ids = prompt_ids_batch(tokenizer, [c for c, _ in pairs])
     cont_ids = tokenizer([c for _, c in pairs], add_special_tokens=False)["input_ids"]
     seqs = [(c + k)[-max_len:] for c, k in zip(ctx_ids, cont_ids, strict=True)]
-    cont_lens = [min(len(k), max_len - 1) for k in cont_ids]
+    # at most len - 1 tokens are scored: the first token of a sequence has no context (no BOS, empty prompt)
+    cont_lens = [min(len(k), len(s) - 1) for k, s in zip(cont_ids, seqs, strict=True)]
     out: list[tuple[float, int] | None] = [None] * len(pairs)
     order = _by_length([len(s) for s in seqs])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -57,8 +59,7 @@ def continuation_logprobs(
         for row, i in enumerate(idx):  # right padding: positions stay aligned with the causal mask
             ids[row, : len(seqs[i])] = torch.tensor(seqs[i])
             mask[row, : len(seqs[i])] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-        logp = F.log_softmax(logits, dim=-1)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         for row, i in enumerate(idx):
             s, n = seqs[i], cont_lens[i]
             if n <= 0:
@@ -66,7 +67,9 @@ def continuation_logprobs(
                 continue
             tgt = torch.tensor(s[len(s) - n :], device=device)
             pos = torch.arange(len(s) - n - 1, len(s) - 1, device=device)
-            out[i] = (float(logp[row, pos, tgt].sum()), n)
+            # log-softmax only at the continuation's positions (n x vocab, not the batch's tokens x vocab)
+            at = logits[row, pos].float()
+            out[i] = (float((at.gather(1, tgt[:, None])[:, 0] - torch.logsumexp(at, -1)).sum()), n)
     return out  # type: ignore[return-value]
 
 
@@ -113,7 +116,7 @@ def greedy_generate(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if not prompts:
         return []
-    encoded = [ids[-keep:] for ids in tokenizer(list(prompts), add_special_tokens=True)["input_ids"]]
+    encoded = [ids[-keep:] for ids in prompt_ids_batch(tokenizer, prompts)]
     stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if first_line:
         nl = tokenizer("\n", add_special_tokens=False)["input_ids"]
@@ -141,3 +144,48 @@ def greedy_generate(
         for row, text in zip(idx, tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True), strict=True):
             outs[row] = text.split("\n", 1)[0] if first_line else text
     return outs  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------- suite domains (see surgical.suite)
+
+
+def qa_hits(model, tokenizer, domain, records: Sequence[dict], contexts: Sequence[str] | None = None,
+            batch_size: int = 64) -> tuple[list[bool], list[str]]:
+    """Short-answer QA on a suite domain: greedy generation from each record's prompt (or ``contexts[i]``, e.g.
+    a jailbreak template around it), in the domain's chat format, up to its ``max_new_tokens`` (and its first
+    line when ``stop_at_newline``), scored by the domain's scorer. Returns (hits, generations)."""
+    from .suite import format_prompt, score_answer
+
+    spec = domain.spec
+    texts = list(contexts) if contexts is not None else [r["prompt"] for r in records]
+    prompts = [format_prompt(tokenizer, t, domain.chat) for t in texts]
+    gens = greedy_generate(model, tokenizer, prompts, max_new_tokens=spec.max_new_tokens, batch_size=batch_size,
+                           first_line=spec.stop_at_newline)
+    hits = [score_answer(g, r["answers"], spec.scorer, spec.answer_regex) for g, r in zip(gens, records, strict=True)]
+    return hits, gens
+
+
+def mc_hits(model, tokenizer, domain, records: Sequence[dict], contexts: Sequence[str] | None = None,
+            batch_size: int = 64) -> tuple[list[bool], list[bool]]:
+    """lm-eval multiple choice on a suite domain: (hits by summed log-likelihood, hits by per-byte
+    log-likelihood), the question (or ``contexts[i]``) in the domain's chat format, joined to each choice by
+    its ``target_delimiter``."""
+    from .suite import format_prompt
+
+    texts = list(contexts) if contexts is not None else [r["question"] for r in records]
+    recs = [{**r, "question": format_prompt(tokenizer, t, domain.chat)} for r, t in zip(records, texts, strict=True)]
+    preds = mc_predictions(model, tokenizer, recs, batch_size=batch_size,
+                           target_delimiter=domain.spec.target_delimiter)
+    return [p["correct"] for p in preds], [p["correct_norm"] for p in preds]
+
+
+def pair_nlls(model, tokenizer, domain, records: Sequence[dict], batch_size: int = 64) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood, token count) of each {prompt, completion} record's completion; a
+    record with an empty prompt is a plain text (its first token is conditioned on BOS when there is one)."""
+    from .suite import format_prompt
+
+    pairs = []
+    for r in records:
+        ctx = format_prompt(tokenizer, r["prompt"], domain.chat) if r["prompt"] else ""
+        pairs.append((ctx, r["completion"]))
+    return [(-lp, n) for lp, n in continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size)]

@@ -76,6 +76,9 @@ def write_world(config: WorldConfig, out_dir: str | Path) -> dict[str, str]:
         write_text(task_dir / f"{task}.yaml", LM_EVAL_TASK_TEMPLATE.format(
             domain=d, task=task, task_dir=task_dir.resolve(),
             data_file=(out / "eval" / f"test-{d}-mc.jsonl").resolve()))
+    from .suite import write_world_suite
+
+    files["suite"] = str(write_world_suite(config, out / "suite"))
     wb.tokenizer.save_pretrained(out / "tokenizer")
     files["tokenizer"] = str(out / "tokenizer")
     files["lm_eval_tasks"] = str(task_dir)
