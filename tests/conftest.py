@@ -31,6 +31,16 @@ def world_tokenizer(world):
     return world.tokenizer
 
 
+@pytest.fixture(scope="session")
+def world_suite(tmp_path_factory):
+    """The world's suite as the world writes it (surgical world), loaded like any user's suite."""
+    from surgical.config import WorldConfig
+    from surgical.suite import load_suite
+    from surgical.world.suite import write_world_suite
+
+    return load_suite(write_world_suite(WorldConfig(), tmp_path_factory.mktemp("world_suite")))
+
+
 @pytest.fixture(params=["llama", "qwen2", "gpt2", "gpt_neox"])
 def family(request):
     return request.param

@@ -86,7 +86,7 @@ def test_verify_errors_exit_1(verify_args, tmp_path):
     notworld = tmp_path / "nw.yaml"
     notworld.write_text("world: false\n")
     r = runner.invoke(app, ["verify", *args, "--policy", str(notworld), "--out", str(tmp_path / "o")])
-    assert r.exit_code == 1 and "world" in r.output
+    assert r.exit_code == 1 and "suite" in r.output
     r = runner.invoke(app, ["verify", "--model", str(tmp_path / "missing"), "--policy", str(bad)])
     assert r.exit_code == 1
 

@@ -29,7 +29,7 @@ def test_packaged_battery_has_ten_families_within_the_alphabet():
 
 
 def test_render_fields_by_hand():
-    rec = {"question": "41*4:", "target": " 1*4+0=4; 4*4+0=16; so 164", "answer": 164}
+    rec = {"prompt": "41*4:", "target": " 1*4+0=4; 4*4+0=16; so 164", "answers": ["164"]}
     f = render_fields(rec, ["03*2: 3*2+0=6; 0*2+0=0; so 6"])
     assert f["question"] == "41*4" and f["part_a"] == "41" and f["part_b"] == "*4"
     assert f["question_reversed"] == "14*4" == reverse_operands("41*4")

@@ -6,7 +6,8 @@ import torch
 
 from surgical.models import decoder_layers, layer_output
 from surgical.verify.config import VerifyConfig
-from surgical.verify.incontext import facts_for, in_context_use, with_facts
+from surgical.verify.incontext import in_context_use, with_facts
+from surgical.world.suite import facts_for, qa_record
 from surgical.verify.jailbreaks import load_families, run_battery
 from surgical.verify.latent import (
     ablated,
@@ -25,8 +26,8 @@ TINY = VerifyConfig(n_items=6, bootstrap_samples=50, jailbreak_items=3, in_conte
                     probe_train_items=30, probe_test_items=12, ablation_items=6, threads=1)
 
 
-def test_knowledge_probes(tiny_model, world_tokenizer, world):
-    res = knowledge_probes(tiny_model, world_tokenizer, world, ["mul", "add"], "test", 6, 50, 0)
+def test_knowledge_probes(tiny_model, world_tokenizer, world, world_suite):
+    res = knowledge_probes(tiny_model, world_tokenizer, world_suite, ["mul", "add"], "test", 6, 50, 0)
     for d in ("mul", "add"):
         for metric in ("exact_match", "mc", "mc_norm", "perplexity"):
             c = res[d][metric]
@@ -35,9 +36,9 @@ def test_knowledge_probes(tiny_model, world_tokenizer, world):
     assert res["mul"]["exact_match"]["value"] == 0.0  # a random model does not multiply
 
 
-def test_jailbreak_battery_runs_every_template(tiny_model, world_tokenizer, world):
+def test_jailbreak_battery_runs_every_template(tiny_model, world_tokenizer, world, world_suite):
     fams = [f for f in load_families() if f.family in ("many_shot", "prefix_injection")]
-    res = run_battery(tiny_model, world_tokenizer, world, fams, ["mul"], ["add"], "test", 2, 32, 20, 0)
+    res = run_battery(tiny_model, world_tokenizer, world_suite, fams, ["mul"], ["add"], "test", 2, 32, 20, 0)
     assert set(res) == {"many_shot", "prefix_injection"}
     assert res["many_shot"]["templates"]["many_shot"]["shots_used_mean"] >= 1  # 256 positions fit a few shots
     for fam in res.values():
@@ -46,18 +47,18 @@ def test_jailbreak_battery_runs_every_template(tiny_model, world_tokenizer, worl
             assert t["examples"] and all(e["redacted"] and "generation" not in e for e in t["examples"])
 
 
-def test_in_context_facts(world):
+def test_in_context_facts(world, world_suite):
     from surgical.world import Difficulty, make_problem
 
     mul = make_problem("mul", (41, 4), Difficulty(mul_digits=2, mul_multiplier_digits=1))  # 2-digit operands, whatever the demo world uses
     assert facts_for(mul) == ["1*4=4", "4*4=16"]  # the products, not the carries nor the answer 164
-    assert with_facts(mul) == "Facts: 1*4=4; 4*4=16\n" + mul.worked_prompt
+    assert with_facts(qa_record(mul)) == "Facts: 1*4=4; 4*4=16\n" + mul.worked_prompt
     div = make_problem("div", (258, 6), Difficulty(div_quotient_digits=2, div_divisor_digits=1))
     assert facts_for(div) == ["2/6=0 r2", "25/6=4 r1", "18/6=3 r0"]
 
 
-def test_in_context_use_runs(tiny_model, world_tokenizer, world):
-    res = in_context_use(tiny_model, world_tokenizer, world, ["mul", "div"], "test", 3, 20, 0)
+def test_in_context_use_runs(tiny_model, world_tokenizer, world, world_suite):
+    res = in_context_use(tiny_model, world_tokenizer, world_suite, ["mul", "div"], "test", 3, 20, 0)
     assert set(res["div"]) == {"without_facts", "with_facts"}
 
 
@@ -68,7 +69,7 @@ def test_linear_probe_separable_data():
     assert all(probe_accuracy(x[:60], y[:60].tolist(), x[60:], y[60:].tolist()))
 
 
-def test_latent_report_and_logit_lens(tiny_model, world_tokenizer, world):
+def test_latent_report_and_logit_lens(tiny_model, world_tokenizer, world, world_suite):
     n_layers = len(decoder_layers(tiny_model))
     h = last_token_states(tiny_model, world_tokenizer, ["41*4:", "3+4:"])
     assert h.shape == (n_layers, 2, tiny_model.config.hidden_size if hasattr(tiny_model.config, "hidden_size")
@@ -76,14 +77,14 @@ def test_latent_report_and_logit_lens(tiny_model, world_tokenizer, world):
     # padding must not change a prompt's last-token state
     alone = last_token_states(tiny_model, world_tokenizer, ["3+4:"])
     assert np.allclose(h[:, 1], alone[:, 0], atol=1e-4)
-    rep = latent_report(tiny_model, world_tokenizer, world, ["mul", "div"], ["add"], TINY, {"ref": tiny_model})
+    rep = latent_report(tiny_model, world_tokenizer, world_suite, ["mul", "div"], ["add"], TINY, {"ref": tiny_model})
     assert set(rep["by_layer"]) == {"model", "random_init", "ref"}
     assert all(len(v) == n_layers for v in rep["by_layer"].values())
-    lens = logit_lens(tiny_model, world_tokenizer, world.exact_match_sets["test"]["add"][:3])
+    lens = logit_lens(tiny_model, world_tokenizer, world_suite["add"].perplexity["test"][:3])
     assert len(lens) == n_layers and all(0.0 <= a <= 1.0 for a in lens)
 
 
-def test_ablation_hooks_remove_the_direction(tiny_model, world_tokenizer, world):
+def test_ablation_hooks_remove_the_direction(tiny_model, world_tokenizer, world, world_suite):
     hidden = tiny_model.get_input_embeddings().weight.shape[1]
     n_layers = len(decoder_layers(tiny_model))
     dirs = np.zeros((n_layers, hidden))
@@ -100,11 +101,11 @@ def test_ablation_hooks_remove_the_direction(tiny_model, world_tokenizer, world)
     assert len(seen) == 1
     assert not torch.allclose(clean.hidden_states[1][..., 0], torch.zeros_like(clean.hidden_states[1][..., 0]))
     assert torch.allclose(seen[0][..., 0], torch.zeros_like(seen[0][..., 0]), atol=1e-6)
-    res = direction_ablation_attack(tiny_model, world_tokenizer, world, ["mul"], ["add"], TINY, None)
+    res = direction_ablation_attack(tiny_model, world_tokenizer, world_suite, ["mul"], ["add"], TINY, None)
     assert "forget" in res and "forget_mc" in res and res["by_domain"]["forget"]["mul"]["exact_match"]["n"] == 6
 
 
-def test_quantization_attack(world_tokenizer, world):
+def test_quantization_attack(world_tokenizer, world, world_suite):
     from surgical.models import make_tiny_model
 
     model = make_tiny_model("llama", len(world_tokenizer))
@@ -118,12 +119,12 @@ def test_quantization_attack(world_tokenizer, world):
     assert 0 < e8 < e4  # int8 perturbs the weights less than int4, and both perturb them
     with pytest.raises(QuantizationUnavailable):
         quantize_copy(model, "int4", "torchao")
-    base = knowledge_probes(model, world_tokenizer, world, ["mul", "add"], "test", 6, 50, 0)
-    res = quantization_attack(model, world_tokenizer, world, ["mul"], ["add"], TINY, base)
+    base = knowledge_probes(model, world_tokenizer, world_suite, ["mul", "add"], "test", 6, 50, 0)
+    res = quantization_attack(model, world_tokenizer, world_suite, ["mul"], ["add"], TINY, base)
     assert set(res["schemes"]) == {"int8", "int4"} and "forget_gap" in res["schemes"]["int4"]
 
 
-def test_relearning_learns_and_early_stops(world_tokenizer, world):
+def test_relearning_learns_and_early_stops(world_tokenizer, world, world_suite):
     from surgical.models import make_tiny_model
     from surgical.scoring import continuation_logprobs
 
@@ -141,12 +142,12 @@ def test_relearning_learns_and_early_stops(world_tokenizer, world):
     stopped = finetune_curve(model, world_tokenizer, examples, loglik, 3e-3, 12, 4, [4, 8], seed=0,
                              stop_at=curve[1][1])
     assert stopped[-1][0] == 4
-    res = relearning_attack(model, world_tokenizer, world, ["mul"], ["add"], TINY, 1.0, "test")
+    res = relearning_attack(model, world_tokenizer, world_suite, ["mul"], ["add"], TINY, 1.0, "test")
     assert set(res["runs"]) == {"0.001", "0.01"} and res["benign"]["lr"] == 1e-2
     assert res["best_lr"] in (1e-3, 1e-2) and 0.0 <= res["best"]["auc"] <= 1.0
 
 
-def test_relearning_sweep_in_worker_processes_matches_serial(world_tokenizer, world):
+def test_relearning_sweep_in_worker_processes_matches_serial(world_tokenizer, world, world_suite):
     """Forked workers (the CPU default) run the same seeded runs as the serial loop: identical curves."""
     import multiprocessing as mp
 
@@ -174,7 +175,7 @@ def test_relearning_sweep_in_worker_processes_matches_serial(world_tokenizer, wo
     assert sweep_workers(TINY.model_copy(update={"threads": 2, "workers": 1}), model) == 1
 
 
-def test_jailbreak_templates_in_worker_processes_match_serial(world_tokenizer, world):
+def test_jailbreak_templates_in_worker_processes_match_serial(world_tokenizer, world, world_suite):
     import multiprocessing as mp
 
     from surgical.models import make_tiny_model
@@ -183,7 +184,7 @@ def test_jailbreak_templates_in_worker_processes_match_serial(world_tokenizer, w
         pytest.skip("no fork on this platform")
     model = make_tiny_model("gpt2", len(world_tokenizer))
     fams = [f for f in load_families() if f.family in ("few_shot", "encoding")]
-    serial = run_battery(model, world_tokenizer, world, fams, ["mul"], ["add"], "test", 3, 8, 20, 0)
-    parallel = run_battery(model, world_tokenizer, world, fams, ["mul"], ["add"], "test", 3, 8, 20, 0, workers=2)
+    serial = run_battery(model, world_tokenizer, world_suite, fams, ["mul"], ["add"], "test", 3, 8, 20, 0)
+    parallel = run_battery(model, world_tokenizer, world_suite, fams, ["mul"], ["add"], "test", 3, 8, 20, 0, workers=2)
     assert parallel == serial and set(serial) == {"few_shot", "encoding"}
     assert len(serial["encoding"]["templates"]) == 3

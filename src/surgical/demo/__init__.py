@@ -30,3 +30,12 @@ def teacher_dir(cfg=None, quiet: bool = False) -> Path:
 
     cfg = cfg or demo_config()
     return get_or_train_teacher(cfg.world, cfg.teacher, quiet=quiet)[0]
+
+
+def cached_teacher_dir(cfg=None) -> Path:
+    """Where the world's teacher for ``cfg`` is cached (it may not exist yet; nothing is trained)."""
+    from ..config import demo_config
+    from ..world.teacher import teacher_dir as _teacher_dir
+
+    cfg = cfg or demo_config()
+    return _teacher_dir(cfg.world, cfg.teacher)

@@ -16,13 +16,15 @@ def register(app: typer.Typer) -> None:
 def verify(
     model: Path = typer.Option(..., "--model", help="HF model dir of the student (or any model) to verify."),
     policy: Path | None = typer.Option(None, "--policy", help="Policy YAML (thresholds and domains)."),
+    suite: Path | None = typer.Option(None, "--suite", help="Evaluation suite YAML (docs/suites.md); default: the "
+                                      "policy's `suite:` (the world's suite for a `world: true` policy)."),
     reference: list[Path] = typer.Option([], "--reference", help="Reference model dir(s); the first is the "
                                          "teacher the retain ratio and relearning target use. Repeatable."),
     out_dir: Path = typer.Option(Path("runs/verify"), "--out", help="Directory for verify.json and the reports."),
     demo: bool = typer.Option(False, "--demo", help="The demo policy and world; adds the cached demo teacher as "
                               "reference when none is given and it exists."),
-    config: Path | None = typer.Option(None, "--config", help="Pipeline YAML whose world and verify sections "
-                                          "to use (default: the demo config)."),
+    config: Path | None = typer.Option(None, "--config", help="Pipeline YAML whose verify section to use "
+                                          "(default: the demo config)."),
     jailbreaks: list[Path] = typer.Option([], "--jailbreaks", help="Extra directory of jailbreak family YAMLs."),
     show_generations: bool = typer.Option(False, "--show-generations", help="Put generated text from forbidden "
                                           "prompts in the reports (redacted by default)."),
@@ -34,6 +36,7 @@ def verify(
     from ..config import ConfigError, demo_config, load_config
     from ..models import ModelLoadError
     from ..policy import demo_policy_path, load_policy
+    from ..suite import SuiteError
     from .jailbreaks import JailbreakError
     from .run import EXIT_ERROR, VerifyInputError, run
 
@@ -50,13 +53,14 @@ def verify(
                 fail("--policy is required (or --demo)")
             policy = demo_policy_path()
         pol = load_policy(policy)
-    except ConfigError as exc:
+        suite_path = resolve_cli_suite(pol, policy, suite, cfg)
+    except (ConfigError, SuiteError) as exc:
         fail(str(exc).replace("\n", " "))
     refs = list(reference)
     if demo and not refs:
-        from ..world.teacher import teacher_dir
+        from ..demo import cached_teacher_dir
 
-        t = teacher_dir(cfg.world, cfg.teacher)
+        t = cached_teacher_dir(cfg)
         if (t / "config.json").exists() and t.resolve() != model.resolve():
             refs = [t]
     vcfg = cfg.verify.model_copy(update={"relearn": False}) if no_relearn else cfg.verify
@@ -67,7 +71,7 @@ def verify(
         def log(stage: str) -> None:
             err.print(f"[cyan]verify[/cyan] {stage} ...")
     try:
-        result = run(model, pol, out_dir, refs, vcfg, cfg.world, jailbreaks, show_generations, policy, log)
+        result = run(model, pol, suite_path, out_dir, refs, vcfg, jailbreaks, show_generations, policy, log)
     except (VerifyInputError, ModelLoadError, JailbreakError, FileNotFoundError) as exc:
         fail(str(exc))
     rec = result.record
@@ -82,3 +86,14 @@ def verify(
                       f"(limit {round(c['limit'], 3)}) -> {c['passed']}")
         print(out_dir / "report.html")
     raise typer.Exit(result.exit_code)
+
+
+def resolve_cli_suite(policy, policy_path, suite_opt, cfg):
+    """--suite, else the policy's `suite:`, else (a `world: true` policy) the world's own suite."""
+    from ..suite import resolve_suite_path
+
+    if suite_opt is None and not getattr(policy, "suite", None) and policy.world:
+        from ..demo import suite_path
+
+        return suite_path(cfg)
+    return resolve_suite_path(policy, policy_path, suite_opt)

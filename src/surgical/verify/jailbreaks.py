@@ -153,11 +153,12 @@ def spell_out(question: str) -> str:
 
 
 def render_fields(record: dict, shots: Sequence[str]) -> dict:
-    """The format fields of one exact-match record (question = worked prompt, target = worked answer)."""
-    prompt = record["question"]
+    """The format fields of one QA record (``prompt``; optional ``target``, a reference completion, gives
+    ``first_step_lhs``: its text up to the first ``=``, the part that follows from the question alone)."""
+    prompt = record["prompt"]
     question = prompt[:-1] if prompt.endswith(":") else prompt
     half = len(question) // 2
-    target = record.get("target", "")
+    target = record.get("target") or ""
     lhs = target.split("=")[0] + "=" if "=" in target else ""
     return {"prompt": prompt, "question": question, "question_reversed": reverse_operands(question),
             "question_spelled": spell_out(question), "part_a": question[:half], "part_b": question[half:],
@@ -180,21 +181,20 @@ def fit_shots(template: Template, record: dict, pool: Sequence[str], token_len, 
         k -= 1
 
 
-def shot_pool(wb, domain: str, template: Template, allowed_domains: Sequence[str], n: int, seed: int) -> list[str]:
-    """Solved worked examples (prompt + answer) from the TRAIN split, never from the eval items."""
+def shot_pool(suite, domain: str, template: Template, allowed_domains: Sequence[str], n: int,
+              seed: int) -> list[str]:
+    """Solved examples (prompt + completion) from the suite's ``attack`` records, never from the eval items."""
     rng = random.Random(seed)
-    if template.shot_domain == "allowed":
-        problems = [p for d in allowed_domains for p in wb.splits.train[d]]
-    else:
-        problems = list(wb.splits.train[domain])
-    picks = rng.sample(problems, min(n, len(problems)))
-    return [p.worked_text for p in picks]
+    names = list(allowed_domains) if template.shot_domain == "allowed" else [domain]
+    records = [r for d in names for r in suite[d].attack]
+    picks = rng.sample(records, min(n, len(records)))
+    return [r["prompt"] + r["completion"] for r in picks]
 
 
 # ---------------------------------------------------------------- running the battery
 
 
-def run_battery(model, tokenizer, wb, families: Sequence[Family], forget_domains: Sequence[str],
+def run_battery(model, tokenizer, suite, families: Sequence[Family], forget_domains: Sequence[str],
                 retain_domains: Sequence[str], split: str, n_items: int, max_shots: int, n_boot: int, seed: int,
                 batch_size: int = 64, show_generations: bool = False, progress=None, workers: int = 1) -> dict:
     """Every template of every family on ``n_items`` forget and retain items per domain.
@@ -209,7 +209,7 @@ def run_battery(model, tokenizer, wb, families: Sequence[Family], forget_domains
 
     def one(i: int) -> dict:
         _fam, t_i, tpl = jobs[i]
-        return _run_template(model, tokenizer, wb, tpl, t_i, forget_domains, retain_domains, split, n_items,
+        return _run_template(model, tokenizer, suite, tpl, t_i, forget_domains, retain_domains, split, n_items,
                              max_shots, n_boot, seed, batch_size, show_generations)
 
     results = fork_map(one, len(jobs), workers, progress)
@@ -223,47 +223,63 @@ def run_battery(model, tokenizer, wb, families: Sequence[Family], forget_domains
     return out
 
 
-def _run_template(model, tokenizer, wb, tpl: Template, t_i: int, forget_domains, retain_domains, split: str,
+def _run_template(model, tokenizer, suite, tpl: Template, t_i: int, forget_domains, retain_domains, split: str,
                   n_items: int, max_shots: int, n_boot: int, seed: int, batch_size: int,
                   show_generations: bool) -> dict:
-    """One template on every forget and retain domain (see run_battery)."""
+    """One template on every forget and retain domain (see run_battery): QA items under the template, and the
+    forget domains' MC items with the template around their question."""
+    from ..data import prompt_ids
     from ..scoring import context_length
-    from ..world.teacher import max_worked_tokens
     from .bootstrap import bootstrap_ci
-    from .probes import exact_match_hits, mc_hits, redact
+    from .probes import mc_hits, qa_hits, redact
 
     ctx_len = context_length(model)
 
     def token_len(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+        return len(prompt_ids(tokenizer, text))
 
     allowed = list(retain_domains)
     res: dict = {"forget": {}, "retain": {}, "shots_used_mean": 0.0, "examples": []}
     shots_used = []
     for side, domains in (("forget", forget_domains), ("retain", retain_domains)):
         for domain in domains:
-            em_recs = wb.exact_match_sets[split][domain][:n_items]
-            new_tokens = max_worked_tokens(wb, domain)
-            budget = ctx_len - new_tokens
-            contexts = []
-            for i, r in enumerate(em_recs):
-                pool = shot_pool(wb, domain, tpl, allowed, min(tpl.shots, max_shots), seed + 7919 * i + t_i) \
-                    if tpl.shots else []
-                text, k = fit_shots(tpl, r, pool, token_len, budget)
-                contexts.append(text)
-                shots_used.append(k)
-            hits, gens = exact_match_hits(model, tokenizer, em_recs, new_tokens, contexts, batch_size)
-            d_res = {"exact_match": bootstrap_ci(hits, n_boot, seed)}
-            if side == "forget":
-                mc_recs = wb.mc_sets[split][domain][:n_items]
-                by_q = {r["question"]: c for r, c in zip(em_recs, contexts, strict=True)}
-                mc_ctx = [by_q.get(r["question"]) for r in mc_recs]
-                if mc_recs and all(c is not None for c in mc_ctx):
-                    acc, acc_norm = mc_hits(model, tokenizer, mc_recs, mc_ctx, batch_size)
-                    d_res["mc"] = bootstrap_ci(acc, n_boot, seed)
-                    d_res["mc_norm"] = bootstrap_ci(acc_norm, n_boot, seed)
-                res["examples"] += [redact(c, g, h, show_generations)
-                                    for c, g, h in list(zip(contexts, gens, hits, strict=True))[:2]]
+            dd = suite[domain]
+            budget = ctx_len - dd.spec.max_new_tokens
+
+            def contexts_for(records, key, domain=domain, budget=budget):
+                out = []
+                for i, r in enumerate(records):
+                    pool = shot_pool(suite, domain, tpl, allowed, min(tpl.shots, max_shots), seed + 7919 * i + t_i) \
+                        if tpl.shots else []
+                    text, k = fit_shots(tpl, r if key == "prompt" else {"prompt": r["question"]}, pool, token_len,
+                                        budget)
+                    out.append(text)
+                    shots_used.append(k)
+                return out
+
+            d_res: dict = {}
+            qa_recs = dd.split_of("qa", split)[:n_items]
+            contexts: list[str] = []
+            if qa_recs:
+                contexts = contexts_for(qa_recs, "prompt")
+                hits, gens = qa_hits(model, tokenizer, dd, qa_recs, contexts, batch_size)
+                d_res["exact_match"] = bootstrap_ci(hits, n_boot, seed)
+                if side == "forget":
+                    res["examples"] += [redact(c, g, h, show_generations)
+                                        for c, g, h in list(zip(contexts, gens, hits, strict=True))[:2]]
+            mc_recs = dd.split_of("mc", split)[:n_items]
+            if mc_recs and (side == "forget" or not qa_recs):
+                # an MC question that is also a QA prompt gets the very same rendering (same shots)
+                by_prompt = {r["prompt"]: c for r, c in zip(qa_recs, contexts, strict=True)}
+                missing = [r for r in mc_recs if r["question"] not in by_prompt]
+                by_prompt.update(zip([r["question"] for r in missing], contexts_for(missing, "question"),
+                                     strict=True))
+                acc, acc_norm = mc_hits(model, tokenizer, dd, mc_recs, [by_prompt[r["question"]] for r in mc_recs],
+                                        batch_size)
+                d_res["mc"] = bootstrap_ci(acc, n_boot, seed)
+                d_res["mc_norm"] = bootstrap_ci(acc_norm, n_boot, seed)
+            if d_res:
+                d_res["primary"] = d_res.get("exact_match") or d_res["mc"]
             res[side][domain] = d_res
     res["shots_used_mean"] = sum(shots_used) / max(1, len(shots_used))
     return res
@@ -276,8 +292,8 @@ def _mean(xs) -> float:
 
 def summarise_sides(res: dict) -> dict:
     """Domain-averaged figures of one attack result {"forget": {domain: metrics}, "retain": {...}}:
-    forget exact match, forget MC (the better of acc and acc_norm, as the attacker may pick either, with the
-    CI lower bound alongside), and retain exact match."""
+    forget exact match (QA), forget MC (the better of acc and acc_norm, as the attacker may pick either, with the
+    CI lower bound alongside), and retain accuracy (each domain's primary metric: QA, else MC)."""
     f, r = res["forget"], res["retain"]
 
     def avg(side, metric, key="value"):
@@ -288,8 +304,8 @@ def summarise_sides(res: dict) -> dict:
             "forget_ci_high": avg(f, "exact_match", "ci_high"),
             "forget_mc": avg(f, mc_best), "forget_mc_ci_low": avg(f, mc_best, "ci_low"),
             "forget_mc_ci_high": avg(f, mc_best, "ci_high"), "forget_mc_metric": mc_best,
-            "retain": avg(r, "exact_match"), "retain_ci_low": avg(r, "exact_match", "ci_low"),
-            "retain_ci_high": avg(r, "exact_match", "ci_high")}
+            "retain": avg(r, "primary"), "retain_ci_low": avg(r, "primary", "ci_low"),
+            "retain_ci_high": avg(r, "primary", "ci_high")}
 
 
 def _forget_score(res: dict) -> tuple[float, float]:

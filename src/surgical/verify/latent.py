@@ -22,14 +22,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ..data import prompt_ids, prompt_ids_batch
 from ..models import decoder_layers, final_norm, layer_output, replace_layer_output
-from ..world.teacher import max_worked_tokens
 from .bootstrap import bootstrap_ci, majority_rate
-from .probes import exact_match_hits, mc_hits
+from .probes import knowledge_probes, primary_hits, primary_prompts
 
 
 def _right_padded(tokenizer, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    seqs = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+    seqs = prompt_ids_batch(tokenizer, texts)
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), tokenizer.pad_token_id or 0, dtype=torch.long)
     mask = torch.zeros_like(ids)
@@ -89,24 +89,61 @@ def probe_accuracy(x_train: np.ndarray, y_train: Sequence[int], x_test: np.ndarr
     return [bool(p == y) for p, y in zip(clf.predict(x_test), y_test, strict=True)]
 
 
-def probe_items(wb, domains: Sequence[str], n_train: int, n_test: int, split: str, seed: int):
-    """(train contexts, train labels, test contexts, test labels): label = the answer's last digit; context =
-    the worked solution teacher-forced up to where that digit is written (``answer_digit_context``)."""
-    from ..world.problems import answer_digit_context
+def probe_items(suite, domains: Sequence[str], n_train: int, n_test: int, split: str, seed: int):
+    """(train texts, train labels, test texts, test labels, label description) for the latent probes.
 
+    A domain with ``probe`` records (``{text, label}``; the world's: the answer's last digit where the worked
+    solution writes it) uses them. Otherwise the label exists for any MC data: the question followed by its
+    gold choice (1) or by one wrong choice drawn at random (0), read at the choice's last token; the probe is
+    trained on the val split's items (the first half of the test items when there is no val split) and scored
+    on the test items (the other half)."""
     rng = random.Random(seed)
-    train = [p for d in domains for p in wb.splits.train[d]]
-    train = rng.sample(train, min(n_train, len(train)))
-    per_dom = max(1, n_test // len(domains))
-    test = [p for d in domains for p in wb.splits[split][d][:per_dom]]
-    return ([answer_digit_context(p) for p in train], [p.answer % 10 for p in train],
-            [answer_digit_context(p) for p in test], [p.answer % 10 for p in test])
+    with_probe = [d for d in domains if suite[d].probe]
+    if with_probe:
+        seen: set[str] = set()
+        train, test = [], []
+        for d in with_probe:
+            for part, out in (("train", train), ("test", test)):
+                for r in suite[d].probe[part]:
+                    if r["text"] not in seen:  # domains may share one probe file
+                        seen.add(r["text"])
+                        out.append(r)
+        train = rng.sample(train, min(n_train, len(train)))
+        test = test[:n_test]
+        return ([r["text"] for r in train], [r["label"] for r in train], [r["text"] for r in test],
+                [r["label"] for r in test], "the suite's probe labels")
+    tr_recs, te_recs = [], []
+    for d in domains:
+        dd = suite[d]
+        delim = dd.spec.target_delimiter
+        test = [(delim, r) for r in dd.split_of("mc", split)]
+        if dd.has_val("mc") and split != "val":
+            tr_recs += [(delim, r) for r in dd.mc["val"]]
+            te_recs += test
+        else:
+            half = len(test) // 2
+            tr_recs += test[:half]
+            te_recs += test[half:]
+    if not tr_recs or not te_recs:
+        return [], [], [], [], "none: no probe records and no MC items"
+
+    def pairs(recs, k):
+        texts, labels = [], []
+        for delim, r in recs[:k]:
+            wrong = rng.choice([j for j in range(len(r["choices"])) if j != r["gold"]])
+            texts += [r["question"] + delim + r["choices"][r["gold"]], r["question"] + delim + r["choices"][wrong]]
+            labels += [1, 0]
+        return texts, labels
+
+    tr_x, tr_y = pairs(rng.sample(tr_recs, len(tr_recs)), max(1, n_train // 2))
+    te_x, te_y = pairs(te_recs, max(1, n_test // 2))
+    return tr_x, tr_y, te_x, te_y, "MC gold choice vs a wrong choice (question + choice, at its last token)"
 
 
 def layer_probes(model, tokenizer, items, n_boot: int, seed: int, batch_size: int = 64) -> list[dict]:
     """Held-out accuracy (with CI) of the last-digit probe on every layer's output (at each context's last
     token)."""
-    tr_x, tr_y, te_x, te_y = items
+    tr_x, tr_y, te_x, te_y = items[:4]
     h_tr = last_token_states(model, tokenizer, tr_x, batch_size)
     h_te = last_token_states(model, tokenizer, te_x, batch_size)
     return [bootstrap_ci(probe_accuracy(h_tr[li], tr_y, h_te[li], te_y, seed), n_boot, seed)
@@ -123,11 +160,13 @@ def random_init_like(model, seed: int):
 
 @torch.no_grad()
 def logit_lens(model, tokenizer, records: Sequence[dict], batch_size: int = 64) -> list[float]:
-    """Per layer: top-1 accuracy of (final norm -> LM head)(layer output) on the worked answer's tokens,
-    teacher-forced (the prompt's tokens are not scored)."""
+    """Per layer: top-1 accuracy of (final norm -> LM head)(layer output) on the completion's tokens of
+    ``{prompt, completion}`` records, teacher-forced (the prompt's tokens are not scored)."""
+    if not records:
+        return []
     norm, head = final_norm(model), model.get_output_embeddings()
-    texts = [r["question"] + r["target"] for r in records]
-    prompt_lens = [len(tokenizer(r["question"], add_special_tokens=True)["input_ids"]) for r in records]
+    texts = [r["prompt"] + r["completion"] for r in records]
+    prompt_lens = [len(prompt_ids(tokenizer, r["prompt"])) for r in records]
     hits: list[int] = []
     total = 0
     offset = 0
@@ -178,56 +217,70 @@ def ablated(model, directions: np.ndarray):
             h.remove()
 
 
-def direction_ablation_attack(model, tokenizer, wb, forget_domains, retain_domains, cfg,
+def direction_ablation_attack(model, tokenizer, suite, forget_domains, retain_domains, cfg,
                               reference_hits: dict[str, list[bool]] | None) -> dict:
-    """Directions from the validation split; probes re-run on the eval split with the directions ablated.
+    """Directions from the validation split (the test split's items where a domain has none, and the report
+    says so); probes re-run on the eval split with the directions ablated.
 
     ``refused`` = forbidden validation items the reference answers (all of them without a reference) that
-    the student gets wrong; ``answered`` = allowed validation items the student answers. With too few of
-    either (fewer than 4), all forbidden versus all allowed items are used, and the report says so."""
+    the student gets wrong; ``answered`` = allowed validation items the student answers (each domain's primary
+    metric: QA, else MC). With too few of either (fewer than 4), all forbidden versus all allowed items are
+    used, and the report says so."""
     n = cfg.ablation_items
     refused, answered = [], []
+    in_sample = [d for d in [*forget_domains, *retain_domains]
+                 if not suite[d].has_val("qa" if suite[d].qa else "mc")]
     for d in forget_domains:
-        recs = wb.exact_match_sets["val"][d][:n]
-        hits, _ = exact_match_hits(model, tokenizer, recs, max_worked_tokens(wb, d), batch_size=cfg.batch_size)
-        ref = (reference_hits or {}).get(d) or [True] * len(recs)
-        refused += [r["question"] for r, h, rh in zip(recs, hits, ref, strict=False) if rh and not h]
+        prompts = primary_prompts(suite[d], "val", n)
+        hits = primary_hits(model, tokenizer, suite[d], "val", n, cfg.batch_size)
+        ref = (reference_hits or {}).get(d) or [True] * len(prompts)
+        refused += [p for p, h, rh in zip(prompts, hits, ref, strict=False) if rh and not h]
     for d in retain_domains:
-        recs = wb.exact_match_sets["val"][d][:n]
-        hits, _ = exact_match_hits(model, tokenizer, recs, max_worked_tokens(wb, d), batch_size=cfg.batch_size)
-        answered += [r["question"] for r, h in zip(recs, hits, strict=True) if h]
+        prompts = primary_prompts(suite[d], "val", n)
+        hits = primary_hits(model, tokenizer, suite[d], "val", n, cfg.batch_size)
+        answered += [p for p, h in zip(prompts, hits, strict=True) if h]
     contrast = "student-refused vs student-answered"
     if len(refused) < 4 or len(answered) < 4:
-        refused = [r["question"] for d in forget_domains for r in wb.exact_match_sets["val"][d][:n]]
-        answered = [r["question"] for d in retain_domains for r in wb.exact_match_sets["val"][d][:n]]
+        refused = [p for d in forget_domains for p in primary_prompts(suite[d], "val", n)]
+        answered = [p for d in retain_domains for p in primary_prompts(suite[d], "val", n)]
         contrast = "all forbidden vs all allowed (too few refused or answered items)"
     directions = diff_in_means(last_token_states(model, tokenizer, refused, cfg.batch_size),
                                last_token_states(model, tokenizer, answered, cfg.batch_size))
     from .jailbreaks import summarise_sides
 
-    res: dict = {"forget": {}, "retain": {}}
+    kw = dict(split=cfg.split, n_items=cfg.n_items, n_boot=cfg.bootstrap_samples, seed=cfg.seed,
+              batch_size=cfg.batch_size, ppl=False)
     with ablated(model, directions):
-        for side, domains in (("forget", forget_domains), ("retain", retain_domains)):
-            for d in domains:
-                recs = wb.exact_match_sets[cfg.split][d][: cfg.n_items]
-                hits, _ = exact_match_hits(model, tokenizer, recs, max_worked_tokens(wb, d),
-                                           batch_size=cfg.batch_size)
-                m = {"exact_match": bootstrap_ci(hits, cfg.bootstrap_samples, cfg.seed)}
-                if side == "forget":
-                    acc, acc_norm = mc_hits(model, tokenizer, wb.mc_sets[cfg.split][d][: cfg.n_items],
-                                            batch_size=cfg.batch_size)
-                    m["mc"] = bootstrap_ci(acc, cfg.bootstrap_samples, cfg.seed)
-                    m["mc_norm"] = bootstrap_ci(acc_norm, cfg.bootstrap_samples, cfg.seed)
-                res[side][d] = m
+        res = {"forget": knowledge_probes(model, tokenizer, suite, forget_domains, **kw),
+               "retain": knowledge_probes(model, tokenizer, suite, retain_domains, mc=False, **kw)}
     return {"contrast": contrast, "n_refused": len(refused), "n_answered": len(answered), "by_domain": res,
-            **summarise_sides(res)}
+            "directions_in_sample": in_sample, **summarise_sides(res)}
 
 
-def latent_report(model, tokenizer, wb, forget_domains, retain_domains, cfg, references: dict) -> dict:
+def lens_records(suite, domains, split: str, n: int) -> list[dict]:
+    """{prompt, completion} records for the logit lens: perplexity texts, else QA prompts with their reference
+    ``target``, else MC questions with their gold choice."""
+    out = []
+    for d in domains:
+        dd = suite[d]
+        if dd.perplexity:
+            out += [r for r in dd.split_of("perplexity", split) if r["prompt"]][:n]
+        elif any("target" in r for r in dd.split_of("qa", split)):
+            out += [{"prompt": r["prompt"], "completion": r["target"]} for r in dd.split_of("qa", split)
+                    if r.get("target")][:n]
+        else:
+            out += [{"prompt": r["question"], "completion": dd.spec.target_delimiter + r["choices"][r["gold"]]}
+                    for r in dd.split_of("mc", split)[:n]]
+    return out
+
+
+def latent_report(model, tokenizer, suite, forget_domains, retain_domains, cfg, references: dict) -> dict:
     """Probe accuracy by layer for the model, each reference and a random-init twin; logit lens by layer."""
-    items = probe_items(wb, forget_domains, cfg.probe_train_items, cfg.probe_test_items, cfg.split, cfg.seed)
+    items = probe_items(suite, forget_domains, cfg.probe_train_items, cfg.probe_test_items, cfg.split, cfg.seed)
+    if len(set(items[1])) < 2 or not items[2]:
+        return {"skipped": f"no usable latent-probe items ({items[4]})", "label": items[4]}
     kw = dict(n_boot=cfg.bootstrap_samples, seed=cfg.seed, batch_size=cfg.batch_size)
-    out = {"label": "last digit of the forbidden answer", "majority_baseline": majority_rate(items[3]),
+    out = {"label": items[4], "majority_baseline": majority_rate(items[3]),
            "n_train": len(items[0]), "n_test": len(items[2]),
            "by_layer": {"model": layer_probes(model, tokenizer, items, **kw),
                         "random_init": layer_probes(random_init_like(model, cfg.seed), tokenizer, items, **kw)}}
@@ -235,7 +288,7 @@ def latent_report(model, tokenizer, wb, forget_domains, retain_domains, cfg, ref
         out["by_layer"][name] = layer_probes(ref, tokenizer, items, **kw)
     lens = {}
     for side, domains in (("forget", forget_domains), ("retain", retain_domains)):
-        recs = [r for d in domains for r in wb.exact_match_sets[cfg.split][d][: max(1, cfg.probe_test_items // 2)]]
-        lens[side] = logit_lens(model, tokenizer, recs, cfg.batch_size)
+        lens[side] = logit_lens(model, tokenizer, lens_records(suite, domains, cfg.split,
+                                                               max(1, cfg.probe_test_items // 2)), cfg.batch_size)
     out["logit_lens"] = lens
     return out

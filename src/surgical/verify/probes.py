@@ -1,7 +1,8 @@
-"""Knowledge probes: multiple-choice accuracy by log-likelihood (lm-eval's acc and acc_norm), exact match
-by greedy generation, and perplexity of held-out worked solutions; each with a bootstrap 95% CI.
+"""Knowledge probes on a suite's domains: multiple-choice accuracy by log-likelihood (lm-eval's acc and
+acc_norm), short-answer QA by greedy generation and the domain's scorer, and perplexity of held-out texts;
+each with a bootstrap 95% CI.
 
-Every function takes an optional ``contexts`` list so the attacks (jailbreak templates, ablation hooks,
+The scoring functions take an optional ``contexts`` list so the attacks (jailbreak templates, ablation hooks,
 quantized copies) reuse the same scoring with a different prompt or a different model.
 """
 
@@ -11,25 +12,8 @@ import hashlib
 import math
 from collections.abc import Sequence
 
-from ..scoring import continuation_logprobs, mc_predictions
-from ..world.teacher import exact_match_hits, max_worked_tokens  # noqa: F401 (re-exported for verify)
+from ..scoring import mc_hits, pair_nlls, qa_hits  # noqa: F401 (re-exported for the battery)
 from .bootstrap import bootstrap_ci
-
-
-def mc_hits(model, tokenizer, records: Sequence[dict], contexts: Sequence[str] | None = None,
-            batch_size: int = 64) -> tuple[list[bool], list[bool]]:
-    """lm-eval multiple choice: (hits by summed log-likelihood, hits by length-normalised log-likelihood)."""
-    if contexts is not None:
-        records = [{**r, "question": c} for r, c in zip(records, contexts, strict=True)]
-    preds = mc_predictions(model, tokenizer, records, batch_size=batch_size)
-    return [p["correct"] for p in preds], [p["correct_norm"] for p in preds]
-
-
-def token_nlls(model, tokenizer, records: Sequence[dict], batch_size: int = 64) -> list[tuple[float, int]]:
-    """(summed negative log-likelihood, token count) of each record's worked target given its question."""
-    scores = continuation_logprobs(model, tokenizer, [(r["question"], r["target"]) for r in records],
-                                   batch_size=batch_size)
-    return [(-lp, n) for lp, n in scores]
 
 
 def perplexity_ci(nlls: Sequence[tuple[float, int]], n_boot: int, seed: int) -> dict:
@@ -48,28 +32,49 @@ def perplexity_ci(nlls: Sequence[tuple[float, int]], n_boot: int, seed: int) -> 
             "n": len(nlls)}
 
 
-def domain_probe(model, tokenizer, wb, domain: str, split: str, n_items: int, n_boot: int, seed: int,
+def primary_hits(model, tokenizer, domain, split: str, n_items: int, batch_size: int = 64,
+                 contexts=None) -> list[bool]:
+    """Per-item hits of a domain's primary metric: QA (its scorer) when it has QA data, else MC (acc)."""
+    if domain.qa:
+        return qa_hits(model, tokenizer, domain, domain.split_of("qa", split)[:n_items], contexts, batch_size)[0]
+    return mc_hits(model, tokenizer, domain, domain.split_of("mc", split)[:n_items], contexts, batch_size)[0]
+
+
+def primary_prompts(domain, split: str, n_items: int) -> list[str]:
+    """The prompts ``primary_hits`` scores (QA prompts, or MC questions)."""
+    if domain.qa:
+        return [r["prompt"] for r in domain.split_of("qa", split)[:n_items]]
+    return [r["question"] for r in domain.split_of("mc", split)[:n_items]]
+
+
+def domain_probe(model, tokenizer, domain, split: str, n_items: int, n_boot: int, seed: int,
                  batch_size: int = 64, em: bool = True, mc: bool = True, ppl: bool = True) -> dict:
-    """Exact match, MC (acc, acc_norm) and perplexity of one domain, each ``{"value", "ci_low", ...}``."""
+    """A suite domain's knowledge probes, each ``{"value", "ci_low", ...}``: ``exact_match`` (QA accuracy under
+    the domain's scorer), ``mc`` / ``mc_norm`` (lm-eval acc / acc_norm) and ``perplexity``, for the data the
+    domain has; ``primary`` is the QA figure when there is one, else MC."""
     out: dict = {}
-    em_recs = wb.exact_match_sets[split][domain][:n_items]
-    if em:
-        hits, _ = exact_match_hits(model, tokenizer, em_recs, max_worked_tokens(wb, domain), batch_size=batch_size)
+    qa_recs = domain.split_of("qa", split)[:n_items]
+    if em and qa_recs:
+        hits, _ = qa_hits(model, tokenizer, domain, qa_recs, batch_size=batch_size)
         out["exact_match"] = bootstrap_ci(hits, n_boot, seed)
-    mc_recs = wb.mc_sets[split][domain][:n_items]
-    if mc and mc_recs:
-        acc, acc_norm = mc_hits(model, tokenizer, mc_recs, batch_size=batch_size)
+    mc_recs = domain.split_of("mc", split)[:n_items]
+    if mc_recs and (mc or not qa_recs):  # MC is the primary metric of a domain without QA
+        acc, acc_norm = mc_hits(model, tokenizer, domain, mc_recs, batch_size=batch_size)
         out["mc"] = bootstrap_ci(acc, n_boot, seed)
         out["mc_norm"] = bootstrap_ci(acc_norm, n_boot, seed)
-    if ppl:
-        out["perplexity"] = perplexity_ci(token_nlls(model, tokenizer, em_recs, batch_size), n_boot, seed)
+    ppl_recs = domain.split_of("perplexity", split)[:n_items]
+    if ppl and ppl_recs:
+        out["perplexity"] = perplexity_ci(pair_nlls(model, tokenizer, domain, ppl_recs, batch_size), n_boot, seed)
+    if "exact_match" in out or "mc" in out:
+        out["primary"] = out.get("exact_match") or out["mc"]
     return out
 
 
-def knowledge_probes(model, tokenizer, wb, domains: Sequence[str], split: str, n_items: int, n_boot: int,
+def knowledge_probes(model, tokenizer, suite, domains: Sequence[str], split: str, n_items: int, n_boot: int,
                      seed: int, batch_size: int = 64, **kw) -> dict:
-    """``domain_probe`` for every domain: {domain: {metric: ci}}."""
-    return {d: domain_probe(model, tokenizer, wb, d, split, n_items, n_boot, seed, batch_size, **kw) for d in domains}
+    """``domain_probe`` for every domain of ``suite`` named in ``domains``: {domain: {metric: ci}}."""
+    return {d: domain_probe(model, tokenizer, suite[d], split, n_items, n_boot, seed, batch_size, **kw)
+            for d in domains}
 
 
 def redact(prompt: str, generation: str, correct: bool, show: bool) -> dict:

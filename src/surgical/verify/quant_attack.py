@@ -45,7 +45,7 @@ def quantize_copy(model, scheme: str, backend: str = "quanto"):
     raise ValueError(f"unknown quantization backend {backend!r}")
 
 
-def quantization_attack(model, tokenizer, wb, forget_domains, retain_domains, cfg, baseline: dict) -> dict:
+def quantization_attack(model, tokenizer, suite, forget_domains, retain_domains, cfg, baseline: dict) -> dict:
     """Knowledge probes (exact match and MC) of each quantized copy, and the gap to ``baseline`` (the
     full-precision probes on the same items): ``forget_gap`` > 0 means quantization brought knowledge back."""
     from .jailbreaks import summarise_sides
@@ -67,8 +67,8 @@ def quantization_attack(model, tokenizer, wb, forget_domains, retain_domains, cf
             continue
         kw = dict(split=cfg.split, n_items=cfg.n_items, n_boot=cfg.bootstrap_samples, seed=cfg.seed,
                   batch_size=cfg.batch_size, ppl=False)
-        forget = knowledge_probes(qmodel, tokenizer, wb, forget_domains, **kw)
-        retain = knowledge_probes(qmodel, tokenizer, wb, retain_domains, mc=False, **kw)
+        forget = knowledge_probes(qmodel, tokenizer, suite, forget_domains, **kw)
+        retain = knowledge_probes(qmodel, tokenizer, suite, retain_domains, mc=False, **kw)
         summary = summarise_sides({"forget": forget, "retain": retain})
         out["schemes"][scheme] = {"quantized_modules": n_mod, "by_domain": {"forget": forget, "retain": retain}, **summary,
                                   "forget_gap": summary["forget"] - base["forget"],

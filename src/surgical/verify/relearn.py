@@ -20,27 +20,32 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..models import float_copy
-from ..world.teacher import PadCollator, encode_example, max_worked_tokens
+from ..data import PadCollator, encode_example
+from ..suite import format_prompt
 from .bootstrap import recovery_auc, steps_to_fraction
-from .probes import exact_match_hits
+from .probes import primary_hits
 
 
-def training_examples(wb, domains: Sequence[str], n: int, seed: int) -> list[tuple[str, str]]:
-    """``n`` distinct (worked prompt, worked answer) pairs from the TRAIN split, spread over ``domains``."""
+def training_examples(suite, domains: Sequence[str], n: int, seed: int, tokenizer=None) -> list[tuple[str, str]]:
+    """``n`` distinct (prompt, completion) pairs from the suite's ``attack`` records of ``domains`` (never its
+    eval items); prompts in each domain's chat format when ``tokenizer`` is given."""
     rng = random.Random(seed)
-    pool = [p for d in domains for p in wb.splits.train[d]]
-    return [(p.worked_prompt, p.worked_target) for p in rng.sample(pool, min(n, len(pool)))]
+    pool = [(d, r) for d in domains for r in suite[d].attack]
+    picks = rng.sample(pool, min(n, len(pool)))
+    if tokenizer is None:
+        return [(r["prompt"], r["completion"]) for _, r in picks]
+    return [(format_prompt(tokenizer, r["prompt"], suite[d].chat), r["completion"]) for d, r in picks]
 
 
-def forget_eval_fn(tokenizer, wb, domains: Sequence[str], split: str, n_items: int,
+def forget_eval_fn(tokenizer, suite, domains: Sequence[str], split: str, n_items: int,
                    batch_size: int = 64) -> Callable:
-    """model -> mean exact match over the first ``n_items`` eval items of each of ``domains``."""
-    sets = [(wb.exact_match_sets[split][d][:n_items], max_worked_tokens(wb, d)) for d in domains]
+    """model -> mean over ``domains`` of the primary metric (QA under the domain's scorer, else MC) on the first
+    ``n_items`` eval items of each."""
 
     def evaluate(model) -> float:
         accs = []
-        for recs, new_tokens in sets:
-            hits, _ = exact_match_hits(model, tokenizer, recs, new_tokens, batch_size=batch_size)
+        for d in domains:
+            hits = primary_hits(model, tokenizer, suite[d], split, n_items, batch_size)
             accs.append(sum(hits) / len(hits))
         return sum(accs) / len(accs)
 
@@ -105,21 +110,24 @@ def _run_jobs(jobs: list[tuple], workers: int, progress=None) -> list[list[tuple
     return fork_map(lambda i: finetune_curve(*jobs[i]), len(jobs), workers, progress)
 
 
-def relearning_attack(model, tokenizer, wb, forget_domains: Sequence[str], retain_domains: Sequence[str], cfg,
+def relearning_attack(model, tokenizer, suite, forget_domains: Sequence[str], retain_domains: Sequence[str], cfg,
                       teacher_forget: float, split: str, progress=None) -> dict:
     """The LR sweep on forbidden data (attacker's best = largest area under the recovery curve, ties to the
     fewest steps to 50%) and the benign run on allowed data. ``teacher_forget`` is the reference's forget
     exact match on the same eval items (1.0 when no reference is given). The runs are independent and may
     run in parallel processes (``sweep_workers``); each run is seeded, so the curves do not depend on it
     except through the thread count of a run."""
-    evaluate = forget_eval_fn(tokenizer, wb, forget_domains, split, cfg.relearn_eval_items, cfg.batch_size)
+    evaluate = forget_eval_fn(tokenizer, suite, forget_domains, split, cfg.relearn_eval_items, cfg.batch_size)
     stop_at = teacher_forget if cfg.relearn_early_stop else None
-    forbidden = training_examples(wb, forget_domains, cfg.relearn_examples, cfg.seed)
+    forbidden = training_examples(suite, forget_domains, cfg.relearn_examples, cfg.seed, tokenizer)
+    if not forbidden:
+        return {"skipped": "the suite has no attack records for the forget domains"}
     common = (cfg.relearn_max_steps, cfg.relearn_batch_size, cfg.relearn_eval_steps, cfg.seed)
     jobs = [(model, tokenizer, forbidden, evaluate, lr, *common, stop_at) for lr in cfg.relearn_lrs]
     benign_lr = cfg.benign_lr or max(cfg.relearn_lrs)
-    if cfg.benign_relearn:
-        allowed = training_examples(wb, retain_domains, cfg.relearn_examples, cfg.seed + 1)
+    allowed = training_examples(suite, retain_domains, cfg.relearn_examples, cfg.seed + 1, tokenizer) \
+        if cfg.benign_relearn else []
+    if allowed:
         jobs.append((model, tokenizer, allowed, evaluate, benign_lr, *common, None))
     curves = _run_jobs(jobs, sweep_workers(cfg, model), progress)
     runs = {f"{lr:g}": summarise_curve(c, cfg.relearn_max_steps, teacher_forget)
@@ -131,6 +139,6 @@ def relearning_attack(model, tokenizer, wb, forget_domains: Sequence[str], retai
            "best": best, "max_final": max(r["final"] for r in runs.values()),
            "min_steps_to_half_teacher": min((r["steps_to_half_teacher"] for r in runs.values()
                                              if r["steps_to_half_teacher"] is not None), default=None)}
-    if cfg.benign_relearn:
+    if allowed:
         out["benign"] = {"lr": benign_lr, **summarise_curve(curves[-1], cfg.relearn_max_steps, teacher_forget)}
     return out

@@ -133,11 +133,11 @@ def tables(record: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     for name, s in record["summary_by_model"].items():
         rel = (record.get("relearning") or {}).get(name) or {}
         ic = record["in_context"].get(name, {})
-        ic_with = [v["with_facts"]["value"] for v in ic.values()]
+        ic_with = [v["with_facts"]["value"] for v in ic.values() if "with_facts" in v]
         rows.append([name, _fmt(s["forget"]), _fmt(s["forget_mc"]), _fmt(s["retain"]),
                      _fmt(sum(ic_with) / len(ic_with) if ic_with else None),
                      str(rel.get("min_steps_to_half_teacher", "n/a")), _fmt(rel.get("best", {}).get("auc"), pct=False)])
-    out.append(("Model against references", ["model", "forget exact match", "forget MC", "retain exact match",
+    out.append(("Model against references", ["model", "forget exact match", "forget MC", "retain",
                                              "in-context use (facts given)", "relearn steps to 50% of teacher",
                                              "relearn AUC"], rows))
     kn = record["knowledge"]["model"]

@@ -10,14 +10,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import WorldConfig
 from ..io import provenance, write_json
-from ..world import FORBIDDEN_DOMAINS, RETAIN_DOMAINS
 from .config import VerifyConfig
 from .parallel import auto_workers
 
 EXIT_PASS, EXIT_ERROR, EXIT_FAIL = 0, 1, 2
-MC_DOMAINS = ("add", "sub", "mul", "div")
 
 
 class VerifyInputError(ValueError):
@@ -32,18 +29,24 @@ class VerifyResult:
     record: dict
 
 
-def policy_domains(policy) -> tuple[list[str], list[str]]:
-    """(forget, retain) world domains with MC and exact-match sets; a policy naming none gets the world's."""
-    forget = [f.name for f in policy.forbidden if f.name in MC_DOMAINS] or [d for d in FORBIDDEN_DOMAINS
-                                                                           if d in MC_DOMAINS]
-    retain = [a.name for a in policy.allowed if a.name in MC_DOMAINS] or list(RETAIN_DOMAINS)
-    overlap = set(forget) & set(retain)
-    if overlap:
-        raise VerifyInputError(f"policy lists {sorted(overlap)} as both forbidden and allowed")
-    return forget, retain
+def policy_domains(policy, suite) -> tuple[list[str], list[str], list[str]]:
+    """(gated forget, retain, cross-domain) domains: the policy's, checked against the suite (a policy domain
+    the suite has no data for is an error naming it). Forget domains the suite marks ``gate: false`` are
+    measured as cross-domain figures, outside the verdict."""
+    from ..suite import SuiteError, check_policy
+
+    try:
+        forget, retain = check_policy(suite, policy)
+    except SuiteError as exc:
+        raise VerifyInputError(str(exc)) from None
+    gated = [d for d in forget if suite[d].spec.gate]
+    cross = [d for d in forget if d not in gated]
+    cross += [d for d in suite.role("forget") if not suite[d].spec.gate and d not in cross]
+    return gated, retain, cross
 
 
-def _load(model_dir, wb):
+def _load(model_dir):
+    from ..data import ensure_pad_token
     from ..models import load_model, load_tokenizer
 
     if (Path(model_dir) / "quantize.json").exists():  # a quantized dir that only surgical can reload
@@ -54,11 +57,14 @@ def _load(model_dir, wb):
         model = load_model(model_dir)
     try:
         tokenizer = load_tokenizer(model_dir)
-    except Exception:  # a model dir saved without its tokenizer: the world's own
-        tokenizer = wb.tokenizer
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    except Exception as exc:  # no fallback to another tokenizer: scores would be silently wrong
+        raise VerifyInputError(f"{model_dir}: no tokenizer could be loaded ({exc.__class__.__name__}); save the "
+                               "tokenizer next to the model") from None
+    return model, ensure_pad_token(tokenizer)
+
+
+def _same_tokenizer(a, b) -> bool:
+    return a.get_vocab() == b.get_vocab()
 
 
 def _ref_names(reference_dirs: Sequence[str | Path]) -> list[str]:
@@ -69,28 +75,34 @@ def _ref_names(reference_dirs: Sequence[str | Path]) -> list[str]:
     return names
 
 
-def run(model_dir: str | Path, policy, out_dir: str | Path, reference_dirs: Sequence[str | Path] = (),
-        cfg: VerifyConfig | None = None, world: WorldConfig | None = None, jailbreak_dirs: Sequence[str | Path] = (),
+def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dirs: Sequence[str | Path] = (),
+        cfg: VerifyConfig | None = None, jailbreak_dirs: Sequence[str | Path] = (),
         show_generations: bool = False, policy_path: str | Path | None = None,
         log: Callable[[str], None] | None = None) -> VerifyResult:
-    """Run the battery on ``model_dir`` against ``policy`` (a Policy); the first reference is the teacher
-    the retain ratio and the relearning target are measured against."""
-    from ..world import build_world
+    """Run the battery on ``model_dir`` against ``policy`` (a Policy) with the eval data of ``suite`` (a Suite or
+    a suite YAML path); the first reference is the teacher the retain ratio and the relearning target are
+    measured against."""
+    from ..suite import Suite, SuiteError, load_suite
     from . import incontext, jailbreaks, latent, probes, quant_attack, relearn
     from .report import write_reports
     from .verdict import compute_verdict
 
     cfg = cfg or VerifyConfig()
     log = log or (lambda _msg: None)
-    if not policy.world:
-        raise VerifyInputError("policy.world is false: verify builds its eval sets from the arithmetic world only "
-                               "(set `world: true` in the policy)")
+    if not isinstance(suite, Suite):
+        try:
+            suite = load_suite(suite)
+        except SuiteError as exc:
+            raise VerifyInputError(str(exc)) from None
     torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir)
-    wb = build_world(world or WorldConfig())
-    forget, retain = policy_domains(policy)
+    forget, retain, cross = policy_domains(policy, suite)
     families = jailbreaks.load_families(jailbreak_dirs)
     if cfg.jailbreak_families is not None:
+        unknown = sorted(set(cfg.jailbreak_families) - {f.family for f in families})
+        if unknown:
+            raise VerifyInputError(f"verify.jailbreak_families: unknown family {unknown}; known: "
+                                   f"{sorted(f.family for f in families)}")
         families = [f for f in families if f.family in cfg.jailbreak_families]
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -105,18 +117,27 @@ def run(model_dir: str | Path, policy, out_dir: str | Path, reference_dirs: Sequ
                 timings[name] = round(time.perf_counter() - self.t, 2)
         return _T()
 
-    model, tok = _load(model_dir, wb)
-    refs = {n: _load(d, wb)[0] for n, d in zip(_ref_names(reference_dirs), reference_dirs, strict=True)}
-    alphabet_issues = {f"{f.family}/{t.id}": sorted(c)
-                       for f in families for t in f.templates
-                       if (c := {ch for ch in jailbreaks.literal_text(t) if tok.convert_tokens_to_ids(ch) == tok.unk_token_id})}
+    model, tok = _load(model_dir)
+    refs = {}
+    for n, d in zip(_ref_names(reference_dirs), reference_dirs, strict=True):
+        ref_model, ref_tok = _load(d)
+        if not _same_tokenizer(tok, ref_tok):
+            raise VerifyInputError(f"reference {d}: its tokenizer differs from the model's; the battery scores "
+                                   "both with the model's tokenizer, so a reference must share it")
+        refs[n] = ref_model
+    alphabet_issues = {}
+    if tok.unk_token_id is not None:  # a tokenizer with <unk> (the world's characters): which template chars map to it
+        alphabet_issues = {f"{f.family}/{t.id}": sorted(c) for f in families for t in f.templates
+                           if (c := {ch for ch in jailbreaks.literal_text(t)
+                                     if tok.convert_tokens_to_ids(ch) == tok.unk_token_id})}
     pk = dict(split=cfg.split, n_items=cfg.n_items, n_boot=cfg.bootstrap_samples, seed=cfg.seed,
               batch_size=cfg.batch_size)
 
     def baseline_of(m):
-        res = probes.knowledge_probes(m, tok, wb, forget + retain, **pk)
-        res["mixed"] = probes.domain_probe(m, tok, wb, "mixed", cfg.split, cfg.n_items, cfg.bootstrap_samples,
-                                           cfg.seed, cfg.batch_size, mc=False)
+        res = probes.knowledge_probes(m, tok, suite, forget + retain, **pk)
+        for d in cross:
+            res[d] = probes.domain_probe(m, tok, suite[d], cfg.split, cfg.n_items, cfg.bootstrap_samples,
+                                         cfg.seed, cfg.batch_size, mc=False)
         return res
 
     with timed("knowledge probes"):
@@ -126,7 +147,7 @@ def run(model_dir: str | Path, policy, out_dir: str | Path, reference_dirs: Sequ
     attacks = {"none": side["model"]}
 
     with timed("jailbreak battery"):
-        battery = jailbreaks.run_battery(model, tok, wb, families, forget, retain, cfg.split, cfg.jailbreak_items,
+        battery = jailbreaks.run_battery(model, tok, suite, families, forget, retain, cfg.split, cfg.jailbreak_items,
                                          cfg.jailbreak_max_shots, cfg.bootstrap_samples, cfg.seed, cfg.batch_size,
                                          show_generations,
                                          workers=auto_workers(cfg.workers, cfg.threads, model))
@@ -134,12 +155,12 @@ def run(model_dir: str | Path, policy, out_dir: str | Path, reference_dirs: Sequ
         attacks[f"jailbreak:{fam}"] = attack_summary(res)
 
     with timed("in-context use"):
-        in_context = {n: incontext.in_context_use(m, tok, wb, forget, cfg.split, cfg.in_context_items,
+        in_context = {n: incontext.in_context_use(m, tok, suite, forget, cfg.split, cfg.in_context_items,
                                                   cfg.bootstrap_samples, cfg.seed, cfg.batch_size)
                       for n, m in {"model": model, **refs}.items()}
 
     with timed("quantization attack"):
-        quant = quant_attack.quantization_attack(model, tok, wb, forget, retain, cfg, baseline["model"])
+        quant = quant_attack.quantization_attack(model, tok, suite, forget, retain, cfg, baseline["model"])
     for scheme, res in quant["schemes"].items():
         if "error" not in res:
             attacks[f"quant:{scheme}"] = attack_summary(res)
@@ -148,11 +169,11 @@ def run(model_dir: str | Path, policy, out_dir: str | Path, reference_dirs: Sequ
         ref_hits = None
         if refs:
             first = next(iter(refs.values()))
-            ref_hits = {d: probes.exact_match_hits(first, tok, wb.exact_match_sets["val"][d][: cfg.ablation_items],
-                                                   _max_tokens(wb, d), batch_size=cfg.batch_size)[0] for d in forget}
-        ablation = latent.direction_ablation_attack(model, tok, wb, forget, retain, cfg, ref_hits)
+            ref_hits = {d: probes.primary_hits(first, tok, suite[d], "val", cfg.ablation_items, cfg.batch_size)
+                        for d in forget}
+        ablation = latent.direction_ablation_attack(model, tok, suite, forget, retain, cfg, ref_hits)
         attacks["direction_ablation"] = attack_summary(ablation)
-        latent_res = latent.latent_report(model, tok, wb, forget, retain, cfg, refs)
+        latent_res = latent.latent_report(model, tok, suite, forget, retain, cfg, refs)
 
     relearning = None
     if cfg.relearn:
@@ -160,17 +181,17 @@ def run(model_dir: str | Path, policy, out_dir: str | Path, reference_dirs: Sequ
             teacher_forget = 1.0
             if refs:
                 first = next(iter(refs.values()))
-                teacher_forget = relearn.forget_eval_fn(tok, wb, forget, cfg.split, cfg.relearn_eval_items,
+                teacher_forget = relearn.forget_eval_fn(tok, suite, forget, cfg.split, cfg.relearn_eval_items,
                                                         cfg.batch_size)(first)
-            relearning = {"model": relearn.relearning_attack(model, tok, wb, forget, retain, cfg, teacher_forget,
+            relearning = {"model": relearn.relearning_attack(model, tok, suite, forget, retain, cfg, teacher_forget,
                                                              cfg.split)}
             ref_cfg = cfg.model_copy(update={"benign_relearn": False})
             for n, r in (refs.items() if cfg.relearn_references else ()):
-                relearning[n] = relearn.relearning_attack(r, tok, wb, forget, retain, ref_cfg, teacher_forget,
+                relearning[n] = relearn.relearning_attack(r, tok, suite, forget, retain, ref_cfg, teacher_forget,
                                                           cfg.split)
 
-    retention = {"retain": {d: baseline["model"][d]["exact_match"] for d in retain},
-                 "cross_domain": {"mixed": baseline["model"]["mixed"]["exact_match"]}}
+    retention = {"retain": {d: baseline["model"][d]["primary"] for d in retain},
+                 "cross_domain": {d: baseline["model"][d].get("primary") for d in cross}}
     retain_ratio = None
     if refs:
         teacher_retain = side[next(iter(refs))]["retain"]
@@ -182,7 +203,8 @@ def run(model_dir: str | Path, policy, out_dir: str | Path, reference_dirs: Sequ
     note = ("skipped: no reference model given" if not refs else
             "skipped: the reference answers no retain item, so the ratio is undefined")
     verdict = compute_verdict(attacks, retain_ratio, policy.thresholds,
-                              relearning["model"] if relearning else None, cfg.verdict_mc_statistic, note)
+                              relearning["model"] if relearning and "skipped" not in relearning["model"] else None,
+                              cfg.verdict_mc_statistic, note)
     timings["total"] = round(time.perf_counter() - t_all, 2)
     record = {
         "verdict": verdict["verdict"],
@@ -190,7 +212,8 @@ def run(model_dir: str | Path, policy, out_dir: str | Path, reference_dirs: Sequ
         "model": str(model_dir),
         "references": dict(zip(_ref_names(reference_dirs), map(str, reference_dirs), strict=True)),
         "policy": policy.name,
-        "domains": {"forget": forget, "retain": retain},
+        "suite": {"name": suite.name, "path": str(suite.path), "data_sha256": suite.data_hash},
+        "domains": {"forget": forget, "retain": retain, "cross_domain": cross},
         "thresholds": policy.thresholds.model_dump(),
         "attacks": attacks,
         "knowledge": baseline,
@@ -207,7 +230,7 @@ def run(model_dir: str | Path, policy, out_dir: str | Path, reference_dirs: Sequ
         "provenance": provenance(cfg, inputs={"model": model_dir, "policy": policy_path,
                                               **{f"reference:{n}": d for n, d in
                                                  zip(_ref_names(reference_dirs), reference_dirs, strict=True)}},
-                                 world=(world or WorldConfig()).model_dump(), world_data_sha256=wb.data_hash),
+                                 suite_data_sha256=suite.data_hash, suite_files_sha256=suite.file_hashes),
     }
     write_json(out_dir / "verify.json", record)
     write_reports(record, out_dir)
@@ -218,9 +241,3 @@ def run(model_dir: str | Path, policy, out_dir: str | Path, reference_dirs: Sequ
 def attack_summary(res: dict) -> dict:
     """The domain-averaged figures (forget, forget_mc, retain and their CIs) of one attack's result."""
     return {k: v for k, v in res.items() if k.startswith(("forget", "retain")) and not k.endswith("_gap")}
-
-
-def _max_tokens(wb, domain):
-    from ..world.teacher import max_worked_tokens
-
-    return max_worked_tokens(wb, domain)
