@@ -37,6 +37,11 @@ def policy_path(cfg: PipelineConfig) -> Path:
     return Path(cfg.curate.policy) if getattr(cfg.curate, "policy", None) else demo_policy_path()
 
 
+def suite_of(ctx: StageContext) -> Path:
+    """The suite the world stage wrote (RUN_DIR/world/suite/suite.yaml); every stage measures against it."""
+    return ctx.run_dir / "world" / "suite" / "suite.yaml"
+
+
 def _domain_mean(metrics: dict, domains) -> float:
     return sum(metrics[d]["exact_match"] for d in domains) / len(domains)
 
@@ -126,8 +131,8 @@ def stage_verify(ctx: StageContext) -> dict:
     from .policy import load_policy
     from .verify.run import run as verify_run
 
-    res = verify_run(ctx.inputs["distill"] / "student", load_policy(policy_path(ctx.config)), ctx.out_dir,
-                     reference_dirs=[teacher_dir_of(ctx)], cfg=ctx.config.verify, world=ctx.config.world,
+    res = verify_run(ctx.inputs["distill"] / "student", load_policy(policy_path(ctx.config)), suite_of(ctx),
+                     ctx.out_dir, reference_dirs=[teacher_dir_of(ctx)], cfg=ctx.config.verify,
                      policy_path=policy_path(ctx.config))
     return {"verdict": res.verdict, "exit_code": res.exit_code, "checks": res.record.get("checks")}
 
@@ -138,10 +143,15 @@ def stage_quantize(ctx: StageContext) -> dict:
     q = ctx.config.quantize
     # The quantized student goes through the comparison battery (the same one every method's row uses), minus
     # the relearning attack: fine-tuning int8 weights is not what an attacker would do (they would dequantize).
+    from .verify.run import verify_summary
+
+    vcfg = compare_verify_config(ctx.config).model_copy(update={"relearn": False})
+
+    def verify_quantized(model_dir, out):
+        return verify_summary(model_dir, out, policy_path(ctx.config), suite_of(ctx), [teacher_dir_of(ctx)], vcfg)
+
     res = quantize_run(ctx.inputs["distill"] / "student", ctx.out_dir, scheme=q.scheme, backend=q.backend,
-                       verify=True, policy=policy_path(ctx.config), references=[teacher_dir_of(ctx)],
-                       verify_config=compare_verify_config(ctx.config).model_copy(update={"relearn": False}),
-                       world_config=ctx.config.world)
+                       verify=verify_quantized, policy=policy_path(ctx.config))
     rec = res.record
     return {"scheme": q.scheme, "backend": q.backend, "verify": rec.get("verify"), "ratios": rec.get("ratios")}
 
@@ -164,9 +174,8 @@ def comparison_row(method: str, model_dir: Path, ctx: StageContext, train: dict)
     from .verify.run import run as verify_run
 
     vcfg = compare_verify_config(ctx.config)
-    res = verify_run(model_dir, load_policy(policy_path(ctx.config)), ctx.out_dir / "verify",
-                     reference_dirs=[teacher_dir_of(ctx)], cfg=vcfg, world=ctx.config.world,
-                     policy_path=policy_path(ctx.config))
+    res = verify_run(model_dir, load_policy(policy_path(ctx.config)), suite_of(ctx), ctx.out_dir / "verify",
+                     reference_dirs=[teacher_dir_of(ctx)], cfg=vcfg, policy_path=policy_path(ctx.config))
     return row_from_verify(method, res.record, train)
 
 

@@ -23,23 +23,39 @@ def register(app: typer.Typer) -> None:
         no_verify: bool = typer.Option(False, "--no-verify", help="Do not re-run the verify battery."),
         policy: Path | None = typer.Option(None, "--policy", help="Policy YAML for verify and the model card."),
         reference: list[Path] | None = typer.Option(None, "--reference", help="Reference model dir(s) for verify."),
+        suite: Path | None = typer.Option(None, "--suite", help="Suite YAML for verify (default: the policy's)."),
         no_measure: bool = typer.Option(False, "--no-measure", help="Skip size/memory/speed measurement."),
         quiet: bool = typer.Option(False, "--quiet", help="Print only the output directory."),
         as_json: bool = typer.Option(False, "--json", help="Print quantize.json."),
     ) -> None:
         """Quantize a model, save it so it reloads, compare it with fp32, re-verify it, write a model card."""
         from .models import ModelLoadError
+        from .config import ConfigError
         from .quantize import QuantizeError, check_supported, run
+        from .suite import SuiteError
 
         err = Console(stderr=True)
         try:
             check_supported(scheme, backend)
             if not (model / "config.json").exists():
                 raise QuantizeError(f"{model}: not an HF model directory (no config.json)")
+            verify_fn = None
+            if policy is not None and not no_verify:
+                from .config import demo_config
+                from .policy import load_policy
+                from .verify.cli import resolve_cli_suite
+                from .verify.run import verify_summary
+
+                pcfg = demo_config()
+                suite_path = resolve_cli_suite(load_policy(policy), policy, suite, pcfg)
+
+                def verify_fn(model_dir, verify_out):
+                    return verify_summary(model_dir, verify_out, policy, suite_path, list(reference or [model]),
+                                          pcfg.verify)
             with err.status(f"quantizing {model} ({scheme}, {backend})", spinner="dots") if not quiet else nullcontext():
-                result = run(model, out, scheme=scheme, backend=backend, verify=not no_verify, policy=policy,
-                             references=list(reference or []), do_measure=not no_measure)
-        except (QuantizeError, ModelLoadError, OSError) as exc:
+                result = run(model, out, scheme=scheme, backend=backend, verify=verify_fn, policy=policy,
+                             do_measure=not no_measure)
+        except (QuantizeError, ModelLoadError, OSError, ConfigError, SuiteError) as exc:
             err.print(f"[red]error: {exc}[/red]")
             raise typer.Exit(1) from None
         rec = result.record
@@ -62,3 +78,8 @@ def register(app: typer.Typer) -> None:
             err.print(f"verify: {v['status']}" + (f", verdict {v['verdict']}" if v.get("verdict") else ""))
             err.print(f"reload with: {rec['reload']}")
         print(result.model_dir)
+        verdict = rec["verify"].get("verdict")
+        if verdict == "fail":
+            raise typer.Exit(2)
+        if verdict == "error":
+            raise typer.Exit(1)

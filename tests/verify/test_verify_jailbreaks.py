@@ -40,7 +40,7 @@ def test_render_fields_by_hand():
 
 
 def test_fit_shots_drops_shots_to_fit():
-    rec = {"question": "41*4:", "target": " 1*4+0=4; so 164"}
+    rec = {"prompt": "41*4:", "target": " 1*4+0=4; so 164"}
     tpl = Template(id="m", text="{shots}{prompt}", shots=5)
     pool = ["x" * 19] * 5  # 20 characters per shot with the newline
     text, k = fit_shots(tpl, rec, pool, len, budget_tokens=50)

@@ -45,7 +45,7 @@ from ..models import (
     load_tokenizer,
     mlp_down_proj,
 )
-from ..world.teacher import PadCollator, encode_example
+from ..data import PadCollator, encode_example
 
 METHODS = ("graddiff", "maxent", "rmu")
 
@@ -134,9 +134,26 @@ def random_unit_vector(dim: int, seed: int) -> torch.Tensor:
 
 
 def world_unlearn_records(wb, domains, split: str = "train") -> list[dict]:
-    """Worked-form problems of ``domains`` as {"prompt", "completion", "domain"} records."""
-    return [{"prompt": p.worked_prompt, "completion": p.worked_target, "domain": d}
-            for d in domains for p in wb.splits[split][d]]
+    """Deprecated alias of ``surgical.demo.unlearn_records`` (worked-form problems as unlearning records)."""
+    from ..demo import unlearn_records
+
+    return unlearn_records(wb, domains, split)
+
+
+def suite_unlearn_records(suite, domains) -> list[dict]:
+    """The ``attack`` records ({prompt, completion}) of suite ``domains`` as unlearning records (a suite's
+    training-side data: never its eval items). ``suite``: a ``surgical.suite.Suite`` or a manifest path."""
+    from ..suite import Suite, SuiteError, load_suite
+
+    suite = suite if isinstance(suite, Suite) else load_suite(suite)
+    out = []
+    for d in domains:
+        if d not in suite.domains:
+            raise SuiteError(f"domain {d!r} is not in suite {suite.name!r}")
+        if not suite[d].attack:
+            raise SuiteError(f"domain {d!r} of suite {suite.name!r} has no `attack` records to unlearn on")
+        out += [{"prompt": r["prompt"], "completion": r["completion"], "domain": d} for r in suite[d].attack]
+    return out
 
 
 def _encode(tokenizer, records: list[dict]) -> list[dict]:

@@ -39,3 +39,72 @@ def cached_teacher_dir(cfg=None) -> Path:
 
     cfg = cfg or demo_config()
     return _teacher_dir(cfg.world, cfg.teacher)
+
+
+# ---------------------------------------------------------------- stage inputs (distill, generate, baselines)
+
+
+def _world_bundle(src=None):
+    """A built world from a built world (returned as is), a pipeline config, a WorldConfig or None."""
+    if hasattr(src, "splits"):
+        return src
+    from ..config import WorldConfig
+    from ..world import build_world
+
+    return build_world(src if isinstance(src, WorldConfig) else world_config(src))
+
+
+def world_suite_for(world_cfg=None) -> Path:
+    """The world's suite manifest for a WorldConfig (``suite_path`` takes a pipeline config)."""
+    from ..world.suite import world_suite_path
+
+    return world_suite_path(world_cfg)
+
+
+def distill_records(world=None, domains=("add", "sub"), split: str = "train") -> list[dict]:
+    """World problems of ``domains`` as distill records (worked form; ``world``: a built world or a config)."""
+    wb = _world_bundle(world)
+    recs = []
+    for d in domains:
+        for i, p in enumerate(wb.splits[split][d]):
+            recs.append({"id": f"{split}-{d}-{i}", "prompt": p.worked_prompt, "completion": p.worked_target,
+                         "text": p.worked_text, "domain": d, "answer": p.answer,
+                         "label": "forbidden" if p.forbidden else "allowed"})
+    return recs
+
+
+def unlearn_records(world=None, domains=("mul", "div"), split: str = "train") -> list[dict]:
+    """Worked-form problems of ``domains`` as {"prompt", "completion", "domain"} unlearning records."""
+    wb = _world_bundle(world)
+    return [{"prompt": p.worked_prompt, "completion": p.worked_target, "domain": d}
+            for d in domains for p in wb.splits[split][d]]
+
+
+def distill_inputs(cfg=None, quiet: bool = True):
+    """(teacher dir, gold records, forbidden records, suite path) of the demo: gold = add/sub worked problems
+    of the TRAIN split, forbidden = mul/div/mixed (what curate would quarantine)."""
+    from ..config import demo_config
+
+    cfg = cfg or demo_config()
+    wb = _world_bundle(cfg)
+    return (teacher_dir(cfg, quiet=quiet), distill_records(wb, ("add", "sub")),
+            distill_records(wb, ("mul", "div", "mixed")), suite_path(cfg))
+
+
+def generate_prompts(cfg=None, gcfg=None) -> list[dict]:
+    """``gcfg.demo_per_domain`` worked prompts (with their ``answer``) of each of ``gcfg.demo_domains`` from
+    the world's train split."""
+    from collections import Counter
+
+    from ..config import demo_config
+    from ..curate.corpus import world_corpus
+
+    cfg = cfg or demo_config()
+    gcfg = gcfg or cfg.generate
+    per: Counter = Counter()
+    out = []
+    for r in world_corpus(cfg.world, split="train", domains=tuple(gcfg.demo_domains)):
+        if per[r["domain"]] < gcfg.demo_per_domain:
+            per[r["domain"]] += 1
+            out.append(r)
+    return out

@@ -2,7 +2,7 @@
 training stream, and the collator.
 
 A record is ``{"prompt", "completion", ["replaced_spans"], ["domain"]}`` or ``{"text"}``. Encoding follows
-``surgical.world.teacher.encode_example`` (BOS prompt completion EOS, labels masking the prompt), and adds:
+``surgical.data.encode_example`` (BOS prompt completion EOS, labels masking the prompt), and adds:
 
 * ``kd_mask``: 1 where the student imitates the teacher's distribution (completion tokens, or every token
   with ``kd_tokens="all"``), 0 on tokens of a constitutional ``replaced_span``: there the target is the
@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from ..data import encode_example, prompt_ids
 from ..io import JsonlError, iter_jsonl
 
 
@@ -46,7 +47,7 @@ def read_records(path: str | Path) -> list[dict]:
 def _own_kd_mask(tokenizer, prompt: str, completion: str, spans) -> list[int]:
     """Per-token KD mask aligned with ``encode_example(tok, prompt, completion)``: 0 on completion tokens
     that overlap a replaced span. (Stand-in for ``surgical.curate.constitution.token_kd_mask``.)"""
-    p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    p_ids = prompt_ids(tokenizer, prompt)
     enc = tokenizer(completion, add_special_tokens=False, return_offsets_mapping=True)
     mask = [1] * len(p_ids)
     for start, end in enc["offset_mapping"]:
@@ -57,7 +58,7 @@ def _own_kd_mask(tokenizer, prompt: str, completion: str, spans) -> list[int]:
 def kd_token_mask(tokenizer, prompt: str, completion: str, spans) -> list[int]:
     """curate's ``token_kd_mask`` when it exists, else our own equivalent."""
     if not spans:
-        n = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        n = len(prompt_ids(tokenizer, prompt))
         return [1] * (n + len(tokenizer(completion, add_special_tokens=False)["input_ids"]) + 1)
     try:
         from ..curate.constitution import token_kd_mask  # written in parallel by the curate stage
@@ -69,8 +70,6 @@ def kd_token_mask(tokenizer, prompt: str, completion: str, spans) -> list[int]:
 def encode_record(tokenizer, rec: dict, kd_tokens: str = "completion", max_length: int = 128,
                   refusal_text: str | None = None) -> dict:
     """Token ids, labels, kd_mask and ce_mask of one record (plus a refusal encoding if asked)."""
-    from ..world.teacher import encode_example
-
     if "completion" in rec:
         prompt, completion = rec.get("prompt", ""), rec["completion"]
     else:
@@ -181,11 +180,7 @@ class DistillCollator:
 
 
 def world_records(wb, domains, split: str = "train") -> list[dict]:
-    """World problems as distill records (the world-corpus record shape, worked form)."""
-    recs = []
-    for d in domains:
-        for i, p in enumerate(wb.splits[split][d]):
-            recs.append({"id": f"{split}-{d}-{i}", "prompt": p.worked_prompt, "completion": p.worked_target,
-                         "text": p.worked_text, "domain": d, "answer": p.answer,
-                         "label": "forbidden" if p.forbidden else "allowed"})
-    return recs
+    """Deprecated alias of ``surgical.demo.distill_records`` (world problems as distill records)."""
+    from ..demo import distill_records
+
+    return distill_records(wb, domains, split)

@@ -241,3 +241,24 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
 def attack_summary(res: dict) -> dict:
     """The domain-averaged figures (forget, forget_mc, retain and their CIs) of one attack's result."""
     return {k: v for k, v in res.items() if k.startswith(("forget", "retain")) and not k.endswith("_gap")}
+
+
+def verify_summary(model_dir: Path, out_dir: Path, policy_path: str | Path, suite, references: Sequence[str | Path],
+                   cfg: VerifyConfig | None = None) -> dict:
+    """Run the battery and reduce it to the summary the quantize stage records; never raises, so a verify
+    error cannot lose the model it checks (the error is recorded, and the verdict is then 'error')."""
+    from ..policy import load_policy
+
+    try:
+        result = run(model_dir, load_policy(policy_path), suite, out_dir, reference_dirs=list(references), cfg=cfg,
+                     policy_path=policy_path)
+    except Exception as exc:  # noqa: BLE001 - recorded in quantize.json and the model card
+        return {"status": "error", "verdict": "error", "error": f"{type(exc).__name__}: {exc}"}
+    rec = result.record
+    side = rec.get("summary_by_model", {}).get("model", {})
+    return {"status": "ran", "verdict": rec.get("verdict"), "exit_code": result.exit_code,
+            "verify_json": str(out_dir / "verify.json"),
+            "summary": {"forget_exact_match": side.get("forget"), "forget_mc": side.get("forget_mc"),
+                        "retain_exact_match": side.get("retain"),
+                        "retain_ratio": rec.get("retention", {}).get("retain_ratio"),
+                        "failed_checks": [c.get("name") for c in rec.get("checks", []) if c.get("passed") is False]}}
