@@ -16,9 +16,10 @@ from surgical.baselines.unlearn import (
     masked_token_ce,
     random_unit_vector,
     scaled_rmu_layer,
+    suite_unlearn_records,
     unlearn,
-    world_unlearn_records,
 )
+from surgical.demo import unlearn_records as world_unlearn_records
 from surgical.models import decoder_layers, mlp_down_proj
 
 # ---------------------------------------------------------------- pure functions
@@ -63,8 +64,8 @@ _PRETRAINED: dict = {}
 
 def _pretrained_tiny(family, world, tmp_path_factory):
     """A tiny model briefly trained on all four domains, so there is something to forget."""
+    from surgical.data import PadCollator, encode_example
     from surgical.models import make_tiny_model
-    from surgical.world.teacher import PadCollator, encode_example
 
     if family in _PRETRAINED:
         return _PRETRAINED[family]
@@ -137,3 +138,32 @@ def test_rejects_bad_input(world, tmp_path, unlearn_data):
         unlearn(tmp_path, "npo", forget, retain)
     with pytest.raises(ValueError, match="non-empty"):
         unlearn(tmp_path, "rmu", [], retain)
+
+
+def test_suite_unlearn_records_are_the_attack_records(tmp_path):
+    from surgical.io import write_jsonl
+    from surgical.suite import SuiteError
+
+    write_jsonl(tmp_path / "qa.jsonl", [{"prompt": "q", "answers": ["a"]}])
+    write_jsonl(tmp_path / "attack.jsonl", [{"prompt": "07*3:", "completion": " so 21"}])
+    (tmp_path / "suite.yaml").write_text("domains:\n  - {name: mul, role: forget, qa: qa.jsonl, attack: attack.jsonl}\n"
+                                         "  - {name: add, role: retain, qa: qa.jsonl}\n")
+    assert suite_unlearn_records(tmp_path / "suite.yaml", ["mul"]) == [
+        {"prompt": "07*3:", "completion": " so 21", "domain": "mul"}]
+    with pytest.raises(SuiteError, match="no `attack`"):
+        suite_unlearn_records(tmp_path / "suite.yaml", ["add"])
+    with pytest.raises(SuiteError, match="zzz"):
+        suite_unlearn_records(tmp_path / "suite.yaml", ["zzz"])
+
+
+def test_stage_modules_do_not_import_the_world():
+    import re
+    from pathlib import Path
+
+    import surgical
+
+    root = Path(surgical.__file__).parent
+    files = [*(root / "distill").glob("*.py"), *(root / "baselines").glob("*.py"), root / "curate" / "generate.py"]
+    pattern = re.compile(r"^\s*(from\s+(\.\.world|surgical\.world)\b|import\s+surgical\.world\b)", re.M)
+    offenders = [str(f.relative_to(root)) for f in files if pattern.search(f.read_text())]
+    assert not offenders, offenders

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
+from surgical.demo import distill_records as world_records
 from surgical.distill.cache import CacheError, TopKCache, cache_bytes_per_token, cache_logits
-from surgical.distill.data import DistillCollator, encode_record, world_records
+from surgical.distill.data import DistillCollator, encode_record
 from surgical.distill.losses import kd_loss, kd_loss_topk
 from surgical.models import make_tiny_model
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from surgical.distill.data import DistillCollator, encode_record, world_records
+from surgical.demo import distill_records as world_records
+from surgical.distill.data import DistillCollator, encode_record
 from surgical.distill.losses import kd_loss, maxent_penalty, rmu_forget_loss
 from surgical.distill.penalties import (
     away_term,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from surgical.demo import distill_records as world_records
 from surgical.distill.config import DistillConfig
-from surgical.distill.data import world_records
-from surgical.distill.run import run
+from surgical.distill.run import run, suite_metrics
 from surgical.io import write_jsonl
 from surgical.models import make_tiny_model
 
@@ -184,3 +184,90 @@ def test_teacher_layers_student_from_the_map(files, tmp_path):
     rec = json.loads((tmp_path / "o" / "distill.json").read_text())
     assert rec["layers"] == {"align_pairs": [[1, 0]], "rmu_pairs": [[0, 0]]}
     assert "term_hidden" in res.record["curves"][-1] and "term_rmu_forget" in res.record["curves"][-1]
+
+
+def write_small_suite(d: Path) -> Path:
+    """A two-domain suite in arithmetic text (the world tokenizer's alphabet): QA (val + test) and MC for a
+    forget domain (scorer regex) and a retain domain (scorer contains, MC only on test)."""
+    d.mkdir(parents=True, exist_ok=True)
+    qa = lambda op, f: [{"prompt": f"{a:02d}{op}{b:02d}:", "answers": [str(f(a, b))]}  # noqa: E731
+                        for a, b in ((3, 4), (12, 5), (7, 9), (21, 3))]
+    mc = lambda op, f: [{"question": f"{a:02d}{op}{b:02d}:", "choices": [f" so {f(a, b)}", f" so {f(a, b) + 1}"],  # noqa: E731
+                         "gold": 0} for a, b in ((2, 2), (8, 1), (6, 3))]
+    write_jsonl(d / "mul-qa.jsonl", qa("*", lambda a, b: a * b))
+    write_jsonl(d / "mul-mc.jsonl", mc("*", lambda a, b: a * b))
+    write_jsonl(d / "add-qa.jsonl", qa("+", lambda a, b: a + b))
+    write_jsonl(d / "add-qa-val.jsonl", qa("+", lambda a, b: a + b)[:2])
+    write_jsonl(d / "add-mc.jsonl", mc("+", lambda a, b: a + b))
+    (d / "suite.yaml").write_text(
+        "name: small\ndomains:\n"
+        "  - {name: mul, role: forget, qa: mul-qa.jsonl, mc: mul-mc.jsonl, scorer: regex, "
+        "answer_regex: 'so (-?\\d+)', max_new_tokens: 6, target_delimiter: ''}\n"
+        "  - {name: add, role: retain, qa: {test: add-qa.jsonl, val: add-qa-val.jsonl}, mc: add-mc.jsonl, "
+        "scorer: contains, max_new_tokens: 6}\n")
+    return d / "suite.yaml"
+
+
+def test_suite_evaluation_records_test_metrics_per_domain(files, tmp_path):
+    suite = write_small_suite(tmp_path / "suite")
+    cfg = DistillConfig(**{**TINY, "max_steps": 2, "eval_every": 1})
+    res = run(cfg, files / "teacher", files / "gold.jsonl", files / "forbidden.jsonl", out_dir=tmp_path / "o",
+              suite=suite, quiet=True)
+    rec = json.loads((tmp_path / "o" / "distill.json").read_text())
+    assert rec == json.loads(json.dumps(res.record))
+    assert set(rec["test_metrics"]) == {"mul", "add"} == set(rec["teacher_test_metrics"])
+    for m in (*rec["test_metrics"].values(), *rec["teacher_test_metrics"].values()):
+        assert m["n"] == 4 and m["n_mc"] == 3
+        assert 0 <= m["exact_match"] <= 1 and 0 <= m["mc_accuracy"] <= 1 and 0 <= m["mc_accuracy_norm"] <= 1
+    assert set(rec["retain_ratio"]) == {"add"}  # the retain domains only
+    assert [h["step"] for h in rec["eval_history"]] == [1, 2] and all("add" in h and "mul" not in h
+                                                                        for h in rec["eval_history"])
+    assert rec["suite"]["name"] == "small" and rec["suite"]["retain_domains"] == ["add"]
+    with pytest.raises(ValueError, match="nope"):
+        run(cfg, files / "teacher", files / "gold.jsonl", out_dir=tmp_path / "o2", suite=suite,
+            eval_domains=["nope"], quiet=True)
+
+
+def test_suite_metrics_score_with_the_domain_scorer(files, tmp_path, monkeypatch):
+    """A model that always writes the right answer: exact match 1 under both scorers; MC via the suite."""
+    from surgical.models import load_model, load_tokenizer
+    from surgical.suite import load_suite
+
+    suite = load_suite(write_small_suite(tmp_path / "suite"))
+    tok, model = load_tokenizer(files / "teacher"), load_model(files / "teacher")
+    import surgical.scoring as scoring
+
+    answers = {r["prompt"]: r["answers"][0] for d in suite.domains.values() for r in d.qa["test"]}
+    monkeypatch.setattr(scoring, "greedy_generate",
+                        lambda m, t, prompts, **kw: [f" 1+1=2; so {answers[p]}" for p in prompts])
+    m = suite_metrics(model, tok, suite, ["mul", "add"], mc=False)
+    assert m["mul"]["exact_match"] == 1.0 and m["add"]["exact_match"] == 1.0
+    assert "mc_accuracy" not in m["mul"]
+
+
+def test_world_suite_metrics_match_the_old_world_evaluation(files, world, world_suite):
+    """The world suite reproduces evaluate_world (regex on the last `so N` of the first line, MC with an
+    empty delimiter) on the same model."""
+    from surgical.models import load_model, load_tokenizer
+    from surgical.world.teacher import evaluate_world
+
+    tok, model = load_tokenizer(files / "teacher"), load_model(files / "teacher")
+    old = evaluate_world(model, tok, world, split="test", domains=("add", "mul"), limit=12)
+    new = suite_metrics(model, tok, world_suite, ["add", "mul"], limit=12)
+    for d in ("add", "mul"):
+        for k in ("exact_match", "n", "mc_accuracy", "mc_accuracy_norm"):
+            assert new[d][k] == pytest.approx(old[d][k]), (d, k)
+
+
+def test_cli_suite_prints_test_metrics(files, tmp_path):
+    suite = write_small_suite(tmp_path / "suite")
+    r = _cli("distill", "--teacher", str(files / "teacher"), "--gold", str(files / "gold.jsonl"), "--suite",
+             str(suite), "--out", str(tmp_path / "o"), "--quiet", "--json", "--set", "max_steps=1",
+             "--set", "batch_size=4", "--set", "student_hidden_size=16", "--set", "threads=1")
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert set(summary["test_metrics"]) == {"mul", "add"} and "add" in summary["retain_ratio"]
+    (tmp_path / "bad.yaml").write_text("domains: []\n")
+    r = _cli("distill", "--teacher", str(files / "teacher"), "--gold", str(files / "gold.jsonl"), "--suite",
+             str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o2"), "--set", "max_steps=1")
+    assert r.exit_code == 1

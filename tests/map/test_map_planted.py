@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from surgical.map.attribution import compute_scores
-from surgical.map.data import batches, world_examples
+from surgical.map.data import batches, suite_examples
 from surgical.map.hooks import capture, edit, head_columns, set_columns
 from surgical.map.patching import ablation_edits, exact_patching, mean_loss
 from surgical.models import (
@@ -84,9 +84,9 @@ def plant_forget_neuron(model, tokenizer, write_scale: float = 0.2):
 
 
 @pytest.fixture
-def planted_data(world):
-    forget = world_examples(world, ("mul", "div"), 24, seed=0)
-    retain = world_examples(world, ("add", "sub"), 24, seed=1)
+def planted_data(world, world_suite):
+    forget = suite_examples(world_suite, ("mul", "div"), 24, seed=0)
+    retain = suite_examples(world_suite, ("add", "sub"), 24, seed=1)
     return {"forget": batches(world.tokenizer, forget, 12, 128), "retain": batches(world.tokenizer, retain, 12, 128)}
 
 

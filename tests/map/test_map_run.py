@@ -11,24 +11,21 @@ from typer.testing import CliRunner
 from surgical.cli import app
 from surgical.io import write_jsonl
 from surgical.map.config import MapConfig
-from surgical.map.data import Example, world_examples
+from surgical.map.data import suite_examples
 from surgical.map.run import MAP_FILES, run
-from surgical.map.validate import RecordEvaluator
+from surgical.map.validate import SuiteEvaluator
 from surgical.models import make_tiny_model
 
 SMALL = dict(n_forget=12, n_retain=12, batch_size=12, exact_top_n=2, validation_k=4, validation_k_sweep=[2],
              validation_limit=3, sae_steps=30, sae_expansion=2, sae_k=4, sae_clamp_k=2, threads=1)
 
 
-def test_run_writes_files_that_reload(world, tmp_path):
+def test_run_writes_files_that_reload(world, world_suite, tmp_path):
     model = make_tiny_model("llama", len(world.tokenizer))
-    forget = world_examples(world, ("mul", "div"), 12, seed=0)
-    retain = world_examples(world, ("add", "sub"), 12, seed=1)
-    # exact-match on the bare form (answers of 2-4 tokens) keeps generation short on a random model
-    bare = {d: [Example(p.bare_prompt, p.bare_answer, d) for p in world.splits.val[d][:3]]
-            for d in ("add", "sub", "mul", "div")}
-    evaluator = RecordEvaluator(world.tokenizer, {d: bare[d] for d in ("mul", "div")},
-                                {d: bare[d] for d in ("add", "sub")}, limit=3)
+    forget = suite_examples(world_suite, ("mul", "div"), 12, seed=0)
+    retain = suite_examples(world_suite, ("add", "sub"), 12, seed=1)
+    # the suite's own metric: MC accuracy on 3 val items per domain
+    evaluator = SuiteEvaluator(world_suite, world.tokenizer, ("mul", "div"), ("add", "sub"), "val", limit=3)
     result = run(MapConfig(**SMALL), model, world.tokenizer, forget, retain, tmp_path, evaluator)
     for name in MAP_FILES + ("ablation_curve.png",):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -39,6 +36,9 @@ def test_run_writes_files_that_reload(world, tmp_path):
     for block in ("map_ablation", "random_ablation"):
         assert set(v[block]["delta_exact_match"]) == {"add", "sub", "mul", "div"}
     assert isinstance(v["specificity_ratio"], float)
+    assert v["metric"]["metric"] == {d: "mc_acc" for d in ("add", "sub", "mul", "div")}
+    assert v["metric"]["split"] == {d: "val" for d in ("add", "sub", "mul", "div")}
+    assert all(0 <= x <= 1 for x in v["baseline"].values())
     assert [s["k"] for s in v["sweep"]] == [2, 4]
     assert sum(v["units_per_layer"].values()) == 4
     assert isinstance(summary["attribution_vs_exact_spearman"], float)
@@ -71,10 +71,10 @@ def map_config_file(tmp_path):
     return path
 
 
-def _world_files(world, tmp_path):
+def _world_files(world_suite, tmp_path):
     def recs(domains, seed):
         return [{"prompt": e.prompt, "completion": e.completion, "domain": e.domain}
-                for e in world_examples(world, domains, 16, seed)]
+                for e in suite_examples(world_suite, domains, 16, seed)]
 
     forget, retain = tmp_path / "forget.jsonl", tmp_path / "retain.jsonl"
     write_jsonl(forget, recs(("mul", "div"), 0))
@@ -82,9 +82,9 @@ def _world_files(world, tmp_path):
     return forget, retain
 
 
-def test_cli_maps_every_family(family, tiny_model_dir, world, tmp_path, map_config_file):
+def test_cli_maps_every_family(family, tiny_model_dir, world_suite, tmp_path, map_config_file):
     torch.set_num_threads(1)
-    forget, retain = _world_files(world, tmp_path)
+    forget, retain = _world_files(world_suite, tmp_path)
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["map", "--model", str(tiny_model_dir), "--forget", str(forget), "--retain",
                                    str(retain), "--out", str(out), "--config", str(map_config_file), "--json"])
@@ -93,11 +93,13 @@ def test_cli_maps_every_family(family, tiny_model_dir, world, tmp_path, map_conf
     assert set(headline["map_ablation"]) == {"mul", "div", "add", "sub"}
     summary = json.loads((out / "map.json").read_text())
     assert summary["sae"] == [] and "specificity_ratio" in summary["validation"]
+    # bare JSONL: the held-out records are scored as QA domains by the reference's probability
+    assert set(summary["validation"]["metric"]["metric"].values()) == {"qa_answer_prob"}
     assert summary["provenance"]["inputs"]["forget"]["sha256"]
 
 
-def test_cli_bad_input_is_one_clear_line(world, tmp_path, map_config_file):
-    forget, retain = _world_files(world, tmp_path)
+def test_cli_bad_input_is_one_clear_line(world_suite, tmp_path, map_config_file):
+    forget, retain = _world_files(world_suite, tmp_path)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "1+1:", "completion": " 2"}\n{"prompt": 3, "completion": "x"}\n')
     runner = CliRunner()

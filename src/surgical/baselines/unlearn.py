@@ -34,6 +34,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 from ..config_base import Section
+from ..data import PadCollator, encode_example
 from ..io import provenance, write_json
 from ..models import (
     count_parameters,
@@ -45,7 +46,6 @@ from ..models import (
     load_tokenizer,
     mlp_down_proj,
 )
-from ..data import PadCollator, encode_example
 
 METHODS = ("graddiff", "maxent", "rmu")
 

@@ -1,6 +1,12 @@
 """Teacher trajectories: batched generation over a prompt set, a correctness filter against the answer
 key, and constitutional rewriting of each trajectory's steps (see constitution.py).
 
+The answer key of a prompt record is ``answers`` (a list) or ``answer``; a completion is checked with
+``surgical.suite.score_answer`` under the scorer of the record's ``domain`` in the evaluation suite when one
+is given (the suite's QA scorer: exact, normalized, regex or contains), else under the default scorer
+(``regex`` on the last ``so N``, the worked-answer format). A record without a key is kept unchecked
+(``correct: null``, ``checked: false``). No constitution is applied unless the config or caller names one.
+
 Greedy decoding is the distillation target of sequence-level KD (Kim & Rush, 2016); sampling with
 several samples per prompt gives the data of rejection-sampling fine-tuning (keep the correct ones).
 """
@@ -19,7 +25,9 @@ from ..io import iter_jsonl, provenance, write_json, write_jsonl
 from .config import GenerateConfig
 from .constitution import Constitution, apply_constitution, demo_constitution_path, load_constitution
 
-ANSWER_PATTERN = re.compile(r"so (-?\d+)")
+ANSWER_REGEX = r"so (-?\d+)"
+ANSWER_PATTERN = re.compile(ANSWER_REGEX)
+DEFAULT_SCORER = ("regex", ANSWER_REGEX)  # (scorer, answer_regex) without a suite
 
 
 @dataclass
@@ -30,17 +38,44 @@ class GenerateResult:
 
 
 def final_answer(text: str) -> str | None:
-    """The last ``so N`` of a worked completion, as a string (the world's answer format)."""
+    """The last ``so N`` of a worked completion, as a string (the default scorer's answer format)."""
     found = ANSWER_PATTERN.findall(text)
     return found[-1] if found else None
 
 
-def is_correct(completion: str, answer) -> bool | None:
-    """True/False against the answer key, None when there is no key."""
-    if answer is None or answer == "":
+def answer_key(rec: dict) -> list[str] | None:
+    """A prompt record's accepted answers: ``answers`` (a list) or ``answer``; None when it has neither."""
+    answers = rec.get("answers")
+    if answers is not None:
+        if not isinstance(answers, list):
+            raise ValueError(f"prompt record {rec.get('id', '?')}: field `answers` must be a list")
+        answers = [str(a) for a in answers if a is not None and str(a) != ""]
+        return answers or None
+    answer = rec.get("answer")
+    return None if answer is None or answer == "" else [str(answer)]
+
+
+def scorer_for(rec: dict, suite=None) -> tuple[str, str | None]:
+    """(scorer, answer_regex) of a record: its domain's in ``suite``, else the default."""
+    if suite is None or rec.get("domain") is None:
+        return DEFAULT_SCORER
+    domain = str(rec["domain"])
+    if domain not in suite.domains:
+        raise ValueError(f"prompt record {rec.get('id', '?')}: domain {domain!r} is not in suite {suite.name!r} "
+                         f"(domains: {list(suite.domains)})")
+    spec = suite[domain].spec
+    return spec.scorer, spec.answer_regex
+
+
+def is_correct(completion: str, answer, scorer: str = DEFAULT_SCORER[0],
+               answer_regex: str | None = DEFAULT_SCORER[1]) -> bool | None:
+    """True/False against the answer key (one answer or a list) under ``scorer``, None when there is no key."""
+    from ..suite import score_answer
+
+    answers = answer_key({"answers": answer} if isinstance(answer, list) else {"answer": answer})
+    if answers is None:
         return None
-    got = final_answer(completion)
-    return got is not None and got.lstrip("+") == str(answer).strip()
+    return score_answer(completion, answers, scorer, answer_regex)
 
 
 @torch.no_grad()
@@ -70,19 +105,37 @@ def generate_batch(model, tokenizer, prompts: list[str], cfg: GenerateConfig) ->
     return [texts[i * n : (i + 1) * n] for i in range(len(prompts))], n_tokens
 
 
-def resolve_constitution(spec: str | Path | None) -> Constitution | None:
-    """'' -> the packaged demo constitution; 'none' -> None; else a YAML path."""
-    if spec is not None and str(spec).lower() == "none":
+DEMO_CONSTITUTION = "demo"
+
+
+def constitution_file(spec: str | Path | None) -> Path | None:
+    """The constitution YAML a spec names: None, '' or 'none' -> None (no rewriting); 'demo' -> the packaged
+    demo constitution; else the path."""
+    if spec is None or str(spec) == "" or str(spec).lower() == "none":
         return None
-    return load_constitution(spec or demo_constitution_path())
+    if str(spec).lower() == DEMO_CONSTITUTION:
+        return demo_constitution_path()
+    return Path(spec)
+
+
+def resolve_constitution(spec: str | Path | None) -> Constitution | None:
+    """The constitution a spec names (see ``constitution_file``), loaded; None for no rewriting."""
+    path = constitution_file(spec)
+    return load_constitution(path) if path is not None else None
 
 
 def generate(model, tokenizer, prompts: list[dict], cfg: GenerateConfig, out_dir: str | Path,
              constitution: Constitution | None = None, classifier=None, quiet: bool = True,
-             inputs: dict | None = None) -> GenerateResult:
+             inputs: dict | None = None, suite=None) -> GenerateResult:
     """Generate, check and rewrite trajectories for ``prompts`` (records with ``cfg.prompt_field`` and
-    optionally ``answer`` and ``domain``); writes trajectories.jsonl and generate.json."""
+    optionally ``answers``/``answer`` and ``domain``); writes trajectories.jsonl and generate.json.
+    ``suite`` (a ``Suite`` or a manifest path): answers are checked with the scorer of the record's domain."""
+    from ..suite import Suite, load_suite
     from .run import _progress
+
+    if suite is not None and not isinstance(suite, Suite):
+        suite = load_suite(suite)
+    scorers = [scorer_for(r, suite) for r in prompts]  # an unknown domain fails before any generation
 
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -90,7 +143,7 @@ def generate(model, tokenizer, prompts: list[dict], cfg: GenerateConfig, out_dir
     model.eval()
     out = Path(out_dir)
     trajectories: list[dict] = []
-    counts = {"prompts": len(prompts), "samples": 0, "kept": 0, "rejected_incorrect": 0,
+    counts = {"prompts": len(prompts), "samples": 0, "kept": 0, "rejected_incorrect": 0, "unchecked": 0,
               "by_domain": {}, "rejected_steps_per_rule": Counter(), "plain_refusals": 0,
               "trajectories_rewritten": 0}
     n_tokens, gen_s = 0, 0.0
@@ -102,10 +155,10 @@ def generate(model, tokenizer, prompts: list[dict], cfg: GenerateConfig, out_dir
             outs, k = generate_batch(model, tokenizer, [r[cfg.prompt_field] for r in chunk], cfg)
             gen_s += time.perf_counter() - t0
             n_tokens += k
-            for rec, samples in zip(chunk, outs, strict=True):
+            for rec, scorer, samples in zip(chunk, scorers[s : s + cfg.batch_size], outs, strict=True):
                 for j, teacher_completion in enumerate(samples):
                     counts["samples"] += 1
-                    traj = _trajectory(rec, teacher_completion, j, cfg, constitution, classifier, counts)
+                    traj = _trajectory(rec, teacher_completion, j, cfg, constitution, classifier, counts, scorer)
                     if traj is not None:
                         trajectories.append(traj)
             progress.update(task, advance=len(chunk))
@@ -118,6 +171,7 @@ def generate(model, tokenizer, prompts: list[dict], cfg: GenerateConfig, out_dir
         "tokens_per_s": round(n_tokens / gen_s, 1) if gen_s > 0 else None,
         "decoding": "sampled" if cfg.do_sample else "greedy",
         "constitution": constitution.model_dump() if constitution else None,
+        "suite": {"name": suite.name, "data_hash": suite.data_hash} if suite is not None else None,
         "provenance": provenance(cfg, inputs or {}),
     }
     write_jsonl(out / "trajectories.jsonl", trajectories)
@@ -126,11 +180,16 @@ def generate(model, tokenizer, prompts: list[dict], cfg: GenerateConfig, out_dir
 
 
 def _trajectory(rec: dict, teacher_completion: str, sample: int, cfg: GenerateConfig,
-                constitution: Constitution | None, classifier, counts: dict) -> dict | None:
+                constitution: Constitution | None, classifier, counts: dict,
+                scorer: tuple[str, str | None] = DEFAULT_SCORER) -> dict | None:
+    from ..suite import score_answer
+
     domain = rec.get("domain")
     row = counts["by_domain"].setdefault(str(domain), {"samples": 0, "correct": 0, "kept": 0})
     row["samples"] += 1
-    correct = is_correct(teacher_completion, rec.get("answer"))
+    answers = answer_key(rec)
+    correct = None if answers is None else score_answer(teacher_completion, answers, *scorer)
+    counts["unchecked"] = counts.get("unchecked", 0) + (correct is None)
     row["correct"] += bool(correct)
     if correct is False and not cfg.keep_incorrect:
         counts["rejected_incorrect"] += 1
@@ -143,8 +202,9 @@ def _trajectory(rec: dict, teacher_completion: str, sample: int, cfg: GenerateCo
     counts["plain_refusals"] += bool(fired) and completion.endswith(constitution.refusal_marker)
     row["kept"] += 1
     return {"prompt": rec[cfg.prompt_field], "completion": completion, "teacher_completion": teacher_completion,
-            "domain": domain, "answer": rec.get("answer"), "correct": correct, "replaced_spans": spans,
-            "sample": sample, **({"id": rec["id"]} if "id" in rec else {})}
+            "domain": domain, "answer": rec.get("answer"), "correct": correct, "checked": correct is not None,
+            "replaced_spans": spans, "sample": sample, **({"answers": rec["answers"]} if "answers" in rec else {}),
+            **({"id": rec["id"]} if "id" in rec else {})}
 
 
 def read_prompts(path: str | Path, prompt_field: str = "prompt") -> list[dict]:
@@ -158,41 +218,39 @@ def read_prompts(path: str | Path, prompt_field: str = "prompt") -> list[dict]:
 
 
 def demo_prompts(pipeline_cfg, cfg: GenerateConfig) -> list[dict]:
-    """``demo_per_domain`` worked prompts of each demo domain from the world's train split."""
-    from .corpus import world_corpus
+    """Deprecated alias of ``surgical.demo.generate_prompts``."""
+    from ..demo import generate_prompts
 
-    per: Counter = Counter()
-    out = []
-    for r in world_corpus(pipeline_cfg.world, split="train", domains=tuple(cfg.demo_domains)):
-        if per[r["domain"]] < cfg.demo_per_domain:
-            per[r["domain"]] += 1
-            out.append(r)
-    return out
+    return generate_prompts(pipeline_cfg, cfg)
 
 
 def run(cfg: GenerateConfig, model_dir: str | Path, prompts_path: str | Path, out_dir: str | Path,
-        constitution_path: str | Path | None = None, quiet: bool = True) -> GenerateResult:
-    """``surgical generate --model DIR --prompts JSONL --out DIR``."""
+        constitution_path: str | Path | None = None, quiet: bool = True, suite=None) -> GenerateResult:
+    """``surgical generate --model DIR --prompts JSONL --out DIR [--suite YAML]``. ``constitution_path``
+    (else ``cfg.constitution``): a YAML, 'demo' or 'none'/empty (no rewriting)."""
     from ..models import load_model, load_tokenizer
 
     torch.set_num_threads(cfg.threads)
-    constitution = resolve_constitution(constitution_path if constitution_path is not None else cfg.constitution)
+    c_file = constitution_file(constitution_path if constitution_path is not None else cfg.constitution)
+    constitution = load_constitution(c_file) if c_file is not None else None
     prompts = read_prompts(prompts_path, cfg.prompt_field)
     model, tok = load_model(model_dir), load_tokenizer(model_dir)
     inputs = {"model": model_dir, "prompts": prompts_path}
-    if constitution is not None and constitution_path:
-        inputs["constitution"] = constitution_path
-    return generate(model, tok, prompts, cfg, out_dir, constitution, quiet=quiet, inputs=inputs)
+    if c_file is not None:
+        inputs["constitution"] = c_file
+    if suite is not None and not hasattr(suite, "domains"):
+        inputs["suite"] = suite
+    return generate(model, tok, prompts, cfg, out_dir, constitution, quiet=quiet, inputs=inputs, suite=suite)
 
 
 def run_demo(out_dir: str | Path, pipeline_cfg=None, quiet: bool = True) -> GenerateResult:
-    """Trajectories of the world's (cached) teacher on demo prompts, with the demo constitution."""
+    """Trajectories of the world's (cached) teacher on demo prompts, checked with the world suite's scorer,
+    with the constitution the demo config names (the demo constitution)."""
     from ..config import demo_config
-    from ..world.teacher import get_or_train_teacher
+    from ..demo import generate_prompts, suite_path, teacher_dir
 
     pcfg = pipeline_cfg or demo_config()
     cfg = pcfg.generate
-    teacher_dir, _ = get_or_train_teacher(pcfg.world, pcfg.teacher, quiet=quiet)
     prompts_path = Path(out_dir) / "prompts.jsonl"
-    write_jsonl(prompts_path, demo_prompts(pcfg, cfg))
-    return run(cfg, teacher_dir, prompts_path, out_dir, quiet=quiet)
+    write_jsonl(prompts_path, generate_prompts(pcfg, cfg))
+    return run(cfg, teacher_dir(pcfg, quiet=quiet), prompts_path, out_dir, quiet=quiet, suite=suite_path(pcfg))

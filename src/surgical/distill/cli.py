@@ -68,6 +68,8 @@ def distill(
     gold: Path | None = typer.Option(None, "--gold", help="Gold JSONL (prompt+completion or text)."),
     forbidden: Path | None = typer.Option(None, "--forbidden", help="Forbidden JSONL (curate's quarantine)."),
     map_path: Path | None = typer.Option(None, "--map", help="map.json (spine, forget neurons, layers)."),
+    suite: Path | None = typer.Option(None, "--suite", help="Evaluation suite YAML: periodic val and final test "
+                                      "metrics per domain (with --demo: the world's suite)."),
     out_dir: Path = typer.Option(Path("runs/distill"), "--out", help="Output directory."),
     overrides: list[str] = typer.Option([], "--set", help="Override a distill field: --set max_steps=100."),
     resume: bool = typer.Option(False, "--resume", help="Resume from the last checkpoint in OUT/checkpoints."),
@@ -78,6 +80,7 @@ def distill(
     if ctx.invoked_subcommand is not None:
         return
     from ..models import ModelLoadError
+    from ..suite import SuiteError
     from .cache import CacheError
     from .config import PRESETS
     from .data import DataError
@@ -94,11 +97,16 @@ def distill(
         if demo and teacher is None:
             result = run_demo(out_dir, preset=preset, pipeline_cfg=pcfg.model_copy(update={"distill": dcfg}),
                               quiet=quiet, gold=str(gold) if gold else None,
-                              forbidden=str(forbidden) if forbidden else None, map_path=map_path)
+                              forbidden=str(forbidden) if forbidden else None, map_path=map_path, suite=suite)
         else:
+            if demo and suite is None:
+                from ..demo import suite_path
+
+                suite = suite_path(pcfg)
             result = run(dcfg, teacher, gold, forbidden, map_path=map_path, out_dir=out_dir, preset=preset,
-                         world_cfg=pcfg.world if demo else None, resume=resume, quiet=quiet)
-    except (DataError, ModelLoadError, TokenizerMismatchError, CacheError, FileNotFoundError, ValueError) as exc:
+                         suite=suite, resume=resume, quiet=quiet)
+    except (DataError, ModelLoadError, TokenizerMismatchError, CacheError, SuiteError, FileNotFoundError,
+            ValueError) as exc:
         _fail(str(exc))
     summary = _summary(result.record)
     if as_json:
@@ -130,7 +138,7 @@ def _print(summary: dict) -> None:
         for c in ("domain", "exact match", "MC"):
             t.add_column(c, justify="right")
         for d, m in summary["test_metrics"].items():
-            t.add_row(d, f"{m['exact_match']:.3f}", f"{m['mc_accuracy']:.3f}")
+            t.add_row(d, *("-" if v is None else f"{v:.3f}" for v in (m["exact_match"], m["mc_accuracy"])))
         console.print(t)
 
 
@@ -151,13 +159,15 @@ def cache_logits_cmd(
     from ..models import ModelLoadError, load_model, load_tokenizer
     from .cache import cache_logits
     from .data import DataError
-    from .run import data_keys, demo_inputs, encode_all, load_inputs
+    from .run import data_keys, encode_all, load_inputs
 
     pcfg = _load(config)
     dcfg = _section(pcfg, _overrides(overrides))
     try:
         if demo and teacher is None:
-            teacher, w_gold, w_forb = demo_inputs(pcfg)
+            from ..demo import distill_inputs
+
+            teacher, w_gold, w_forb, _ = distill_inputs(pcfg)
             gold_src, forb_src = (str(gold) if gold else w_gold), (str(forbidden) if forbidden else w_forb)
         elif teacher is None or gold is None:
             _fail("give --teacher and --gold (or --demo)")

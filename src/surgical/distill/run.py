@@ -1,7 +1,9 @@
 """The distill recipe: build the student, lay out the gold/forbidden stream, train, save, evaluate.
 
 ``run(cfg, teacher=..., gold=..., forbidden=..., map_path=..., out_dir=...)`` is the stage's one entry point;
-the CLI and the pipeline both call it. ``run_demo`` wires it to the arithmetic world.
+the CLI and the pipeline both call it. With a ``suite`` (``surgical.suite``) the student is measured per suite
+domain: QA exact match by the domain's scorer, MC accuracy by log-likelihood. ``run_demo`` wires it to the
+arithmetic world (through ``surgical.demo``, the only place that knows it).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from transformers import TrainerCallback
 from ..io import provenance, read_json, sha256_json, sha256_path, write_json
 from ..models import enable_kv_cache
 from .config import DistillConfig
-from .data import DistillCollator, StreamDataset, build_stream, encode_record, read_records, world_records
+from .data import DistillCollator, StreamDataset, build_stream, encode_record, read_records
 
 
 @dataclass
@@ -111,33 +113,89 @@ def _layer_pairs(teacher_layers: list[int], n_teacher: int, n_student: int, kept
     return pairs
 
 
-class WorldEvalCallback(TrainerCallback):
-    """Every ``every`` steps: val exact-match on the kept domains, with the training tokens seen so far."""
+def as_suite(suite):
+    """A loaded ``Suite`` from a Suite or a manifest path (None stays None)."""
+    from ..suite import Suite, load_suite
 
-    def __init__(self, wb, tokenizer, every: int, limit: int, tokens_at_step, domains=("add", "sub")):
-        self.wb, self.tok, self.every, self.limit = wb, tokenizer, every, limit
-        self.tokens_at_step, self.domains, self.history = tokens_at_step, domains, []
+    if suite is None or isinstance(suite, Suite):
+        return suite
+    return load_suite(suite)
+
+
+def suite_metrics(model, tokenizer, suite, domains=None, split: str = "test", limit: int | None = None,
+                  mc: bool = True) -> dict:
+    """Per suite domain: ``exact_match`` (QA accuracy under the domain's scorer; None without QA data), ``n``
+    (QA items, or MC items for an MC-only domain), and with ``mc`` ``mc_accuracy`` / ``mc_accuracy_norm``
+    (summed / per-byte log-likelihood; None without MC data) and ``n_mc``. ``limit``: first items per set."""
+    from ..scoring import mc_hits, qa_hits
+    from ..suite import SuiteError
+
+    out = {}
+    for name in domains if domains is not None else list(suite.domains):
+        if name not in suite.domains:
+            raise SuiteError(f"domain {name!r} is not in suite {suite.name!r} (domains: {list(suite.domains)})")
+        d = suite[name]
+        qa = d.split_of("qa", split)[:limit]
+        res: dict = {"exact_match": None, "n": 0}
+        if qa:
+            hits, _ = qa_hits(model, tokenizer, d, qa)
+            res = {"exact_match": sum(hits) / len(hits), "n": len(hits)}
+        if mc:
+            recs = d.split_of("mc", split)[:limit]
+            if recs:
+                acc, acc_norm = mc_hits(model, tokenizer, d, recs)
+                res.update(mc_accuracy=sum(acc) / len(acc), mc_accuracy_norm=sum(acc_norm) / len(acc_norm),
+                           n_mc=len(acc))
+                res["n"] = res["n"] or len(acc)
+            else:
+                res.update(mc_accuracy=None, mc_accuracy_norm=None, n_mc=0)
+        out[name] = res
+    return out
+
+
+def headline(m: dict) -> float | None:
+    """The one figure of a domain's metrics: QA exact match, or MC accuracy for an MC-only domain."""
+    return m["exact_match"] if m.get("exact_match") is not None else m.get("mc_accuracy")
+
+
+class SuiteEvalCallback(TrainerCallback):
+    """Every ``every`` steps: val figures (QA exact match, MC accuracy without QA) on ``domains``, with the
+    training tokens seen so far."""
+
+    def __init__(self, suite, tokenizer, every: int, limit: int, tokens_at_step, domains):
+        self.suite, self.tok, self.every, self.limit = suite, tokenizer, every, limit
+        self.tokens_at_step, self.domains, self.history = tokens_at_step, list(domains), []
 
     def _eval(self, model, step: int) -> None:
-        from ..world.teacher import evaluate_world
-
         was_training = model.training
-        m = evaluate_world(model, self.tok, self.wb, split="val", domains=self.domains, limit=self.limit, mc=False)
+        qa_only = all(self.suite[d].qa for d in self.domains)
+        m = suite_metrics(model, self.tok, self.suite, self.domains, split="val", limit=self.limit, mc=not qa_only)
         model.train(was_training)
         self.history.append({"step": step, "tokens": self.tokens_at_step(step),
-                             **{d: round(v["exact_match"], 4) for d, v in m.items()}})
+                             **{d: round(headline(v), 4) for d, v in m.items() if headline(v) is not None}})
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.is_world_process_zero and state.global_step % self.every == 0:
             self._eval(model, state.global_step)
 
 
+WorldEvalCallback = SuiteEvalCallback  # the old name
+
+WORLD_EVAL_DOMAINS = ("add", "sub", "mul", "div")  # what the deprecated ``world_cfg`` evaluated (no mixed)
+
+
 def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path: str | Path | None = None,
-        out_dir: str | Path = "runs/distill", preset: str | None = None, world_cfg=None, resume: bool = False,
-        evaluate: bool = True, quiet: bool = False, extra_record: dict | None = None) -> DistillResult:
+        out_dir: str | Path = "runs/distill", preset: str | None = None, suite=None, eval_domains=None,
+        retain_domains=None, world_cfg=None, resume: bool = False, evaluate: bool = True, quiet: bool = False,
+        extra_record: dict | None = None) -> DistillResult:
     """Distil ``teacher`` into a student on ``gold`` records, pushing it away from the teacher on
-    ``forbidden`` records. ``gold`` / ``forbidden`` are JSONL paths or lists of records. With ``world_cfg``
-    the student is evaluated on the arithmetic world (periodic val exact-match, final test metrics)."""
+    ``forbidden`` records. ``gold`` / ``forbidden`` are JSONL paths or lists of records.
+
+    With ``suite`` (a ``Suite`` or a manifest path) the student is evaluated through it: every
+    ``eval_every`` steps on the val split of ``retain_domains`` (default: the suite's retain domains), and at
+    the end ``test_metrics`` on ``eval_domains`` (default: every suite domain), the teacher's likewise, and
+    the retention figures on the retain domains. ``world_cfg`` (deprecated) is the arithmetic world's suite
+    evaluated on add/sub/mul/div, as before."""
     from transformers import TrainingArguments, set_seed
 
     from ..models import load_model, load_tokenizer, num_layers
@@ -147,6 +205,18 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
     from .trainer import ALIGN_ATTR, DistillTrainer
 
     cfg = apply_preset(cfg, preset)
+    if suite is None and world_cfg is not None:  # deprecated: the world's own suite, the old domain set
+        from ..demo import world_suite_for
+
+        suite = world_suite_for(world_cfg)
+        eval_domains = eval_domains or WORLD_EVAL_DOMAINS
+    suite = as_suite(suite)
+    if suite is not None:
+        eval_domains = list(eval_domains) if eval_domains is not None else list(suite.domains)
+        retain_domains = list(retain_domains) if retain_domains is not None else suite.role("retain")
+        unknown = [d for d in {*eval_domains, *retain_domains} if d not in suite.domains]
+        if unknown:
+            raise ValueError(f"domain(s) {sorted(unknown)} not in suite {suite.name!r}")
     t_start = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
@@ -209,13 +279,10 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
             str(t): nn.Linear(hidden_size(student), hidden_size(teacher_model), bias=False) for t in proj_layers}))
     directions = random_directions([s for _, s in rmu_pairs], hidden_size(student), cfg.seed)
 
-    wb, callbacks = None, []
-    if world_cfg is not None:
-        from ..world import build_world
-
-        wb = build_world(world_cfg)
-        if cfg.eval_every:
-            callbacks.append(WorldEvalCallback(wb, tok, cfg.eval_every, cfg.eval_limit, tokens_at_step))
+    callbacks = []
+    if suite is not None and cfg.eval_every and retain_domains:
+        callbacks.append(SuiteEvalCallback(suite, tok, cfg.eval_every, cfg.eval_limit, tokens_at_step,
+                                           retain_domains))
 
     work = out_dir / "checkpoints"
     args = TrainingArguments(
@@ -266,13 +333,15 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
         "cache": cache_meta,
         "resumed_from": str(last) if last else None,
     }
-    if wb is not None and evaluate:
-        from ..world.teacher import evaluate_world
-
+    if suite is not None and evaluate:
         student.eval()
-        record["test_metrics"] = evaluate_world(student, tok, wb, split="test")
-        record["teacher_test_metrics"] = _teacher_metrics(teacher, teacher_model, tok, wb)
-        record.update(_retention(record))
+        record["suite"] = {"name": suite.name, "path": str(suite.path) if suite.path else None,
+                           "data_hash": suite.data_hash, "eval_domains": eval_domains,
+                           "retain_domains": retain_domains}
+        record["test_metrics"] = suite_metrics(student, tok, suite, eval_domains)
+        record["teacher_test_metrics"] = _teacher_metrics(teacher, record["teacher_sha256"], teacher_model, tok,
+                                                          suite, eval_domains)
+        record.update(_retention(record, retain_domains))
     record["wall_s"] = round(time.perf_counter() - t_start, 2)
     record.update(extra_record or {})
     record["provenance"] = provenance(cfg.model_dump(), inputs=_inputs(teacher, gold, forbidden, map_path))
@@ -308,24 +377,28 @@ def _save_student(student, tok, dest: Path) -> Path:
     return dest
 
 
-def _teacher_metrics(teacher_path, teacher_model, tok, wb) -> dict:
-    rec_path = Path(teacher_path) / "teacher.json"
-    if rec_path.exists():
-        rec = read_json(rec_path)
-        if rec.get("test_metrics"):
-            return rec["test_metrics"]
-    from ..world.teacher import evaluate_world
-
-    return evaluate_world(teacher_model, tok, wb, split="test")
+_TEACHER_METRICS: dict = {}  # (teacher, its hash, suite data hash, domains) -> metrics, within a process
 
 
-def _retention(record: dict) -> dict:
-    """Student / teacher exact-match on the kept domains, and tokens to reach 95% of the teacher on val."""
+def _teacher_metrics(teacher_path, teacher_sha, teacher_model, tok, suite, domains) -> dict:
+    """The teacher's test metrics on the suite (computed once per process per teacher and suite)."""
+    key = (str(Path(teacher_path).resolve()), teacher_sha, suite.data_hash, tuple(domains))
+    if teacher_sha is None or key not in _TEACHER_METRICS:
+        teacher_model.eval()
+        _TEACHER_METRICS[key] = suite_metrics(teacher_model, tok, suite, domains)
+    return _TEACHER_METRICS[key]
+
+
+def _retention(record: dict, retain_domains=None) -> dict:
+    """Student / teacher headline figure (QA exact match, else MC accuracy) on the retain domains, and the
+    tokens to reach 95% of the teacher on val."""
     s, t = record["test_metrics"], record["teacher_test_metrics"]
-    kept = [d for d in ("add", "sub") if d in s and d in t]
-    out = {"retain_ratio": {d: round(s[d]["exact_match"] / max(t[d]["exact_match"], 1e-9), 4) for d in kept}}
-    target = 0.95 * sum(t[d]["exact_match"] for d in kept) / max(1, len(kept))
-    hit = next((h for h in record["eval_history"] if sum(h[d] for d in kept) / len(kept) >= target), None)
+    kept = [d for d in (retain_domains if retain_domains is not None else ("add", "sub"))
+            if d in s and d in t and headline(s[d]) is not None and headline(t[d]) is not None]
+    out = {"retain_ratio": {d: round(headline(s[d]) / max(headline(t[d]), 1e-9), 4) for d in kept}}
+    target = 0.95 * sum(headline(t[d]) for d in kept) / max(1, len(kept))
+    hit = next((h for h in record["eval_history"] if kept and all(d in h for d in kept)
+                and sum(h[d] for d in kept) / len(kept) >= target), None)
     out["tokens_to_95pct_teacher"] = hit["tokens"] if hit else None
     out["steps_to_95pct_teacher"] = hit["step"] if hit else None
     return out
@@ -334,24 +407,15 @@ def _retention(record: dict) -> dict:
 # ---------------------------------------------------------------- the demo
 
 
-def demo_inputs(pipeline_cfg, quiet: bool = True):
-    """(teacher dir, gold records, forbidden records) of the arithmetic world: gold = add/sub worked
-    problems of the TRAIN split, forbidden = mul/div/mixed (what curate would quarantine)."""
-    from ..world import build_world
-    from ..world.teacher import get_or_train_teacher
-
-    tdir, _ = get_or_train_teacher(pipeline_cfg.world, pipeline_cfg.teacher, quiet=quiet)
-    wb = build_world(pipeline_cfg.world)
-    return tdir, world_records(wb, ("add", "sub")), world_records(wb, ("mul", "div", "mixed"))
-
-
 def run_demo(out_dir: str | Path, preset: str | None = None, pipeline_cfg=None, quiet: bool = False,
-             gold=None, forbidden=None, map_path=None, overrides: dict | None = None) -> DistillResult:
-    """Run one preset on the demo world (gold/forbidden JSONL from curate override the world's splits)."""
+             gold=None, forbidden=None, map_path=None, overrides: dict | None = None, suite=None) -> DistillResult:
+    """Run one preset on the demo world (gold/forbidden JSONL from curate override the world's splits),
+    evaluated through the world's suite (or ``suite``)."""
     from ..config import demo_config
+    from ..demo import distill_inputs
 
     pcfg = pipeline_cfg or demo_config()
-    tdir, w_gold, w_forb = demo_inputs(pcfg, quiet=quiet)
+    tdir, w_gold, w_forb, suite_file = distill_inputs(pcfg, quiet=quiet)
     cfg = pcfg.distill.model_copy(update=overrides or {})
     return run(cfg, tdir, gold or w_gold, forbidden or w_forb, map_path=map_path, out_dir=out_dir, preset=preset,
-               world_cfg=pcfg.world, quiet=quiet)
+               suite=suite or suite_file, quiet=quiet)

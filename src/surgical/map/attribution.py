@@ -15,7 +15,7 @@ import torch
 
 from ..models import decoder_layers, num_heads
 from .data import scored_positions
-from .hooks import SITES, capture
+from .hooks import SITES, stream
 from .stats import (
     Moments,
     attribution_effect,
@@ -86,16 +86,20 @@ def compute_scores(model, batches: dict[str, list[dict]], fire_threshold: float,
                 b = {k: v.to(device) for k, v in batch.items()}
                 scored = scored_positions(b["labels"])
                 present = b["attention_mask"].bool()
-                with capture(model, sites) as acts:
-                    model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-                for (site, layer), t in acts.items():
+
+                def reduce(key, t, set_name=set_name, scored=scored, present=present):
+                    # each site is reduced to moments as the forward pass reaches it, then dropped
+                    site, layer = key
                     moments((set_name, site, layer), t.shape[-1]).update(_rows(t, scored))
                     if site == "heads":
                         moments((set_name, "heads_norm", layer), heads).update(_rows(_head_norms(t, heads), scored))
                     if set_name == "retain":
-                        if (site, layer) not in retain_all:
-                            retain_all[(site, layer)] = Moments(t.shape[-1])
-                        retain_all[(site, layer)].update(_rows(t, present))
+                        if key not in retain_all:
+                            retain_all[key] = Moments(t.shape[-1])
+                        retain_all[key].update(_rows(t, present))
+
+                with stream(model, sites, reduce):
+                    model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
                 tick()
 
     out = Scores()
@@ -118,15 +122,24 @@ def compute_scores(model, batches: dict[str, list[dict]], fire_threshold: float,
         out.tensors[f"{site}.retain_mean_all"] = torch.stack(
             [retain_all[(site, layer)].mean for layer in range(n_layers)]).float()
 
-    # ---- sweep 2: one forward + backward per batch -> attribution for every unit, and firing rates
+    # ---- sweep 2: one forward + backward per batch -> attribution for every unit, and firing rates.
+    # Memory: no site's gradient is materialised next to another's. Each site's activation gets a tensor hook that
+    # turns dM/da into the unit effects (and frees the activation) the moment backward reaches that site, so the
+    # peak is the model's own graph plus one site's gradient, not every site's gradients at once; the firing
+    # rates are counted in the forward hook.
     attr = {(s, k, site): None for s in SETS for k in ("mean", "zero") for site in SITES}
     fires = {(s, site, layer): None for s in SETS for site in SITES for layer in range(n_layers)}
     patches = {(site, layer): out.retain_mean(site, layer).to(device) for site in SITES for layer in range(n_layers)}
-    keys = [(site, layer) for site in SITES for layer in range(n_layers)]
-    # Only activation gradients are asked for; the embedding output is made to require grad so that this works
-    # on a model whose parameters are frozen too.
-    grad_hook = model.get_input_embeddings().register_forward_hook(
-        lambda _m, _a, output: output if output.requires_grad else output.detach().requires_grad_(True))
+    # Only activation gradients are asked for: backward runs to the embedding output, made to require grad so that
+    # this works on a model whose parameters are frozen too.
+    emb: dict[str, torch.Tensor] = {}
+
+    def _emb_hook(_m, _a, output):
+        output = output if output.requires_grad else output.detach().requires_grad_(True)
+        emb["x"] = output
+        return output
+
+    grad_hook = model.get_input_embeddings().register_forward_hook(_emb_hook)
     for set_name in SETS:
         total_loss, total_n = 0.0, 0
         sums = {(k, site): torch.zeros(n_layers, patches[(site, 0)].shape[0] if site != "heads" else heads)
@@ -134,24 +147,36 @@ def compute_scores(model, batches: dict[str, list[dict]], fire_threshold: float,
         for batch in batches[set_name]:
             b = {k: v.to(device) for k, v in batch.items()}
             scored = scored_positions(b["labels"])
-            with torch.enable_grad(), capture(model, sites) as acts:
-                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-                loss_sum, n = token_damage_sum(logits, b["labels"], metric)
-                grads = torch.autograd.grad(loss_sum, [acts[k] for k in keys], allow_unused=True)
-            total_loss += float(loss_sum.detach())
-            total_n += n
-            for (site, layer), g in zip(keys, grads, strict=True):
-                a = acts[(site, layer)].detach()
-                g = torch.zeros_like(a) if g is None else g.detach()
-                for kind, patch in (("mean", patches[(site, layer)]), ("zero", 0.0)):
+            held: dict[tuple[str, int], torch.Tensor] = {}
+
+            def on_grad(g, key, sums=sums, held=held):
+                site, layer = key
+                a = held.pop(key)
+                g = g.detach()
+                for kind, patch in (("mean", patches[key]), ("zero", 0.0)):
                     effect = attribution_effect(g, a, patch)
                     if site == "heads":
                         effect = group_sum(effect, heads)
                     sums[(kind, site)][layer] += effect.cpu()
-                x = _head_norms(a, heads) if site == "heads" else a
-                c = fire_rate(x[scored], thresholds[(site, layer)]).cpu()
-                fires[(set_name, site, layer)] = c if fires[(set_name, site, layer)] is None \
-                    else fires[(set_name, site, layer)] + c
+
+            def on_act(key, t, set_name=set_name, scored=scored, held=held):
+                a = t.detach()
+                x = _head_norms(a, heads) if key[0] == "heads" else a
+                c = fire_rate(x[scored], thresholds[key]).cpu()
+                fkey = (set_name, *key)
+                fires[fkey] = c if fires[fkey] is None else fires[fkey] + c
+                if t.requires_grad:  # a site no scored token depends on gets no gradient: its effect stays 0
+                    held[key] = a
+                    t.register_hook(lambda g, key=key, held=held: on_grad(g, key, held=held))
+
+            with torch.enable_grad(), stream(model, sites, on_act):
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                loss_sum, n = token_damage_sum(logits, b["labels"], metric)
+                del logits
+                torch.autograd.grad(loss_sum, [emb.pop("x")], allow_unused=True)
+            held.clear()
+            total_loss += float(loss_sum.detach())
+            total_n += n
             tick()
         out.clean_loss[set_name] = total_loss / max(total_n, 1)
         out.n_tokens[set_name] = total_n

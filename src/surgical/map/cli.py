@@ -30,6 +30,16 @@ def _summary_lines(s: dict) -> list[str]:
     return lines
 
 
+def one_line(exc: Exception) -> str:
+    """An error as one line naming the file and field (a ConfigError's first bad field, not its header)."""
+    errors = getattr(exc, "errors", None)
+    if isinstance(errors, list) and errors and hasattr(exc, "path"):
+        loc, msg = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        return f"{exc.path}: {loc}: {msg}{more}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def register(app: typer.Typer) -> None:
     @app.command("map")
     def map_command(
@@ -41,10 +51,13 @@ def register(app: typer.Typer) -> None:
                                               "or text)."),
         demo: bool = typer.Option(False, "--demo", help="Map the demo teacher (trained first if not cached) on "
                                   "the demo world."),
-        world: bool = typer.Option(False, "--world", help="Validate with the world's exact-match sets (for a "
-                                   "model trained on the arithmetic world)."),
-        config: Path | None = typer.Option(None, "--config", help="Pipeline YAML whose `map` (and `world`) "
-                                              "sections to use (default: the demo config)."),
+        suite: Path | None = typer.Option(None, "--suite", help="Evaluation suite YAML (overrides the policy's "
+                                          "`suite:`): forget/retain examples from its attack records, validation "
+                                          "on its metric."),
+        policy: Path | None = typer.Option(None, "--policy", help="Policy YAML: its forbidden/allowed domains "
+                                           "pick the suite's forget/retain domains."),
+        config: Path | None = typer.Option(None, "--config", help="Pipeline YAML whose `map` section to use "
+                                              "(default: the demo config)."),
         no_sae: bool = typer.Option(False, "--no-sae", help="Skip the sparse autoencoder."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar or summary."),
         as_json: bool = typer.Option(False, "--json", help="Print map.json's headline figures as JSON."),
@@ -53,8 +66,9 @@ def register(app: typer.Typer) -> None:
         from ..config import ConfigError, demo_config, load_config
         from ..io import JsonlError
         from ..models import ModelLoadError
+        from ..suite import SuiteError
         from .data import MapDataError
-        from .run import run_demo, run_files
+        from .run import run_demo, run_files, run_suite
 
         err = Console(stderr=True, soft_wrap=True)
 
@@ -65,22 +79,32 @@ def register(app: typer.Typer) -> None:
         try:
             cfg = load_config(config) if config else demo_config()
         except ConfigError as exc:
-            fail(str(exc))
+            fail(one_line(exc))
         if no_sae:
             cfg = cfg.model_copy(update={"map": cfg.map.model_copy(update={"sae": False})})
         try:
             if demo:
-                if model or forget or retain:
-                    fail("--demo takes no --model/--forget/--retain")
+                if model or forget or retain or suite or policy:
+                    fail("--demo takes no --model/--forget/--retain/--suite/--policy")
                 result = run_demo(out_dir, cfg, quiet=quiet)
+            elif policy or suite:
+                from ..policy import load_policy
+                from ..suite import resolve_suite_path
+
+                missing = [n for n, v in (("--model", model), ("--policy", policy)) if not v]
+                if missing:
+                    fail(f"missing {', '.join(missing)} (a suite run needs a model and a policy)")
+                pol = load_policy(policy)
+                suite_path = resolve_suite_path(pol, policy, suite)
+                result = run_suite(cfg.map, model, suite_path, pol, out_dir, quiet=quiet, forget_path=forget,
+                                   retain_path=retain)
             else:
                 missing = [n for n, v in (("--model", model), ("--forget", forget), ("--retain", retain)) if not v]
                 if missing:
-                    fail(f"missing {', '.join(missing)} (or pass --demo)")
-                result = run_files(cfg.map, model, forget, retain, out_dir, world_cfg=cfg.world if world else None,
-                                   quiet=quiet)
-        except (MapDataError, JsonlError, ModelLoadError, ValueError) as exc:
-            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                    fail(f"missing {', '.join(missing)} (or pass --suite/--policy, or --demo)")
+                result = run_files(cfg.map, model, forget, retain, out_dir, quiet=quiet)
+        except (MapDataError, JsonlError, ModelLoadError, SuiteError, ConfigError, ValueError) as exc:
+            fail(one_line(exc))
         s = result.summary
         if as_json:
             v = s["validation"]

@@ -51,9 +51,14 @@ class MapConfig(Section):
                                           "ablation curve (map vs random); empty = none.")
     ablation: Literal["mean", "zero"] = Field("mean", description="How validation ablates a unit: its mean "
                                               "activation on retain tokens, or zero.")
-    validation_limit: int = Field(50, ge=1, description="Evaluation problems per domain for Δ exact-match.")
-    validation_split: Literal["val", "test"] = Field("val", description="World split the validation "
-                                                     "evaluates on (world models only).")
+    validation_limit: int = Field(50, ge=1, description="Evaluation items per domain for the validation's Δ "
+                                  "metric.")
+    validation_split: Literal["val", "test"] = Field("val", description="Suite split the validation evaluates on "
+                                                     "(a domain without it falls back to its test split).")
+    qa_metric: Literal["answer_prob", "accuracy"] = Field(
+        "answer_prob", description="Validation metric of a domain with QA but no MC data: 'answer_prob' = "
+        "per-token geometric-mean probability of the reference answer (continuous, fast), 'accuracy' = greedy "
+        "generation scored by the domain's scorer.")
 
     # ---- sparse autoencoder
     sae: bool = Field(True, description="Train a TopK SAE on the residual stream and validate latent clamping.")

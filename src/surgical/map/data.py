@@ -1,7 +1,8 @@
-"""The map's inputs: forget and retain examples, read from JSONL or taken from the world, and encoded.
+"""The map's inputs: forget and retain examples, read from JSONL or taken from a suite's attack records, and
+encoded.
 
 A record is ``{"prompt", "completion"}`` (only the completion's tokens are scored, as in
-``world.teacher.encode_example``) or ``{"text"}`` (every token after the first is scored). ``domain`` is
+``surgical.data.encode_example``) or ``{"text"}`` (every token after the first is scored). ``domain`` is
 optional and groups the validation figures.
 """
 
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ..data import PadCollator, encode_example
 from ..io import JsonlError, iter_jsonl
-from ..world.teacher import PadCollator, encode_example
 
 
 @dataclass(frozen=True)
@@ -58,17 +59,23 @@ def load_examples(path: str | Path, default_domain: str) -> list[Example]:
     return out
 
 
-def world_examples(wb, domains: tuple[str, ...], n: int, seed: int, split: str = "train") -> list[Example]:
-    """``n`` worked-form examples drawn evenly from ``domains`` of a world split (never the test split)."""
-    if split == "test":
-        raise ValueError("the map never looks at the world's test split")
+def suite_examples(suite, domains, n: int, seed: int) -> list[Example]:
+    """``n`` examples drawn evenly from the ``attack`` records ({prompt, completion}: training-side data, never
+    the eval items) of ``domains`` of a loaded suite; a domain without attack records is skipped, and none at all
+    is a SuiteError naming the domains."""
+    from ..suite import SuiteError
+
+    pools = {d: suite[d].attack for d in domains if d in suite.domains and suite[d].attack}
+    if not pools:
+        raise SuiteError(f"suite {suite.name!r}: no `attack` records in domain(s) {list(domains)} to map on "
+                         "(give the domains an `attack` file, or pass --forget/--retain JSONL)")
     rng = random.Random(seed)
     out = []
-    per = -(-n // len(domains))
-    for d in domains:
-        pool = list(wb.splits[split][d])
+    per = -(-n // len(pools))
+    for d, recs in pools.items():
+        pool = [Example(r["prompt"], r["completion"], d) for r in recs if r["completion"]]
         rng.shuffle(pool)
-        out += [Example(p.worked_prompt, p.worked_target, d) for p in pool[:per]]
+        out += pool[:per]
     rng.shuffle(out)
     return out[:n]
 

@@ -78,6 +78,27 @@ def capture(model: nn.Module, sites: dict[str, list[int]]) -> Iterator[dict[tupl
 
 
 @contextlib.contextmanager
+def stream(model: nn.Module, sites: dict[str, list[int]], fn: Callable[[tuple[str, int], torch.Tensor], None]
+           ) -> Iterator[None]:
+    """Call ``fn((site, layer), tensor)`` at each of ``sites`` as the forward pass reaches it, keeping nothing:
+    the caller reduces each site's tensor on the spot (statistics) or hooks its gradient, so no dict of every
+    site's activations is held at once."""
+    handles = []
+    try:
+        for site, layers in sites.items():
+            for layer in layers:
+                def call(t, key=(site, layer)):
+                    fn(key, t)
+                    return None
+
+                handles.append(_register(model, site, layer, call))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextlib.contextmanager
 def edit(model: nn.Module, edits: dict[tuple[str, int], Edit]) -> Iterator[None]:
     """Replace the tensor at each ``(site, layer)`` by ``fn(tensor)`` during the block."""
     handles = [_register(model, site, layer, fn) for (site, layer), fn in edits.items()]

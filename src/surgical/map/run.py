@@ -1,7 +1,8 @@
 """The map recipe: statistics and attribution -> exact patching -> layer summary -> SAE -> validation -> files.
 
-``run`` is the one entry point (the CLI and the pipeline both call it); ``run_files`` reads a model directory
-and forget/retain JSONL files; ``run_demo`` maps the demo teacher on the demo world's train split.
+``run`` is the one entry point (the CLI and the pipeline both call it); ``run_suite`` maps a model against an
+evaluation suite and a policy; ``run_files`` reads a model directory and forget/retain JSONL files;
+``run_demo`` maps the demo teacher against the world's suite (via ``surgical.demo``, the only door to the world).
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ def run(cfg: MapConfig, model, tokenizer, forget: list[Example], retain: list[Ex
         ranking = scores["mlp.score"] if cfg.rank_by == "attribution" else scores["mlp.selectivity"]
 
         baseline = None
-        validation = {"skipped": "no evaluator: the records carry no prompt/completion to exact-match"}
+        validation = {"skipped": "no evaluator: the records carry no prompt/completion to score"}
         if evaluator is not None:
             t0 = time.perf_counter()
             baseline = evaluator(model)
@@ -297,9 +298,10 @@ SCORE_DEFINITIONS = {
                                  "token when the unit is set to its retain mean at every position",
     "attr_*_zero": "the same estimate for zero-ablation",
     "score": "attr_forget - attr_retain: the ranking of forget_neurons and forget_heads",
-    "delta_exact_match": "exact-match after ablation minus before (negative = accuracy fell)",
+    "delta_exact_match": "the domain's suite metric (validation.metric: MC accuracy, or QA answer probability / "
+                         "accuracy) after ablation minus before (negative = it fell)",
     "specificity_ratio": "(forget drop / retain drop) of the map's ablation over that of the random control; "
-                         "drops floored at one evaluation problem (1/n)",
+                         "drops floored at one evaluation item (1/n)",
 }
 
 
@@ -335,6 +337,11 @@ def write_outputs(out_dir: Path, result: dict, scores: Scores, exact_rows: list[
     write_text(out_dir / "map.md", render_markdown(result))
 
 
+def _metric_names(v: dict) -> str:
+    names = v.get("metric", {}).get("metric", {})
+    return ", ".join(f"{d}: {m}" for d, m in names.items()) or "exact-match"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:+.1f}"
 
@@ -361,7 +368,8 @@ def render_markdown(r: dict) -> str:
         lines.append(f"Skipped: {v.get('skipped')}")
     else:
         lines += [f"Ablating the map's top {v['k']} MLP neurons ({v['ablation']}-ablation) vs {v['k']} random neurons "
-                  f"from the same layers; exact-match change in points ({v['n_per_domain']} problems per domain):", "",
+                  f"from the same layers; change of each domain's suite metric in points "
+                  f"({v['n_per_domain']} items per domain; {_metric_names(v)}):", "",
                   "| domain | before | map | random |", "|---|---|---|---|"]
         for d, before in v["baseline_exact_match"].items():
             lines.append(f"| {d} | {100 * before:.1f} | {_pct(v['map_ablation']['delta_exact_match'][d])} | "
@@ -397,28 +405,29 @@ def render_markdown(r: dict) -> str:
 
 
 def run_files(cfg: MapConfig, model_spec: str | Path, forget_path: str | Path, retain_path: str | Path,
-              out_dir: str | Path, world_cfg=None, quiet: bool = True) -> MapResult:
-    """Map the model at ``model_spec`` with forget/retain JSONL files. With ``world_cfg``, validation uses the
-    world's exact-match sets; otherwise the held-out records of the files themselves."""
+              out_dir: str | Path, quiet: bool = True) -> MapResult:
+    """Map the model at ``model_spec`` with forget/retain JSONL files and no suite: validation scores the files'
+    held-out prompt+completion records as QA domains (``validate.records_suite``; skipped for text records)."""
     from ..models import load_model, load_tokenizer
     from .data import load_examples
-    from .validate import RecordEvaluator, WorldEvaluator
+    from .validate import SuiteEvaluator, records_suite
 
     forget = load_examples(forget_path, "forget")
     retain = load_examples(retain_path, "retain")
     tokenizer = load_tokenizer(model_spec)
     model = load_model(model_spec, device=cfg.device)
-    if world_cfg is not None:
-        from ..world import build_world
-
-        evaluator = WorldEvaluator(build_world(world_cfg), tokenizer, cfg.validation_split, cfg.validation_limit)
-    elif all(e.prompt for e in forget + retain):
-        # exact-match on records the attribution did not see, per domain, where the files have any left
+    evaluator = None
+    if all(e.prompt for e in forget + retain):
+        # scored on records the attribution did not see, per domain, where the files have any left
         used = set(map(id, sample(forget, cfg.n_forget, cfg.seed) + sample(retain, cfg.n_retain, cfg.seed + 1)))
-        evaluator = RecordEvaluator(tokenizer, _held_out_by_domain(forget, used), _held_out_by_domain(retain, used),
-                                    cfg.validation_limit)
-    else:
-        evaluator = None
+        f_sets, r_sets = _held_out_by_domain(forget, used), _held_out_by_domain(retain, used)
+        overlap = sorted(set(f_sets) & set(r_sets))
+        if overlap:
+            raise ValueError(f"{forget_path} and {retain_path} share domain name(s) {overlap}; give the records "
+                             "distinct `domain` fields")
+        suite = records_suite(f_sets, r_sets)
+        evaluator = SuiteEvaluator(suite, tokenizer, list(f_sets), list(r_sets), cfg.validation_split,
+                                   cfg.validation_limit, cfg.qa_metric)
     return run(cfg, model, tokenizer, forget, retain, out_dir, evaluator,
                inputs={"model": model_spec, "forget": forget_path, "retain": retain_path}, quiet=quiet,
                extra_provenance={"model_spec": str(model_spec)})
@@ -432,26 +441,50 @@ def _held_out_by_domain(examples: list[Example], used: set[int]) -> dict[str, li
     return {d: [e for e in exs if id(e) not in used] or exs for d, exs in out.items()}
 
 
-def run_demo(out_dir: str | Path, cfg=None, quiet: bool = True) -> MapResult:
-    """Map the demo teacher (trained first if not cached) on the demo world's train split: forget = worked
-    mul/div, retain = worked add/sub; validation on the val split (never test)."""
-    from ..config import demo_config
+def run_suite(cfg: MapConfig, model_spec: str | Path, suite_path: str | Path, policy, out_dir: str | Path,
+              quiet: bool = True, forget_path: str | Path | None = None, retain_path: str | Path | None = None
+              ) -> MapResult:
+    """Map the model at ``model_spec`` against a suite, for ``policy`` (a loaded ``surgical.policy.Policy``).
+
+    Domains come from ``suite.check_policy``: the forbidden (gated) ones are the forget domains, the allowed ones
+    and the suite's other retain domains the retain domains (forget domains with ``gate: false`` are not used).
+    The examples are the domains' ``attack`` records (``data.suite_examples``), or the JSONL files
+    ``forget_path``/``retain_path`` when given; validation measures the suite's own metric per domain on its
+    ``validation_split`` (``validate.SuiteEvaluator``). Raises SuiteError / ConfigError on bad input."""
     from ..models import load_model, load_tokenizer
-    from ..world import build_world
-    from ..world.teacher import get_or_train_teacher
-    from .data import world_examples
-    from .validate import WorldEvaluator
+    from ..suite import check_policy, load_suite
+    from .data import load_examples, suite_examples
+    from .validate import SuiteEvaluator
+
+    suite = load_suite(suite_path)
+    forget_all, retain_d = check_policy(suite, policy)
+    forget_d = [d for d in forget_all if suite[d].spec.gate]
+    forget = (load_examples(forget_path, "forget") if forget_path
+              else suite_examples(suite, forget_d, cfg.n_forget, cfg.seed))
+    retain = (load_examples(retain_path, "retain") if retain_path
+              else suite_examples(suite, retain_d, cfg.n_retain, cfg.seed + 1))
+    tokenizer = load_tokenizer(model_spec)
+    model = load_model(model_spec, device=cfg.device)
+    evaluator = SuiteEvaluator(suite, tokenizer, forget_d, retain_d, cfg.validation_split, cfg.validation_limit,
+                               cfg.qa_metric)
+    inputs = {"model": model_spec, "suite": suite_path}
+    inputs.update({k: v for k, v in (("forget", forget_path), ("retain", retain_path)) if v})
+    return run(cfg, model, tokenizer, forget, retain, out_dir, evaluator, inputs=inputs, quiet=quiet,
+               extra_provenance={
+                   "model_spec": str(model_spec), "suite": suite.name, "suite_data_sha256": suite.data_hash,
+                   "policy": policy.name, "forget_domains": forget_d, "retain_domains": retain_d,
+                   "ungated_forget_domains": [d for d in forget_all if d not in forget_d],
+                   "data": "forget/retain examples: " + ("JSONL files" if forget_path or retain_path
+                                                          else "the domains' attack records")})
+
+
+def run_demo(out_dir: str | Path, cfg=None, quiet: bool = True) -> MapResult:
+    """Map the demo teacher (trained first if not cached) against the world's suite with the demo policy:
+    forget = mul/div attack records (training split), retain = add/sub; validation on the suite's val split."""
+    from .. import demo
+    from ..config import demo_config
+    from ..policy import demo_policy_path, load_policy
 
     pipeline_cfg = cfg or demo_config()
-    mcfg = pipeline_cfg.map
-    teacher_dir, _trained = get_or_train_teacher(pipeline_cfg.world, pipeline_cfg.teacher, quiet=quiet)
-    wb = build_world(pipeline_cfg.world)
-    tokenizer = load_tokenizer(teacher_dir)
-    model = load_model(teacher_dir, device=mcfg.device)
-    forget = world_examples(wb, ("mul", "div"), mcfg.n_forget, mcfg.seed)
-    retain = world_examples(wb, ("add", "sub"), mcfg.n_retain, mcfg.seed + 1)
-    evaluator = WorldEvaluator(wb, tokenizer, mcfg.validation_split, mcfg.validation_limit)
-    return run(mcfg, model, tokenizer, forget, retain, out_dir, evaluator, inputs={"model": teacher_dir},
-               quiet=quiet, extra_provenance={"model_spec": str(teacher_dir), "world_data_sha256": wb.data_hash,
-                                              "data": "world train split: forget = mul/div, retain = add/sub"})
-
+    return run_suite(pipeline_cfg.map, demo.teacher_dir(pipeline_cfg, quiet=quiet), demo.suite_path(pipeline_cfg),
+                     load_policy(demo_policy_path()), out_dir, quiet=quiet)

@@ -2,12 +2,15 @@
 
 The map's top-k forget units (by ``mlp.score``) are ablated, and, as the control, k random neurons drawn from
 the same layers in the same numbers. Exact-match per domain is measured before and after; the specificity
-ratio is the map's (forget drop / retain drop) over the control's (``stats.specificity_ratio``). The same is
+ratio is the map's (forget drop / retain drop) over the control's (``stats.specificity_ratio``).
+"Exact-match" in the field names is historical: the figure is the suite's own metric of each domain
+(``SuiteEvaluator``: MC accuracy, or the QA answer probability / accuracy). The same is
 done for SAE latents, clamped by zeroing and by negative scaling.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 
@@ -19,53 +22,107 @@ from .hooks import edit
 from .patching import ablation_edits
 from .stats import specificity_ratio
 
+QA_METRICS = ("answer_prob", "accuracy")
 
-class WorldEvaluator:
-    """Exact-match per domain on the world's val (or test) split, via ``world.teacher.evaluate_world``."""
 
-    def __init__(self, wb, tokenizer, split: str, limit: int, forget_domains=("mul", "div"),
-                 retain_domains=("add", "sub")):
-        self.wb, self.tokenizer, self.split, self.limit = wb, tokenizer, split, limit
+class SuiteEvaluator:
+    """The suite's own metric per domain, on ``split`` (the test split stands in where a domain has no such
+    split), at most ``limit`` records per domain: MC accuracy (lm-eval ``acc``, as ``scoring.mc_hits``) where the
+    domain has MC data; otherwise, on QA data, ``qa_metric``: ``answer_prob`` = the reference's per-token
+    geometric-mean probability given the prompt (the record's ``target``, else its first answer; continuous, so
+    a drop shows on free text and on a model that gets nothing exactly right) or ``accuracy`` = greedy
+    generation scored by the domain's scorer (``scoring.qa_hits``). Every value is in [0, 1], higher = better.
+
+    Called on a model it returns {domain: metric}, retain domains first. All MC domains are scored in one
+    ``mc_predictions`` call and all ``answer_prob`` domains in one ``continuation_logprobs`` call (validation
+    runs a dozen evaluations)."""
+
+    def __init__(self, suite, tokenizer, forget_domains, retain_domains, split: str = "val", limit: int = 50,
+                 qa_metric: str = "answer_prob", batch_size: int = 64):
+        from ..suite import SuiteError
+
+        if qa_metric not in QA_METRICS:
+            raise ValueError(f"qa_metric {qa_metric!r}; expected one of {QA_METRICS}")
+        self.suite, self.tokenizer, self.split, self.limit = suite, tokenizer, split, limit
+        self.qa_metric, self.batch_size = qa_metric, batch_size
         self.forget_domains, self.retain_domains = tuple(forget_domains), tuple(retain_domains)
-        self.n_per_domain = min([limit] + [len(wb.exact_match_sets[split][d]) for d in self.domains])
+        if not self.forget_domains or not self.retain_domains:
+            raise SuiteError("map validation needs at least one forget and one retain domain")
+        self.kind: dict[str, str] = {}
+        self.records: dict[str, list[dict]] = {}
+        self.splits: dict[str, str] = {}
+        for d in self.domains:
+            if d not in suite.domains:
+                raise SuiteError(f"suite {suite.name!r} has no domain {d!r}")
+            data = suite[d]
+            kind = "mc" if data.mc else "qa"
+            recs = data.split_of(kind, split)[:limit]
+            if not recs:
+                raise SuiteError(f"suite {suite.name!r}: domain {d!r} has no {kind} records")
+            self.kind[d], self.records[d] = kind, recs
+            self.splits[d] = split if split in getattr(data, kind) else "test"
+        self.n_per_domain = min(len(r) for r in self.records.values())
 
     @property
     def domains(self) -> tuple[str, ...]:
         return self.retain_domains + self.forget_domains
 
-    def __call__(self, model) -> dict[str, float]:
-        # The same scoring as ``world.teacher.evaluate_world(..., mc=False)`` (``exact_match_hits``), but with every
-        # domain in one call: on a CPU the per-step overhead of ``generate`` dominates, and the validation runs a
-        # dozen evaluations.
-        from ..world.teacher import exact_match_hits, max_worked_tokens
+    @property
+    def metric_names(self) -> dict[str, str]:
+        return {d: "mc_acc" if self.kind[d] == "mc" else f"qa_{self.qa_metric}" for d in self.domains}
 
-        recs = {d: self.wb.exact_match_sets[self.split][d][:self.limit] for d in self.domains}
-        flat = [r for d in self.domains for r in recs[d]]
-        budget = max(max_worked_tokens(self.wb, d) for d in self.domains)
-        hits = iter(exact_match_hits(model, self.tokenizer, flat, budget, batch_size=256)[0])
-        return {d: sum(next(hits) for _ in recs[d]) / len(recs[d]) for d in self.domains}
-
-
-class RecordEvaluator:
-    """Exact-match of greedy completions against reference completions, per domain, for any model and any
-    prompt+completion records (whitespace-normalised comparison; generation stops at EOS)."""
-
-    def __init__(self, tokenizer, forget: dict[str, list], retain: dict[str, list], limit: int):
-        self.tokenizer = tokenizer
-        self.sets = {d: v[:limit] for d, v in {**retain, **forget}.items()}
-        self.forget_domains, self.retain_domains = tuple(forget), tuple(retain)
-        self.n_per_domain = min(len(v) for v in self.sets.values())
+    def describe(self) -> dict:
+        return {"metric": self.metric_names, "split": dict(self.splits),
+                "n": {d: len(r) for d, r in self.records.items()}}
 
     def __call__(self, model) -> dict[str, float]:
-        from ..scoring import greedy_generate
+        from ..scoring import continuation_logprobs, mc_predictions, qa_hits
+        from ..suite import format_prompt
 
-        out = {}
-        for d, exs in self.sets.items():
-            budget = max(len(self.tokenizer(e.completion, add_special_tokens=False)["input_ids"]) for e in exs) + 2
-            gens = greedy_generate(model, self.tokenizer, [e.prompt for e in exs], max_new_tokens=budget)
-            out[d] = sum(" ".join(g.split()) == " ".join(e.completion.split()) for g, e in zip(gens, exs,
-                                                                                              strict=True)) / len(exs)
-        return out
+        out: dict[str, float] = {}
+        mc = [d for d in self.domains if self.kind[d] == "mc"]
+        if mc:  # one call for every MC domain: each choice carries its domain's delimiter (= mc_hits)
+            flat = []
+            for d in mc:
+                data = self.suite[d]
+                delim = data.spec.target_delimiter
+                flat += [{"question": format_prompt(self.tokenizer, r["question"], data.chat),
+                          "choices": [delim + c for c in r["choices"]], "gold": r["gold"]} for r in self.records[d]]
+            preds = iter(mc_predictions(model, self.tokenizer, flat, batch_size=self.batch_size,
+                                        target_delimiter=""))
+            for d in mc:
+                out[d] = sum(next(preds)["correct"] for _ in self.records[d]) / len(self.records[d])
+        qa = [d for d in self.domains if self.kind[d] == "qa"]
+        if qa and self.qa_metric == "accuracy":
+            for d in qa:
+                hits, _ = qa_hits(model, self.tokenizer, self.suite[d], self.records[d], batch_size=self.batch_size)
+                out[d] = sum(hits) / len(hits)
+        elif qa:
+            pairs = []
+            for d in qa:
+                data = self.suite[d]
+                pairs += [(format_prompt(self.tokenizer, r["prompt"], data.chat),
+                           r.get("target") or data.spec.target_delimiter + r["answers"][0]) for r in self.records[d]]
+            scores = iter(continuation_logprobs(model, self.tokenizer, pairs, batch_size=self.batch_size))
+            for d in qa:
+                probs = [math.exp(lp / n) if n else 0.0 for lp, n in (next(scores) for _ in self.records[d])]
+                out[d] = sum(probs) / len(probs)
+        return {d: out[d] for d in self.domains}
+
+
+def records_suite(forget: dict[str, list], retain: dict[str, list]):
+    """An in-memory suite of QA domains from prompt+completion examples ({domain: [Example]}): prompt -> the
+    completion as ``target`` and answer (what ``SuiteEvaluator`` scores when the map runs on bare JSONL files)."""
+    from ..suite import DomainData, DomainSpec, Suite, SuiteSpec
+
+    specs, domains = [], {}
+    for role, sets in (("forget", forget), ("retain", retain)):
+        for d, exs in sets.items():
+            spec = DomainSpec(name=d, role=role, qa="<records>", scorer="normalized", target_delimiter="")
+            recs = [{"prompt": e.prompt, "answers": [e.completion], "target": e.completion} for e in exs]
+            specs.append(spec)
+            domains[d] = DomainData(spec, False, qa={"test": recs})
+    return Suite(SuiteSpec(name="records", domains=specs), None, domains, {})
 
 
 def top_units(score: torch.Tensor, k: int) -> dict[int, list[int]]:
@@ -88,7 +145,7 @@ def random_units_like(selection: dict[int, list[int]], width: int, seed: int) ->
 
 
 def compare(before: dict[str, float], after: dict[str, float], forget_domains, retain_domains) -> dict:
-    """Per-domain exact-match before and after and its change (negative = worse), plus the mean drops."""
+    """Per-domain metric before and after and its change (negative = worse), plus the mean drops."""
     per_domain = {d: {"before": before[d], "after": after[d], "delta_exact_match": after[d] - before[d]}
                   for d in before}
     return {
@@ -132,7 +189,8 @@ def validate_neurons(model, scores: Scores, score: torch.Tensor, evaluator, k: i
     return {
         "unit": "mlp_neuron", "k": k, "ablation": ablation, "n_per_domain": evaluator.n_per_domain,
         "forget_domains": list(evaluator.forget_domains), "retain_domains": list(evaluator.retain_domains),
-        "baseline_exact_match": baseline,
+        "baseline_exact_match": baseline, "baseline": baseline,
+        **({"metric": evaluator.describe()} if hasattr(evaluator, "describe") else {}),
         "map_ablation": head["map_ablation"], "random_ablation": head["random_ablation"],
         "specificity_ratio": head["specificity_ratio"], "units_per_layer": head["units_per_layer"],
         "sweep": [{"k": kk, "forget_drop_map": r["map_ablation"]["forget_drop"],
