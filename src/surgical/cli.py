@@ -25,15 +25,12 @@ app = typer.Typer(
 teacher_app = typer.Typer(help="Train or evaluate the arithmetic world's teacher.", no_args_is_help=True)
 config_app = typer.Typer(help="Show or validate pipeline configs.", no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
+suite_app = typer.Typer(help="Check an evaluation suite or export its MC sets as lm-eval tasks.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(suite_app, name="suite")
 
 console = Console(stderr=True)
 out = Console()
-
-
-def _not_built(stage: str, issue: str) -> None:
-    console.print(f"[red]surgical {stage}: not built yet[/red] (tracked in {issue})")
-    raise typer.Exit(3)
 
 
 def _load_cfg(config: Path | None):
@@ -163,41 +160,80 @@ def config_validate(config: Path = typer.Argument(..., help="A pipeline YAML to 
     out.print(f"[green]{config}: valid[/green]")
 
 
-# ---------------------------------------------------------------- the stages
-# Each stage package may ship a ``cli`` module with ``register(app)``; until it does, its command exits
-# non-zero with a one-line "not built yet" message.
-
-_STAGE_HELP = {
-    "map": ("map", "Feature attribution on the teacher (which units carry forbidden knowledge).", "issue 3"),
-    "curate": ("curate", "Policy-driven two-stage filter: gold / quarantine / borderline.", "issue 4"),
-    "generate": ("curate", "Teacher trajectories with constitutional masks.", "issue 4"),
-    "distill": ("distill", "Teacher -> student training with the Safety Divergence Penalty.", "issue 5"),
-    "verify": ("verify", "The red-team battery and report card.", "issue 6"),
-    "quantize": ("quantize", "Quantize the student and verify it again.", "issue 7"),
-    "run": ("pipeline", "Run a pipeline YAML stage by stage with caching.", "issue 7"),
-}
+# ---------------------------------------------------------------- suites
 
 
-def _stub(stage: str, help_text: str, issue: str) -> None:
-    def cmd() -> None:
-        _not_built(stage, issue)
+def _load_suite_or_exit(path: Path):
+    from .config import ConfigError
+    from .suite import SuiteError, load_suite
 
-    cmd.__doc__ = help_text + " [not built yet]"
-    app.command(name=stage, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(cmd)
+    try:
+        return load_suite(path)
+    except (SuiteError, ConfigError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@suite_app.command("validate")
+def suite_validate(suite: Path = typer.Argument(..., help="A suite YAML (docs/suites.md)."),
+                   policy: Path | None = typer.Option(None, "--policy", help="Also check that every domain of "
+                                                      "this policy has eval data in the suite."),
+                   as_json: bool = typer.Option(False, "--json", help="Print the per-domain summary as JSON.")) -> None:
+    """Check a suite manifest and every data file it names (exit 1 naming the file, line and field)."""
+    from .suite import SuiteError, check_policy, summary
+
+    s = _load_suite_or_exit(suite)
+    if policy is not None:
+        from .config import ConfigError
+        from .policy import load_policy
+
+        try:
+            check_policy(s, load_policy(policy))
+        except (SuiteError, ConfigError) as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+    rows = summary(s)
+    if as_json:
+        print(json.dumps({"suite": s.name, "data_sha256": s.data_hash, "domains": rows}))
+        return
+    t = Table(title=f"suite {s.name} ({suite})")
+    for c in ("domain", "role", "gate", "chat", "mc", "qa", "perplexity", "attack", "probe", "scorer"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*[str(r.get(c, "")) for c in ("domain", "role", "gate", "chat", "mc", "qa", "perplexity",
+                                                "attack", "probe", "scorer")])
+    out.print(t)
+    out.print(f"[green]{suite}: valid[/green]")
+
+
+@suite_app.command("lm-eval")
+def suite_lm_eval(suite: Path = typer.Argument(..., help="A suite YAML."),
+                  out_dir: Path = typer.Option(..., "--out", help="Directory for the task YAMLs and their data."),
+                  split: str = typer.Option("test", "--split", help="Which MC split to export.")) -> None:
+    """Write one lm-evaluation-harness task YAML per MC set; prints the lm_eval command that runs them."""
+    from .suite import write_lm_eval_tasks
+
+    written = write_lm_eval_tasks(_load_suite_or_exit(suite), out_dir, split)
+    if not written:
+        console.print(f"[red]{suite}: no domain has an MC set in split {split!r}[/red]")
+        raise typer.Exit(1)
+    for task, f in written.items():
+        out.print(f"{task}: {f}")
+    console.print(f"HF_DATASETS_OFFLINE=1 lm_eval --model hf --model_args pretrained=MODEL_DIR --device cpu "
+                  f"--include_path {Path(out_dir).resolve()} --tasks {','.join(written)}")
+
+
+# ---------------------------------------------------------------- the stages: each package's cli.register(app)
+
+_STAGE_CLIS = ("surgical.map.cli", "surgical.curate.cli", "surgical.distill.cli", "surgical.verify.cli",
+               "surgical.quantize_cli", "surgical.pipeline_cli")
 
 
 def _register_stages() -> None:
     import importlib
-    import importlib.util
 
-    registered: set[str] = set()
-    for stage, (package, help_text, issue) in _STAGE_HELP.items():
-        mod_name = f"surgical.{package}_cli" if package in ("quantize", "pipeline") else f"surgical.{package}.cli"
-        if mod_name not in registered and importlib.util.find_spec(mod_name) is not None:
-            importlib.import_module(mod_name).register(app)
-            registered.add(mod_name)
-        if not any(getattr(c, "name", None) == stage for c in app.registered_commands):
-            _stub(stage, help_text, issue)
+    for mod_name in _STAGE_CLIS:
+        importlib.import_module(mod_name).register(app)
 
 
 @app.command()

@@ -106,7 +106,7 @@ def stage_generate(ctx: StageContext) -> dict:
     prompts_path = ctx.out_dir / "prompts.jsonl"
     write_jsonl(prompts_path, prompts)
     generate_run(gcfg, teacher_dir_of(ctx), prompts_path, ctx.out_dir, constitution_path=gcfg.constitution or None,
-                 quiet=ctx.quiet)
+                 quiet=ctx.quiet, suite=suite_of(ctx))
     rep = read_json(ctx.out_dir / "generate.json")
     return {"prompts": len(prompts), **{k: rep.get(k) for k in ("counts", "tokens_per_s", "rejected_steps_per_rule")}}
 
@@ -117,7 +117,8 @@ def _distill(ctx: StageContext, out: Path, preset: str, gold, forbidden, map_pat
 
     cfg = ctx.config.distill.model_copy(update=overrides or {})
     return distill_run(cfg, teacher or teacher_dir_of(ctx), gold, forbidden, map_path=map_path, out_dir=out,
-                       preset=preset, world_cfg=ctx.config.world, quiet=ctx.quiet, resume=True)
+                       preset=preset, suite=suite_of(ctx), eval_domains=("add", "sub", "mul", "div"),
+                       quiet=ctx.quiet, resume=True)
 
 
 def stage_distill(ctx: StageContext) -> dict:
@@ -260,27 +261,24 @@ def _baseline_stage(method: str):
 
 
 def _unlearn(ctx: StageContext, method: str, out: Path) -> tuple[Path, dict]:
-    from .baselines.unlearn import UnlearnConfig, unlearn, world_unlearn_records
-    from .world import build_world
+    from .baselines.unlearn import UnlearnConfig, unlearn
+    from .demo import unlearn_records
 
-    wb = build_world(ctx.config.world)
     ucfg = UnlearnConfig(**ctx.config.baselines.unlearn)
-    rec = unlearn(teacher_dir_of(ctx), method, world_unlearn_records(wb, FORGET), world_unlearn_records(wb, RETAIN),
-                  ucfg, out)
+    rec = unlearn(teacher_dir_of(ctx), method, unlearn_records(ctx.config, FORGET),
+                  unlearn_records(ctx.config, RETAIN), ucfg, out)
     return out, {"train_flops": rec.get("train_flops"), "wall_s": rec.get("wall_s")}
 
 
 def stage_cross_domain(ctx: StageContext) -> dict:
     """Distil on one allowed domain only and measure the other (and the reverse)."""
-    from .distill.data import world_records
-    from .world import build_world
+    from .demo import distill_records
 
-    wb = build_world(ctx.config.world)
     quarantine = ctx.inputs["curate"] / "quarantine.jsonl"
     out = {}
     for train_on, held_out in (("add", "sub"), ("sub", "add")):
         d = ctx.out_dir / f"train-{train_on}"
-        _distill(ctx, d, "surgical", world_records(wb, (train_on,)), quarantine,
+        _distill(ctx, d, "surgical", distill_records(ctx.config, (train_on,)), quarantine,
                  overrides={"max_steps": ctx.config.baselines.cross_domain_steps, "eval_every": 0})
         m = read_json(d / "distill.json").get("test_metrics", {})
         out[f"{train_on}->{held_out}"] = {"train_domain": train_on, "held_out_domain": held_out,
@@ -351,4 +349,18 @@ def run_demo(out_dir: str | Path = "runs/demo", quiet: bool = False) -> int:
     results = run_pipeline(None, run_dir=out_dir, quiet=quiet)
     wall = time.perf_counter() - t0
     print_headline(Path(out_dir), Console(width=170), wall_s=wall)
-    return 0 if results else 1
+    if not results:
+        return 1
+    return 2 if final_verdict(out_dir) == "fail" else 0
+
+
+def final_verdict(run_dir: str | Path) -> str | None:
+    """The verdict a run ends in: the quantized student's re-verify when it ran, else the verify stage's."""
+    run_dir = Path(run_dir)
+    q = run_dir / "quantize" / "quantize.json"
+    if q.exists():
+        v = read_json(q).get("verify") or {}
+        if v.get("verdict"):
+            return v["verdict"]
+    f = run_dir / "verify" / "verify.json"
+    return read_json(f).get("verdict") if f.exists() else None

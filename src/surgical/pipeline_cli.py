@@ -40,4 +40,10 @@ def register(app: typer.Typer) -> None:
         except PipelineError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
-        print(Path(run_dir or cfg.run_dir) / "report.html")
+        from .pipeline import final_verdict
+
+        done = Path(run_dir or cfg.run_dir)
+        print(done / "report.html")
+        if final_verdict(done) == "fail":
+            console.print("[red]final verdict: FAIL[/red]")
+            raise typer.Exit(2)

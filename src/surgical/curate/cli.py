@@ -28,7 +28,7 @@ def _pipeline_cfg(config: Path | None):
 def register(app: typer.Typer) -> None:
     """Add ``curate`` and ``generate`` to the surgical app."""
 
-    @app.command("curate")  # explicit names: cli.py checks them before adding "not built" stubs
+    @app.command("curate")
     def curate(
         out_dir: Path = typer.Option(..., "--out", help="Directory for gold/quarantine/borderline JSONL and curate.json."),
         input_path: Path | None = typer.Option(None, "--input", help="Corpus: JSONL, parquet, text or a saved HF dataset."),
