@@ -37,10 +37,10 @@ def main() -> None:
 
     from surgical.curate.classifier import MiniLMEmbedder, PolicyClassifier
     from surgical.curate.config import CurateConfig
-    from surgical.curate.corpus import world_corpus
     from surgical.curate.prose import prose_corpus, prose_policy
     from surgical.curate.run import curate
     from surgical.policy import demo_policy_path, load_policy
+    from surgical.world.corpus import world_corpus
 
     t0 = time.perf_counter()
     emb = MiniLMEmbedder()

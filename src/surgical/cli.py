@@ -22,9 +22,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-teacher_app = typer.Typer(help="Train or evaluate the arithmetic world's teacher.", no_args_is_help=True)
 config_app = typer.Typer(help="Show or validate pipeline configs.", no_args_is_help=True)
-app.add_typer(teacher_app, name="teacher")
 suite_app = typer.Typer(help="Check an evaluation suite or export its MC sets as lm-eval tasks.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(suite_app, name="suite")
@@ -48,97 +46,6 @@ def _main(version: bool = typer.Option(False, "--version", help="Print the versi
     if version:
         out.print(__version__)
         raise typer.Exit(0)
-
-
-# ---------------------------------------------------------------- world
-
-
-@app.command()
-def world(
-    out_dir: Path = typer.Option(Path("runs/world"), "--out", help="Directory to write the world into."),
-    config: Path | None = typer.Option(None, "--config", help="Pipeline YAML (default: the demo config)."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
-) -> None:
-    """Write the arithmetic world: splits, eval sets (lm-eval shape), lm-eval task YAMLs, tokenizer."""
-    from .world import build_world, write_world
-
-    cfg = _load_cfg(config)
-    files = write_world(cfg.world, out_dir)
-    wb = build_world(cfg.world)
-    summary = {split: {d: len(v) for d, v in wb.splits[split].items()} for split in ("train", "val", "test")}
-    if as_json:
-        out.print_json(json.dumps({"out": str(out_dir), "counts": summary, "files": files}))
-        return
-    t = Table(title=f"arithmetic world -> {out_dir}")
-    t.add_column("domain")
-    for split in ("train", "val", "test"):
-        t.add_column(split, justify="right")
-    for d in summary["train"]:
-        t.add_row(d, *(str(summary[s][d]) for s in ("train", "val", "test")))
-    out.print(t)
-    out.print(str(out_dir))
-
-
-# ---------------------------------------------------------------- teacher
-
-
-@teacher_app.command("train")
-def teacher_train(
-    config: Path | None = typer.Option(None, "--config", help="Pipeline YAML (default: the demo config)."),
-    force: bool = typer.Option(False, "--force", help="Retrain even if a cached teacher exists."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
-) -> None:
-    """Train the world's teacher (cached under $SURGICAL_HOME by config hash). Prints its directory last."""
-    from .world.teacher import get_or_train_teacher, load_teacher_record
-
-    cfg = _load_cfg(config)
-    d, trained = get_or_train_teacher(cfg.world, cfg.teacher, quiet=quiet, force=force)
-    rec = load_teacher_record(d)
-    if not quiet:
-        console.print(("trained" if trained else "cached") + f" teacher: {rec['n_parameters']:,} parameters, "
-                      f"{rec['train_wall_s']:.0f} s of training")
-        _print_metrics(rec["test_metrics"], console)
-    print(d)
-
-
-def _print_metrics(metrics: dict, where: Console) -> None:
-    t = Table(title="held-out test accuracy")
-    for c in ("domain", "exact match", "MC", "MC (length-norm.)", "n"):
-        t.add_column(c, justify="right")
-    for d, m in metrics.items():
-        t.add_row(d, f"{m['exact_match']:.3f}", f"{m['mc_accuracy']:.3f}", f"{m.get('mc_accuracy_norm', float('nan')):.3f}",
-                  str(m.get("n", "")))
-    where.print(t)
-
-
-@teacher_app.command("eval")
-def teacher_eval(
-    model_dir: Path = typer.Argument(..., help="An HF model dir trained on the world (teacher or student)."),
-    config: Path | None = typer.Option(None, "--config", help="Pipeline YAML whose world to use."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object of per-domain metrics."),
-    split: str = typer.Option("test", "--split", help="test or val."),
-) -> None:
-    """Exact-match and MC accuracy per domain on the world's held-out set."""
-    import torch
-
-    from .models import ModelLoadError, load_model
-    from .world import build_world
-    from .world.teacher import evaluate_world
-
-    cfg = _load_cfg(config)
-    torch.set_num_threads(cfg.teacher.threads)
-    wb = build_world(cfg.world)
-    try:
-        model = load_model(model_dir)
-    except ModelLoadError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from None
-    metrics = evaluate_world(model, wb.tokenizer, wb, split=split)
-    if as_json:
-        print(json.dumps({d: {"exact_match": m["exact_match"], "mc_accuracy": m["mc_accuracy"]}
-                          for d, m in metrics.items()}))
-    else:
-        _print_metrics(metrics, out)
 
 
 # ---------------------------------------------------------------- config
@@ -200,8 +107,11 @@ def suite_validate(suite: Path = typer.Argument(..., help="A suite YAML (docs/su
     for c in ("domain", "role", "gate", "chat", "mc", "qa", "perplexity", "attack", "probe", "scorer"):
         t.add_column(c)
     for r in rows:
-        t.add_row(*[str(r.get(c, "")) for c in ("domain", "role", "gate", "chat", "mc", "qa", "perplexity",
-                                                "attack", "probe", "scorer")])
+        def cell(v):
+            return ", ".join(f"{k} {n}" for k, n in v.items()) if isinstance(v, dict) else str(v if v is not None else "")
+
+        t.add_row(*[cell(r.get(c)) for c in ("domain", "role", "gate", "chat", "mc", "qa", "perplexity",
+                                             "attack", "probe", "scorer")])
     out.print(t)
     out.print(f"[green]{suite}: valid[/green]")
 
@@ -225,7 +135,7 @@ def suite_lm_eval(suite: Path = typer.Argument(..., help="A suite YAML."),
 
 # ---------------------------------------------------------------- the stages: each package's cli.register(app)
 
-_STAGE_CLIS = ("surgical.map.cli", "surgical.curate.cli", "surgical.distill.cli", "surgical.verify.cli",
+_STAGE_CLIS = ("surgical.world.cli", "surgical.map.cli", "surgical.curate.cli", "surgical.distill.cli", "surgical.verify.cli",
                "surgical.quantize_cli", "surgical.pipeline_cli")
 
 

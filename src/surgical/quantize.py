@@ -30,14 +30,13 @@ backend, as in transformers' and quanto's defaults.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

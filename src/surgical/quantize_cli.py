@@ -29,8 +29,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print quantize.json."),
     ) -> None:
         """Quantize a model, save it so it reloads, compare it with fp32, re-verify it, write a model card."""
-        from .models import ModelLoadError
         from .config import ConfigError
+        from .models import ModelLoadError
         from .quantize import QuantizeError, check_supported, run
         from .suite import SuiteError
 

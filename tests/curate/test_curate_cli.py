@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from surgical.cli import app
-from surgical.curate.corpus import world_corpus
 from surgical.io import read_jsonl, write_jsonl
+from surgical.world.corpus import world_corpus
 
 runner = CliRunner()
 

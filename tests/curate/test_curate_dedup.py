@@ -87,7 +87,7 @@ def test_exact_and_near_duplicates_of_gold_are_dropped(tmp_path, demo_policy, st
 
 
 def test_world_problems_are_not_near_duplicates_of_each_other(tmp_path, demo_policy, stub_classifier):
-    from surgical.curate.corpus import world_corpus
+    from surgical.world.corpus import world_corpus
 
     recs = world_corpus(split="val")[:200]
     res = curate(((str(i), r) for i, r in enumerate(recs)), tmp_path, demo_policy, CurateConfig(),

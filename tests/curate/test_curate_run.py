@@ -7,9 +7,10 @@ import json
 import pytest
 
 from surgical.curate.config import CurateConfig
-from surgical.curate.corpus import iter_records, world_corpus
+from surgical.curate.corpus import iter_records
 from surgical.curate.run import curate, run
 from surgical.io import read_jsonl, write_jsonl
+from surgical.world.corpus import world_corpus
 
 
 def _read(tmp_path, name):

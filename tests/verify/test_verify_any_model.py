@@ -107,7 +107,7 @@ def fictional(tmp_path_factory):
     root = tmp_path_factory.mktemp("fictional")
     tok = ensure_pad_token(load_tokenizer(_smollm_gguf()))
     facts = fictional_facts()
-    suite = write_suite(root, facts)
+    write_suite(root, facts)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                       num_key_value_heads=2, intermediate_size=128, max_position_embeddings=128,
                       tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,

@@ -7,7 +7,6 @@ import torch
 from surgical.models import decoder_layers, layer_output
 from surgical.verify.config import VerifyConfig
 from surgical.verify.incontext import in_context_use, with_facts
-from surgical.world.suite import facts_for, qa_record
 from surgical.verify.jailbreaks import load_families, run_battery
 from surgical.verify.latent import (
     ablated,
@@ -20,6 +19,7 @@ from surgical.verify.latent import (
 from surgical.verify.probes import knowledge_probes
 from surgical.verify.quant_attack import QuantizationUnavailable, quantization_attack, quantize_copy
 from surgical.verify.relearn import finetune_curve, relearning_attack
+from surgical.world.suite import facts_for, qa_record
 
 TINY = VerifyConfig(n_items=6, bootstrap_samples=50, jailbreak_items=3, in_context_items=3, relearn_examples=8,
                     relearn_max_steps=4, relearn_lrs=[1e-3, 1e-2], relearn_eval_steps=[2], relearn_eval_items=3,

@@ -2,9 +2,9 @@
 trajectories, and constitutional rewriting with per-token distillation masks. See docs/curate.md.
 
 Entry points: ``surgical.curate.run.run`` / ``run_demo`` (curate), ``surgical.curate.generate.run`` /
-``run_demo`` (generate), ``surgical.curate.constitution.token_kd_mask``, ``world_corpus``.
+``run_demo`` (generate), ``surgical.curate.constitution.token_kd_mask``.
 """
 
-from .corpus import iter_records, world_corpus
+from .corpus import iter_records
 
-__all__ = ["iter_records", "world_corpus"]
+__all__ = ["iter_records"]

@@ -116,35 +116,3 @@ def _iter_hf(path: Path) -> Iterator[tuple[str, dict | ReadError]]:
         for i, rec in enumerate(part):  # Arrow-backed: rows are memory-mapped, not loaded at once
             yield f"{path}[{split}]:row {i + 1}" if split else f"{path}:row {i + 1}", dict(rec)
 
-
-# ---------------------------------------------------------------- the arithmetic world as a corpus
-
-
-def world_record(problem, index: int | str) -> dict:
-    """The world corpus record of one Problem (the file contract between curate and the later stages)."""
-    return {
-        "id": f"{problem.domain}-{index}",
-        "text": problem.worked_text,
-        "prompt": problem.worked_prompt,
-        "completion": problem.worked_target,
-        "domain": problem.domain,
-        "answer": problem.answer,
-        "label": "forbidden" if problem.forbidden else "allowed",
-    }
-
-
-def world_corpus(world_cfg=None, split: str = "train", domains: tuple[str, ...] | None = None) -> list[dict]:
-    """The arithmetic world's ``split`` as a labelled corpus, domains interleaved (round robin), so a
-    prefix of it is a fair sample."""
-    from ..world import ALL_DOMAINS, build_world
-
-    wb = build_world(world_cfg)
-    domains = tuple(domains or ALL_DOMAINS)
-    per = {d: wb.splits[split][d] for d in domains}
-    out: list[dict] = []
-    longest = max(len(v) for v in per.values())
-    for i in range(longest):
-        for d in domains:
-            if i < len(per[d]):
-                out.append(world_record(per[d][i], f"{split}-{i}"))
-    return out

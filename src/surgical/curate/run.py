@@ -463,7 +463,7 @@ def run_demo(out_dir: str | Path, pipeline_cfg=None, classifier=None, quiet: boo
     """The world corpus (train split, all domains) curated with the demo policy; the held-out set is the
     world's test split (disjoint from the train split the policy's exemplars come from)."""
     from ..config import demo_config
-    from .corpus import world_corpus
+    from ..demo import world_corpus
 
     pcfg = pipeline_cfg or demo_config()
     cfg = pcfg.curate

@@ -10,6 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def world_corpus(world_cfg=None, split: str = "train", domains=None) -> list[dict]:
+    """The world's ``split`` as a labelled text corpus (the demo's curate input)."""
+    from ..world.corpus import world_corpus as _corpus
+
+    return _corpus(world_cfg, split=split, domains=domains)
+
+
 def world_config(cfg=None):
     from ..config import WorldConfig
 
@@ -97,7 +104,7 @@ def generate_prompts(cfg=None, gcfg=None) -> list[dict]:
     from collections import Counter
 
     from ..config import demo_config
-    from ..curate.corpus import world_corpus
+    from ..world.corpus import world_corpus
 
     cfg = cfg or demo_config()
     gcfg = gcfg or cfg.generate

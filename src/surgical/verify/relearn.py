@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ..models import float_copy
 from ..data import PadCollator, encode_example
+from ..models import float_copy
 from ..suite import format_prompt
 from .bootstrap import recovery_auc, steps_to_fraction
 from .probes import primary_hits
