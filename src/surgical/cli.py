@@ -152,7 +152,7 @@ def demo(
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Run the whole method on the embedded arithmetic world: every stage, the baselines, the report."""
-    from .pipeline import run_demo
+    from .demo.pipeline import run_demo
 
     code = run_demo(out_dir, quiet=quiet)
     raise typer.Exit(code)

@@ -32,18 +32,6 @@ class WorldConfig(Section):
     test_per_domain: int = Field(200, ge=10, description="Held-out test problems per domain (never shrunk).")
     val_per_domain: int = Field(100, ge=10, description="Held-out validation problems per domain.")
 
-    def difficulty(self):
-        from .world.problems import Difficulty
-
-        return Difficulty(
-            add_digits=self.add_digits,
-            sub_digits=self.sub_digits,
-            mul_digits=self.mul_digits,
-            mul_multiplier_digits=self.mul_multiplier_digits,
-            div_quotient_digits=self.div_quotient_digits,
-            div_divisor_digits=self.div_divisor_digits,
-        )
-
 
 class TeacherConfig(Section):
     """The world's teacher: a small LlamaForCausalLM trained from scratch with HF Trainer."""

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run a pipeline YAML stage by stage; unchanged stages are skipped, interrupted runs resume."""
         from .config import ConfigError, demo_config, load_config
-        from .pipeline import make_runner
+        from .demo.pipeline import make_runner
         from .runner import PipelineError
 
         console = Console(stderr=True)
@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         except PipelineError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
-        from .pipeline import final_verdict
+        from .demo.pipeline import final_verdict
 
         done = Path(run_dir or cfg.run_dir)
         print(done / "report.html")

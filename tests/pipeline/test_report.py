@@ -2,8 +2,8 @@
 
 import json
 
+from surgical.demo.pipeline import build_stages, row_from_verify
 from surgical.io import write_json
-from surgical.pipeline import build_stages, row_from_verify
 from surgical.report import check_targets, collect_rows, write_run_report
 
 
@@ -72,7 +72,7 @@ def test_comparison_battery_merges_yaml_overrides_over_its_defaults():
     """A partial `compare_verify` keeps the comparison defaults it does not name (the reference's relearning
     sweep stays off, the benign run stays off); the demo YAML's battery never reruns the teacher's sweep."""
     from surgical.config import BaselinesConfig, PipelineConfig, demo_config
-    from surgical.pipeline import compare_verify_config
+    from surgical.demo.pipeline import compare_verify_config
 
     cfg = PipelineConfig(baselines=BaselinesConfig(compare_verify={"relearn_lrs": [0.01]}))
     v = compare_verify_config(cfg)

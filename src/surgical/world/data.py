@@ -27,7 +27,9 @@ class WorldBundle:
 
 
 def _build(config: WorldConfig) -> WorldBundle:
-    diff = config.difficulty()
+    diff = Difficulty(add_digits=config.add_digits, sub_digits=config.sub_digits, mul_digits=config.mul_digits,
+                      mul_multiplier_digits=config.mul_multiplier_digits,
+                      div_quotient_digits=config.div_quotient_digits, div_divisor_digits=config.div_divisor_digits)
     splits = make_splits(config.seed, diff, config.test_per_domain, config.val_per_domain)
     texts = (p.bare_text + p.worked_text for d in ALL_DOMAINS for p in splits.train[d][:200])
     tokenizer = train_world_tokenizer(texts)

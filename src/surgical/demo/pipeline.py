@@ -1,4 +1,4 @@
-"""The pipeline: the demo's stage graph over the arithmetic world, run by ``surgical.runner.Runner``.
+"""The demo's stage graph over the arithmetic world (the demo config; a user pipeline is not built yet), run by ``surgical.runner.Runner``.
 
 world -> teacher -> map -> curate -> generate -> distill -> verify -> quantize (-> verify again inside it)
 -> baselines (plain KD, filter-only KD, GradDiff, MaxEnt, RMU, UNDO, oracle, each through the same
@@ -15,9 +15,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from .config import PipelineConfig, demo_config, load_config
-from .io import read_json, read_jsonl, write_json, write_jsonl
-from .runner import Runner, Stage, StageContext
+from ..config import PipelineConfig, demo_config, load_config
+from ..io import read_json, read_jsonl, write_json, write_jsonl
+from ..runner import Runner, Stage, StageContext
 
 FORGET = ("mul", "div")
 RETAIN = ("add", "sub")
@@ -32,7 +32,7 @@ def teacher_dir_of(ctx: StageContext) -> Path:
 
 
 def policy_path(cfg: PipelineConfig) -> Path:
-    from .policy import demo_policy_path
+    from ..policy import demo_policy_path
 
     return Path(cfg.curate.policy) if getattr(cfg.curate, "policy", None) else demo_policy_path()
 
@@ -50,7 +50,7 @@ def _domain_mean(metrics: dict, domains) -> float:
 
 
 def stage_world(ctx: StageContext) -> dict:
-    from .world import build_world, write_world
+    from ..world import build_world, write_world
 
     write_world(ctx.config.world, ctx.out_dir)
     wb = build_world(ctx.config.world)
@@ -59,7 +59,7 @@ def stage_world(ctx: StageContext) -> dict:
 
 
 def stage_teacher(ctx: StageContext) -> dict:
-    from .world.teacher import get_or_train_teacher, load_teacher_record
+    from ..world.teacher import get_or_train_teacher, load_teacher_record
 
     t0 = time.perf_counter()
     tdir, trained = get_or_train_teacher(ctx.config.world, ctx.config.teacher, quiet=ctx.quiet)
@@ -73,7 +73,7 @@ def stage_teacher(ctx: StageContext) -> dict:
 
 def stage_map(ctx: StageContext) -> dict:
     """The map stage's own demo entry point: the config's (cached) teacher on the world's train split."""
-    from .map.run import run_demo as map_demo
+    from ..map.run import run_demo as map_demo
 
     map_demo(ctx.out_dir, ctx.config, quiet=ctx.quiet)
     m = read_json(ctx.out_dir / "map.json")
@@ -83,7 +83,7 @@ def stage_map(ctx: StageContext) -> dict:
 
 
 def stage_curate(ctx: StageContext) -> dict:
-    from .curate.run import run_demo as curate_demo
+    from ..curate.run import run_demo as curate_demo
 
     curate_demo(ctx.out_dir, ctx.config, quiet=ctx.quiet, policy_path=policy_path(ctx.config))
     rep = read_json(ctx.out_dir / "curate.json")
@@ -93,7 +93,7 @@ def stage_curate(ctx: StageContext) -> dict:
 def stage_generate(ctx: StageContext) -> dict:
     """Teacher trajectories on the gold prompts (at most ``generate.demo_per_domain`` per domain), checked
     against the answer key and rewritten by the constitution."""
-    from .curate.generate import run as generate_run
+    from ..curate.generate import run as generate_run
 
     gcfg = ctx.config.generate
     per_domain: dict[str, int] = {}
@@ -113,7 +113,7 @@ def stage_generate(ctx: StageContext) -> dict:
 
 def _distill(ctx: StageContext, out: Path, preset: str, gold, forbidden, map_path=None, teacher=None,
              overrides: dict | None = None):
-    from .distill.run import run as distill_run
+    from ..distill.run import run as distill_run
 
     cfg = ctx.config.distill.model_copy(update=overrides or {})
     return distill_run(cfg, teacher or teacher_dir_of(ctx), gold, forbidden, map_path=map_path, out_dir=out,
@@ -129,8 +129,8 @@ def stage_distill(ctx: StageContext) -> dict:
 
 
 def stage_verify(ctx: StageContext) -> dict:
-    from .policy import load_policy
-    from .verify.run import run as verify_run
+    from ..policy import load_policy
+    from ..verify.run import run as verify_run
 
     res = verify_run(ctx.inputs["distill"] / "student", load_policy(policy_path(ctx.config)), suite_of(ctx),
                      ctx.out_dir, reference_dirs=[teacher_dir_of(ctx)], cfg=ctx.config.verify,
@@ -139,12 +139,12 @@ def stage_verify(ctx: StageContext) -> dict:
 
 
 def stage_quantize(ctx: StageContext) -> dict:
-    from .quantize import run as quantize_run
+    from ..quantize import run as quantize_run
 
     q = ctx.config.quantize
     # The quantized student goes through the comparison battery (the same one every method's row uses), minus
     # the relearning attack: fine-tuning int8 weights is not what an attacker would do (they would dequantize).
-    from .verify.run import verify_summary
+    from ..verify.run import verify_summary
 
     vcfg = compare_verify_config(ctx.config).model_copy(update={"relearn": False})
 
@@ -164,15 +164,15 @@ def compare_verify_config(cfg: PipelineConfig):
     """The comparison battery: the verify config with the baselines section's overrides (smaller sweeps),
     the same for every method so the rows are comparable. A `compare_verify` given in the YAML overrides the
     defaults key by key; keys it leaves out keep the default comparison value, not the full verify's."""
-    from .config import _default_compare_verify
+    from ..config import _default_compare_verify
 
     return cfg.verify.model_copy(update={**_default_compare_verify(), **cfg.baselines.compare_verify})
 
 
 def comparison_row(method: str, model_dir: Path, ctx: StageContext, train: dict) -> dict:
     """Run the comparison battery on ``model_dir`` and reduce it to one comparison.json row."""
-    from .policy import load_policy
-    from .verify.run import run as verify_run
+    from ..policy import load_policy
+    from ..verify.run import run as verify_run
 
     vcfg = compare_verify_config(ctx.config)
     res = verify_run(model_dir, load_policy(policy_path(ctx.config)), suite_of(ctx), ctx.out_dir / "verify",
@@ -261,8 +261,8 @@ def _baseline_stage(method: str):
 
 
 def _unlearn(ctx: StageContext, method: str, out: Path) -> tuple[Path, dict]:
-    from .baselines.unlearn import UnlearnConfig, unlearn
-    from .demo import unlearn_records
+    from ..baselines.unlearn import UnlearnConfig, unlearn
+    from . import unlearn_records
 
     ucfg = UnlearnConfig(**ctx.config.baselines.unlearn)
     rec = unlearn(teacher_dir_of(ctx), method, unlearn_records(ctx.config, FORGET),
@@ -272,7 +272,7 @@ def _unlearn(ctx: StageContext, method: str, out: Path) -> tuple[Path, dict]:
 
 def stage_cross_domain(ctx: StageContext) -> dict:
     """Distil on one allowed domain only and measure the other (and the reverse)."""
-    from .demo import distill_records
+    from . import distill_records
 
     quarantine = ctx.inputs["curate"] / "quarantine.jsonl"
     out = {}
@@ -290,7 +290,7 @@ def stage_cross_domain(ctx: StageContext) -> dict:
 
 
 def stage_report(ctx: StageContext) -> dict:
-    from .report import write_run_report
+    from ..report import write_run_report
 
     return write_run_report(ctx.run_dir, ctx.config, ctx.out_dir)
 
@@ -343,7 +343,7 @@ def run_pipeline(config_path: str | Path | None, run_dir: str | Path | None = No
 
 def run_demo(out_dir: str | Path = "runs/demo", quiet: bool = False) -> int:
     """`surgical demo`: the whole method on the arithmetic world; prints the headline table and the report."""
-    from .report import print_headline
+    from ..report import print_headline
 
     t0 = time.perf_counter()
     results = run_pipeline(None, run_dir=out_dir, quiet=quiet)
