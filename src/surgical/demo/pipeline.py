@@ -39,7 +39,7 @@ def policy_path(cfg: PipelineConfig) -> Path:
 
 def suite_of(ctx: StageContext) -> Path:
     """The suite the world stage wrote (RUN_DIR/world/suite/suite.yaml); every stage measures against it."""
-    return ctx.run_dir / "world" / "suite" / "suite.yaml"
+    return ctx.inputs["world"] / "suite" / "suite.yaml"
 
 
 def _domain_mean(metrics: dict, domains) -> float:
@@ -310,19 +310,19 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         Stage("map", stage_map, deps=["teacher"], config_of=lambda c: c.map),
         Stage("curate", stage_curate, deps=["world"], config_of=lambda c: c.curate,
               external_inputs=lambda c: {"policy": str(policy_path(c))}),
-        Stage("generate", stage_generate, deps=["teacher", "curate"], config_of=lambda c: (c.generate, c.curate)),
-        Stage("distill", stage_distill, deps=["teacher", "map", "curate", "generate"], config_of=lambda c: c.distill),
-        Stage("verify", stage_verify, deps=["teacher", "distill"], config_of=lambda c: c.verify),
-        Stage("quantize", stage_quantize, deps=["teacher", "distill"], config_of=lambda c: (c.quantize, c.verify)),
+        Stage("generate", stage_generate, deps=["world", "teacher", "curate"], config_of=lambda c: (c.generate, c.curate)),
+        Stage("distill", stage_distill, deps=["world", "teacher", "map", "curate", "generate"], config_of=lambda c: c.distill),
+        Stage("verify", stage_verify, deps=["world", "teacher", "distill"], config_of=lambda c: c.verify),
+        Stage("quantize", stage_quantize, deps=["world", "teacher", "distill"], config_of=lambda c: (c.quantize, c.verify)),
     ]
     compare_cfg = lambda c: (c.verify, c.baselines.compare_verify)  # noqa: E731
     methods = ["surgical"] + [m for m, key in BASELINE_KEYS.items() if getattr(cfg.baselines, key)]
     for m in methods:
         stages.append(Stage(f"compare-{m}", _baseline_stage(m),
-                            deps=["teacher", "curate", "generate", "distill"],
+                            deps=["world", "teacher", "curate", "generate", "distill"],
                             config_of=lambda c, m=m: (compare_cfg(c), c.distill, c.baselines.unlearn, m)))
     if cfg.baselines.cross_domain:
-        stages.append(Stage("cross-domain", stage_cross_domain, deps=["teacher", "curate"],
+        stages.append(Stage("cross-domain", stage_cross_domain, deps=["world", "teacher", "curate"],
                             config_of=lambda c: c.distill))
     stages.append(Stage("report", stage_report, deps=[s.name for s in stages],
                         config_of=lambda c: c.baselines))

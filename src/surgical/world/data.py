@@ -8,8 +8,9 @@ from pathlib import Path
 
 from ..config import WorldConfig
 from ..io import sha256_json, write_jsonl, write_text
+from ..suite import LM_EVAL_TASK
 from .problems import ALL_DOMAINS, DOMAINS, Difficulty
-from .splits import LM_EVAL_TASK_TEMPLATE, WorldSplits, exact_match_records, make_splits, mc_records
+from .splits import WorldSplits, exact_match_records, make_splits, mc_records
 from .tokenizer import train_world_tokenizer
 
 
@@ -75,9 +76,9 @@ def write_world(config: WorldConfig, out_dir: str | Path) -> dict[str, str]:
     task_dir = out / "lm_eval_tasks"
     for d in DOMAINS:
         task = f"surgical_arith_{d}"
-        write_text(task_dir / f"{task}.yaml", LM_EVAL_TASK_TEMPLATE.format(
-            domain=d, task=task, task_dir=task_dir.resolve(),
-            data_file=(out / "eval" / f"test-{d}-mc.jsonl").resolve()))
+        write_text(task_dir / f"{task}.yaml", LM_EVAL_TASK.format(
+            suite="arithmetic-world", domain=d, split="test", task=task, task_dir=task_dir.resolve(),
+            data_file=(out / "eval" / f"test-{d}-mc.jsonl").resolve(), delimiter='""'))
     from .suite import write_world_suite
 
     files["suite"] = str(write_world_suite(config, out / "suite"))

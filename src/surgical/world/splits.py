@@ -113,27 +113,3 @@ def mc_records(problems: list[Problem], difficulty: Difficulty, seed: int) -> li
         out.append({"question": p.worked_prompt, "choices": choices, "gold": gold, "domain": p.domain,
                     "answer": p.answer})
     return out
-
-
-LM_EVAL_TASK_TEMPLATE = """\
-# lm-evaluation-harness task for the surgical arithmetic world ({domain}, 4-way multiple choice).
-# Run: HF_DATASETS_OFFLINE=1 lm_eval --model hf --model_args pretrained=MODEL_DIR --device cpu \\
-#        --include_path {task_dir} --tasks {task}
-task: {task}
-dataset_path: json
-dataset_kwargs:
-  data_files: {data_file}
-test_split: train
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{gold}}}}"
-target_delimiter: ""
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-  - metric: acc_norm
-    aggregation: mean
-    higher_is_better: true
-"""

@@ -7,7 +7,6 @@ are uniformly random and carry nothing to learn.
 
 from __future__ import annotations
 
-import math
 import random
 import shutil
 import time
@@ -19,10 +18,12 @@ from transformers import TrainerCallback
 
 from .. import __version__
 from ..config import TeacherConfig, WorldConfig
+from ..data import PadCollator, encode_example  # noqa: F401 (re-exported: the world's recipe uses them)
 from ..io import provenance, read_json, sha256_json, surgical_home, write_json
 from ..models import enable_kv_cache
 from .data import build_world
 from .problems import Problem
+from .suite import max_worked_tokens
 
 
 @dataclass
@@ -47,32 +48,6 @@ def training_stream(train: dict[str, list[Problem]], domains: list[str], n: int,
         else:
             out.append(TrainExample(p.worked_prompt, p.worked_target, domain, "worked"))
     return out
-
-
-def encode_example(tokenizer, prompt: str, target: str) -> dict:
-    """input_ids = BOS prompt target EOS; labels mask the prompt with -100."""
-    p_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    t_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return {"input_ids": p_ids + t_ids, "labels": [-100] * len(p_ids) + t_ids}
-
-
-class PadCollator:
-    """Right-pads ``input_ids`` (pad id) and ``labels`` (-100) to the longest sequence of the batch."""
-
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
-
-    def __call__(self, features: list[dict]) -> dict:
-        width = max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
-        labels = torch.full((len(features), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        for i, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[i, :n] = torch.tensor(f["input_ids"])
-            labels[i, :n] = torch.tensor(f["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def teacher_model_config(cfg: TeacherConfig, tokenizer):
@@ -236,12 +211,6 @@ def evaluate_world(model, tokenizer, wb, split: str = "test", domains=("add", "s
                                           for g, r in zip(bgens, em_recs, strict=True)) / len(em_recs)
         out[domain] = res
     return out
-
-
-def max_worked_tokens(wb, domain: str) -> int:
-    """A generation budget that fits the longest worked solution of ``domain`` (plus slack)."""
-    longest = max(len(p.worked_target) for p in wb.splits.test[domain])
-    return int(math.ceil(longest * 1.2)) + 4
 
 
 class _PeriodicEval(TrainerCallback):
