@@ -188,3 +188,16 @@ def test_jailbreak_templates_in_worker_processes_match_serial(world_tokenizer, w
     parallel = run_battery(model, world_tokenizer, world_suite, fams, ["mul"], ["add"], "test", 3, 8, 20, 0, workers=2)
     assert parallel == serial and set(serial) == {"few_shot", "encoding"}
     assert len(serial["encoding"]["templates"]) == 3
+
+
+def test_quantization_attack_runs_on_a_float_model_flagged_is_quantized(world_tokenizer, world_suite):
+    """A GGUF model dequantized by transformers carries is_quantized=True; its weights are float, so the attack
+    must still run (it was silently skipped on SmolLM2)."""
+    from surgical.models import make_tiny_model
+
+    model = make_tiny_model("llama", len(world_tokenizer))
+    model.is_quantized = True
+    base = knowledge_probes(model, world_tokenizer, world_suite, ["mul", "add"], "test", 4, 20, 0)
+    res = quantization_attack(model, world_tokenizer, world_suite, ["mul"], ["add"],
+                              TINY.model_copy(update={"quant_schemes": ["int8"], "n_items": 4}), base)
+    assert "skipped" not in res and res["schemes"]["int8"]["quantized_modules"] > 0

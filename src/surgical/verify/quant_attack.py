@@ -52,7 +52,11 @@ def quantization_attack(model, tokenizer, suite, forget_domains, retain_domains,
     from .probes import knowledge_probes
 
     out = {"backend": cfg.quant_backend, "schemes": {}}
-    if getattr(model, "is_quantized", False):
+    from ..quantize import count_quantized_modules
+
+    # Not ``model.is_quantized``: transformers sets it on a GGUF model it has dequantized to float, and the
+    # attack would then be skipped on a float model. Count modules whose weights really are quantized.
+    if count_quantized_modules(model) > 0:
         # The model under test is itself quantized (surgical quantize's output): the knowledge probes above
         # already measure it, and quantizing quantized weights again is not supported by the backends.
         out["skipped"] = "the model is already quantized; its own probes are the quantized figures"
