@@ -16,7 +16,7 @@ TINY = {
                 "batch_size": 16, "threads": 1},
     "map": {"n_forget": 8, "n_retain": 8, "batch_size": 8, "exact_top_n": 1, "validation_k": 4,
             "validation_k_sweep": [], "validation_limit": 8, "sae": False},
-    "generate": {"demo_per_domain": 4, "max_new_tokens": 24, "constitution": "demo"},
+    "generate": {"demo_per_domain": 4, "max_new_tokens": 24, "constitution": "demo", "keep_incorrect": True},
     "distill": {"max_steps": 5, "batch_size": 8, "eval_every": 0},
     "verify": {"n_items": 8, "bootstrap_samples": 20, "jailbreak_items": 2, "in_context_items": 2,
                "jailbreak_families": ["prefix_injection"], "relearn_examples": 4, "relearn_max_steps": 2,
