@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary."),
     ) -> None:
         """Write the arithmetic world: splits, eval sets (lm-eval shape), lm-eval task YAMLs, tokenizer."""
-        from .world import build_world, write_world
+        from . import build_world, write_world
 
         cfg = _load_cfg(config)
         files = write_world(cfg.world, out_dir)
@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     ) -> None:
         """Train the world's teacher (cached under $SURGICAL_HOME by config hash). Prints its directory last."""
-        from .world.teacher import get_or_train_teacher, load_teacher_record
+        from .teacher import get_or_train_teacher, load_teacher_record
 
         cfg = _load_cfg(config)
         d, trained = get_or_train_teacher(cfg.world, cfg.teacher, quiet=quiet, force=force)
@@ -84,9 +84,9 @@ def register(app: typer.Typer) -> None:
         """Exact-match and MC accuracy per domain on the world's held-out set."""
         import torch
 
-        from .models import ModelLoadError, load_model
-        from .world import build_world
-        from .world.teacher import evaluate_world
+        from ..models import ModelLoadError, load_model
+        from . import build_world
+        from .teacher import evaluate_world
 
         cfg = _load_cfg(config)
         torch.set_num_threads(cfg.teacher.threads)
