@@ -126,10 +126,10 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
                                    "both with the model's tokenizer, so a reference must share it")
         refs[n] = ref_model
     alphabet_issues = {}
-    if tok.unk_token_id is not None:  # a tokenizer with <unk> (the world's characters): which template chars map to it
+    if tok.unk_token_id is not None:  # a tokenizer with <unk>: template characters it cannot encode
         alphabet_issues = {f"{f.family}/{t.id}": sorted(c) for f in families for t in f.templates
                            if (c := {ch for ch in jailbreaks.literal_text(t)
-                                     if tok.convert_tokens_to_ids(ch) == tok.unk_token_id})}
+                                     if tok.unk_token_id in tok(ch, add_special_tokens=False)["input_ids"]})}
     pk = dict(split=cfg.split, n_items=cfg.n_items, n_boot=cfg.bootstrap_samples, seed=cfg.seed,
               batch_size=cfg.batch_size)
 
