@@ -72,7 +72,7 @@ def verify(
             err.print(f"[cyan]verify[/cyan] {stage} ...")
     try:
         result = run(model, pol, suite_path, out_dir, refs, vcfg, jailbreaks, show_generations, policy, log)
-    except (VerifyInputError, ModelLoadError, JailbreakError, FileNotFoundError) as exc:
+    except (VerifyInputError, ModelLoadError, JailbreakError, SuiteError, FileNotFoundError) as exc:
         fail(str(exc))
     rec = result.record
     if as_json:
