@@ -1,5 +1,5 @@
 """Literature baselines run next to the surgical student (unlearn-only: GradDiff, MaxEnt, RMU)."""
 
-from .unlearn import METHODS, UnlearnConfig, suite_unlearn_records, unlearn, world_unlearn_records
+from .unlearn import METHODS, UnlearnConfig, suite_unlearn_records, unlearn
 
-__all__ = ["METHODS", "UnlearnConfig", "suite_unlearn_records", "unlearn", "world_unlearn_records"]
+__all__ = ["METHODS", "UnlearnConfig", "suite_unlearn_records", "unlearn"]

@@ -133,13 +133,6 @@ def random_unit_vector(dim: int, seed: int) -> torch.Tensor:
 # ---------------------------------------------------------------- data
 
 
-def world_unlearn_records(wb, domains, split: str = "train") -> list[dict]:
-    """Deprecated alias of ``surgical.demo.unlearn_records`` (worked-form problems as unlearning records)."""
-    from ..demo import unlearn_records
-
-    return unlearn_records(wb, domains, split)
-
-
 def suite_unlearn_records(suite, domains) -> list[dict]:
     """The ``attack`` records ({prompt, completion}) of suite ``domains`` as unlearning records (a suite's
     training-side data: never its eval items). ``suite``: a ``surgical.suite.Suite`` or a manifest path."""

@@ -61,13 +61,6 @@ def _world_bundle(src=None):
     return build_world(src if isinstance(src, WorldConfig) else world_config(src))
 
 
-def world_suite_for(world_cfg=None) -> Path:
-    """The world's suite manifest for a WorldConfig (``suite_path`` takes a pipeline config)."""
-    from ..world.suite import world_suite_path
-
-    return world_suite_path(world_cfg)
-
-
 def distill_records(world=None, domains=("add", "sub"), split: str = "train") -> list[dict]:
     """World problems of ``domains`` as distill records (worked form; ``world``: a built world or a config)."""
     wb = _world_bundle(world)

@@ -177,10 +177,3 @@ class DistillCollator:
             values, indices, other = self.cache.batch([f["example_index"] for f in features], width)
             batch.update(teacher_values=values, teacher_indices=indices, teacher_other=other)
         return batch
-
-
-def world_records(wb, domains, split: str = "train") -> list[dict]:
-    """Deprecated alias of ``surgical.demo.distill_records`` (world problems as distill records)."""
-    from ..demo import distill_records
-
-    return distill_records(wb, domains, split)

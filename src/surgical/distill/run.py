@@ -179,14 +179,10 @@ class SuiteEvalCallback(TrainerCallback):
             self._eval(model, state.global_step)
 
 
-WorldEvalCallback = SuiteEvalCallback  # the old name
-
-WORLD_EVAL_DOMAINS = ("add", "sub", "mul", "div")  # what the deprecated ``world_cfg`` evaluated (no mixed)
-
 
 def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path: str | Path | None = None,
         out_dir: str | Path = "runs/distill", preset: str | None = None, suite=None, eval_domains=None,
-        retain_domains=None, world_cfg=None, resume: bool = False, evaluate: bool = True, quiet: bool = False,
+        retain_domains=None, resume: bool = False, evaluate: bool = True, quiet: bool = False,
         extra_record: dict | None = None) -> DistillResult:
     """Distil ``teacher`` into a student on ``gold`` records, pushing it away from the teacher on
     ``forbidden`` records. ``gold`` / ``forbidden`` are JSONL paths or lists of records.
@@ -194,8 +190,7 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
     With ``suite`` (a ``Suite`` or a manifest path) the student is evaluated through it: every
     ``eval_every`` steps on the val split of ``retain_domains`` (default: the suite's retain domains), and at
     the end ``test_metrics`` on ``eval_domains`` (default: every suite domain), the teacher's likewise, and
-    the retention figures on the retain domains. ``world_cfg`` (deprecated) is the arithmetic world's suite
-    evaluated on add/sub/mul/div, as before."""
+    the retention figures on the retain domains."""
     from transformers import TrainingArguments, set_seed
 
     from ..models import load_model, load_tokenizer, num_layers
@@ -205,11 +200,6 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
     from .trainer import ALIGN_ATTR, DistillTrainer
 
     cfg = apply_preset(cfg, preset)
-    if suite is None and world_cfg is not None:  # deprecated: the world's own suite, the old domain set
-        from ..demo import world_suite_for
-
-        suite = world_suite_for(world_cfg)
-        eval_domains = eval_domains or WORLD_EVAL_DOMAINS
     suite = as_suite(suite)
     if suite is not None:
         eval_domains = list(eval_domains) if eval_domains is not None else list(suite.domains)
