@@ -86,8 +86,8 @@ def main() -> None:
 
     silence_import_noise()
     from surgical.config import WorldConfig
-    from surgical.distill.config import DistillConfig
     from surgical.demo import distill_records as world_records
+    from surgical.distill.config import DistillConfig
     from surgical.distill.data import StreamDataset, build_stream
     from surgical.distill.run import encode_all, run
     from surgical.distill.student import student_from_config
