@@ -136,7 +136,7 @@ def suite_lm_eval(suite: Path = typer.Argument(..., help="A suite YAML."),
 # ---------------------------------------------------------------- the stages: each package's cli.register(app)
 
 _STAGE_CLIS = ("surgical.world.cli", "surgical.map.cli", "surgical.curate.cli", "surgical.distill.cli", "surgical.verify.cli",
-               "surgical.quantize_cli", "surgical.pipeline_cli")
+               "surgical.quantize.cli", "surgical.pipeline.cli")
 
 
 def _register_stages() -> None:
@@ -152,7 +152,7 @@ def demo(
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Run the whole method on the embedded arithmetic world: every stage, the baselines, the report."""
-    from .demo.pipeline import run_demo
+    from .pipeline.graph import run_demo
 
     code = run_demo(out_dir, quiet=quiet)
     raise typer.Exit(code)

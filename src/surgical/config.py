@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from .config_base import Section
 from .curate.config import CurateConfig, GenerateConfig
@@ -34,7 +34,15 @@ class WorldConfig(Section):
 
 
 class TeacherConfig(Section):
-    """The world's teacher: a small LlamaForCausalLM trained from scratch with HF Trainer."""
+    """The teacher: your model (``model``: an HF model dir, a GGUF file or a cached hub id), or, when ``model`` is
+    empty and the data source is the world, the world's small LlamaForCausalLM trained from scratch with HF
+    Trainer (the other fields)."""
+
+    model: str = Field("", description="HF model dir, GGUF file, or hub id already in the local HF cache (nothing is "
+                       "downloaded). A relative path is taken relative to the pipeline YAML. Empty: train the "
+                       "world's teacher (data.source: world only).")
+    trust_remote_code: bool = Field(False, description="Let transformers run the model repo's own code. Off unless "
+                                    "you ask for it.")
 
     hidden_size: int = Field(128, ge=8, description="Residual width (units).")
     num_layers: int = Field(4, ge=1, description="Decoder layers.")
@@ -52,6 +60,22 @@ class TeacherConfig(Section):
     domains: list[str] = Field(["add", "sub", "mul", "div"], description="Domains the teacher is trained on.")
     seed: int = Field(0, description="Seed of init and data order.")
     threads: int = Field(2, ge=1, description="torch intra-op threads.")
+
+
+class DataConfig(Section):
+    """Where the run's data comes from: the embedded world, or your files (a corpus and an evaluation suite)."""
+
+    source: Literal["world", "files"] = Field(
+        "world", description="world = the embedded arithmetic world writes the corpus and the suite (the demo); "
+        "files = your own corpus files and suite.")
+    corpus: list[str] = Field(
+        default_factory=list, description="files: the corpus curate filters into the gold set (JSONL, parquet, text "
+        "or a saved HF dataset; records {text} or {prompt, completion}, optional {domain, label}). Relative paths "
+        "are taken relative to the pipeline YAML.")
+    eval: str = Field("", description="files: a labelled held-out JSONL (label forbidden/allowed) curate measures "
+                      "recall and over-filtering on; never trained on. Empty: curate's own held-out part.")
+    suite: str = Field("", description="The evaluation suite manifest (see docs/suites.md). Empty: the policy's "
+                       "`suite:` (world: the suite the world writes).")
 
 
 class QuantizeConfig(Section):
@@ -96,7 +120,11 @@ class BaselinesConfig(Section):
 class PipelineConfig(Section):
     """A whole pipeline run: one section per stage."""
 
-    run_dir: str = Field("runs/demo", description="Directory every stage writes into.")
+    run_dir: str = Field("runs/demo", description="Directory every stage writes into (relative to the working "
+                         "directory).")
+    policy: str = Field("", description="Policy YAML (relative to the pipeline YAML). Empty: curate.policy, else the "
+                        "packaged demo policy (data.source: world only).")
+    data: DataConfig = DataConfig()
     world: WorldConfig = WorldConfig()
     teacher: TeacherConfig = TeacherConfig()
     map: MapConfig = MapConfig()
@@ -106,6 +134,21 @@ class PipelineConfig(Section):
     verify: VerifyConfig = VerifyConfig()
     quantize: QuantizeConfig = QuantizeConfig()
     baselines: BaselinesConfig = BaselinesConfig()
+
+    @model_validator(mode="after")
+    def _sources_are_complete(self):
+        if self.data.source == "files":
+            if not self.teacher.model:
+                raise ValueError("teacher.model: data.source 'files' needs your teacher (an HF dir, GGUF or hub id)")
+            if not self.data.corpus:
+                raise ValueError("data.corpus: data.source 'files' needs at least one corpus file")
+            if not (self.policy or self.curate.policy):
+                raise ValueError("policy: data.source 'files' needs your policy YAML")
+        return self
+
+    def policy_path(self) -> str:
+        """The policy file this run uses ('' = the packaged demo policy)."""
+        return self.policy or self.curate.policy
 
 
 class ConfigError(ValueError):
@@ -155,9 +198,29 @@ def load_yaml_model(path: str | Path, model_cls):
         raise ConfigError(str(path), _format_errors(exc)) from None
 
 
+def _relative_to(base: Path, p: str) -> str:
+    return p if not p or Path(p).is_absolute() else str(base / p)
+
+
+def resolve_paths(cfg: PipelineConfig, base: Path) -> PipelineConfig:
+    """Input paths of ``cfg`` taken relative to ``base`` (the pipeline YAML's directory). ``teacher.model`` is
+    resolved only when the file or directory exists there: otherwise it may be a hub id."""
+    model = cfg.teacher.model
+    if model and not Path(model).is_absolute() and (base / model).exists():
+        model = str(base / model)
+    data = cfg.data.model_copy(update={"corpus": [_relative_to(base, c) for c in cfg.data.corpus],
+                                       "eval": _relative_to(base, cfg.data.eval),
+                                       "suite": _relative_to(base, cfg.data.suite)})
+    return cfg.model_copy(update={
+        "policy": _relative_to(base, cfg.policy), "data": data,
+        "teacher": cfg.teacher.model_copy(update={"model": model}),
+        "curate": cfg.curate.model_copy(update={"policy": _relative_to(base, cfg.curate.policy),
+                                                "eval_file": _relative_to(base, cfg.curate.eval_file)})})
+
+
 def load_config(path: str | Path) -> PipelineConfig:
-    """Read and validate a pipeline YAML file."""
-    return load_yaml_model(path, PipelineConfig)
+    """Read and validate a pipeline YAML file; its input paths are taken relative to the file."""
+    return resolve_paths(load_yaml_model(path, PipelineConfig), Path(path).resolve().parent)
 
 
 def default_config_path() -> Path:

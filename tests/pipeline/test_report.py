@@ -2,9 +2,9 @@
 
 import json
 
-from surgical.demo.pipeline import build_stages, row_from_verify
 from surgical.io import write_json
-from surgical.report import check_targets, collect_rows, write_run_report
+from surgical.pipeline.graph import build_stages, row_from_verify
+from surgical.pipeline.report import check_targets, collect_rows, write_run_report
 
 
 def fake_verify(forget, mc, retain, curve, int4, probes):
@@ -61,7 +61,8 @@ def test_demo_graph_has_every_method_and_stage():
     from surgical.config import demo_config
 
     names = [s.name for s in build_stages(demo_config())]
-    for n in ("world", "teacher", "map", "curate", "generate", "distill", "verify", "quantize", "cross-domain",
+    for n in ("data", "teacher", "map", "curate", "generate", "distill", "verify", "quantize", "verify-quantized",
+              "cross-domain",
               "report"):
         assert n in names
     for m in ("surgical", "plain-kd", "filter-only", "graddiff", "maxent", "rmu", "undo", "oracle"):
@@ -72,7 +73,7 @@ def test_comparison_battery_merges_yaml_overrides_over_its_defaults():
     """A partial `compare_verify` keeps the comparison defaults it does not name (the reference's relearning
     sweep stays off, the benign run stays off); the demo YAML's battery never reruns the teacher's sweep."""
     from surgical.config import BaselinesConfig, PipelineConfig, demo_config
-    from surgical.demo.pipeline import compare_verify_config
+    from surgical.pipeline.graph import compare_verify_config
 
     cfg = PipelineConfig(baselines=BaselinesConfig(compare_verify={"relearn_lrs": [0.01]}))
     v = compare_verify_config(cfg)

@@ -3,7 +3,7 @@
 import pytest
 
 from surgical.io import read_json, write_json
-from surgical.runner import PipelineError, Runner, Stage
+from surgical.pipeline.runner import PipelineError, Result, Runner, Stage
 
 
 class Cfg(dict):
@@ -13,15 +13,15 @@ class Cfg(dict):
 
 def make_stages(calls, fail_at=None):
     def writer(name, value_of):
-        def fn(ctx):
+        def fn(cfg, inputs, out_dir):
             calls.append(name)
             if fail_at and fail_at[0] == name:
                 fail_at.pop()
                 raise KeyboardInterrupt("simulated kill")
-            inputs = {d: read_json(p / "out.json")["value"] for d, p in ctx.inputs.items()}
-            value = value_of(ctx.config, inputs)
-            write_json(ctx.out_dir / "out.json", {"value": value})
-            return {"value": value}
+            values = {d: read_json(p / "out.json")["value"] for d, p in inputs.dirs.items()}
+            value = value_of(cfg, values)
+            write_json(out_dir / "out.json", {"value": value})
+            return Result({"value": value})
         return fn
 
     return [
@@ -110,4 +110,4 @@ def test_failed_rerun_leaves_no_stale_marker(tmp_path):
 
 def test_deps_must_come_first(tmp_path):
     with pytest.raises(PipelineError, match="do not come before"):
-        Runner([Stage("b", lambda c: {}, deps=["a"]), Stage("a", lambda c: {})], tmp_path, Cfg())
+        Runner([Stage("b", lambda c, i, o: {}, deps=["a"]), Stage("a", lambda c, i, o: {})], tmp_path, Cfg())

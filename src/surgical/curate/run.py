@@ -74,6 +74,14 @@ def _batched(it: Iterable, n: int) -> Iterator[list]:
 # ---------------------------------------------------------------- the curator
 
 
+def with_text(rec: dict, text_field: str) -> dict:
+    """``rec`` with its text to score: a {prompt, completion} record without ``text_field`` is scored on both
+    halves together, so forbidden content in either one is caught (the text is kept with the record)."""
+    if text_field not in rec and isinstance(rec.get("prompt"), str) and isinstance(rec.get("completion"), str):
+        return {**rec, text_field: rec["prompt"] + rec["completion"]}
+    return rec
+
+
 class Curator:
     """A policy's filter: scores batches of texts (stage 1 and 2) and keeps the run's counters."""
 
@@ -135,7 +143,7 @@ class Curator:
         conf = {"blocklist_only": Confusion(), "classifier_only": Confusion(), "two_stage": Confusion()}
         n_excluded = 0
         for batch in _batched(records, self.cfg.batch_size):
-            batch = [r for r in batch if isinstance(r.get(text_field), str)]
+            batch = [r for r in (with_text(x, text_field) for x in batch) if isinstance(r.get(text_field), str)]
             keep = [r for r in batch if normalise(r[text_field]) not in self.training_keys]
             n_excluded += len(batch) - len(keep)
             texts = [r[text_field] for r in keep]
@@ -254,7 +262,9 @@ def curate(
             for where, rec in batch:  # fail closed on anything unreadable
                 if isinstance(rec, ReadError):
                     quarantine({"raw": rec.raw}, {**failed("unreadable", rec.msg), "source": where})
-                elif not isinstance(rec.get(tf), str):
+                    continue
+                rec = with_text(rec, tf)
+                if not isinstance(rec.get(tf), str):
                     why = f"field {tf!r} is missing" if tf not in rec else f"field {tf!r} is not a string"
                     quarantine(rec, {**failed("missing_text_field", why), "source": where})
                 elif not rec[tf].strip():
@@ -440,9 +450,12 @@ def _count_lines(path: str | Path) -> int:
         return sum(1 for line in fh if line.strip())
 
 
-def run(cfg: CurateConfig, input_path: str | Path, out_dir: str | Path, policy_path: str | Path | None = None,
+def run(cfg: CurateConfig, input_path: str | Path | list, out_dir: str | Path, policy_path: str | Path | None = None,
         eval_path: str | Path | None = None, classifier=None, quiet: bool = True) -> CurateResult:
-    """Curate a corpus file (JSONL, parquet, text or a saved HF dataset) with a policy YAML."""
+    """Curate a corpus (JSONL, parquet, text or a saved HF dataset; or a list of such files, streamed one after
+    the other) with a policy YAML."""
+    import itertools
+
     from ..policy import demo_policy_path
     from .corpus import detect_format
 
@@ -450,12 +463,17 @@ def run(cfg: CurateConfig, input_path: str | Path, out_dir: str | Path, policy_p
     policy = load_policy(policy_path)
     eval_path = eval_path or cfg.eval_file or None
     eval_records = [r for _, r in iter_records(eval_path, cfg.text_field) if isinstance(r, dict)] if eval_path else None
-    fmt = detect_format(Path(input_path))
-    stream = iter_records(input_path, cfg.text_field, cfg.text_unit, fmt=fmt)
-    total = _count_lines(input_path) if fmt == "jsonl" and not quiet else None
+    paths = [Path(p) for p in input_path] if isinstance(input_path, (list, tuple)) else [Path(input_path)]
+    if not paths:
+        raise ValueError("curate: no corpus file given")
+    fmts = [detect_format(p) for p in paths]
+    stream = itertools.chain.from_iterable(iter_records(p, cfg.text_field, cfg.text_unit, fmt=f)
+                                           for p, f in zip(paths, fmts, strict=True))
+    total = sum(_count_lines(p) for p in paths) if all(f == "jsonl" for f in fmts) and not quiet else None
+    corpus_inputs = {"corpus": paths[0]} if len(paths) == 1 else {f"corpus[{i}]": p for i, p in enumerate(paths)}
     return curate(stream, out_dir, policy, cfg, classifier=classifier, eval_records=eval_records, quiet=quiet,
                   total=total,
-                  inputs={"corpus": input_path, "policy": policy_path, **({"eval": eval_path} if eval_path else {})})
+                  inputs={**corpus_inputs, "policy": policy_path, **({"eval": eval_path} if eval_path else {})})
 
 
 def run_demo(out_dir: str | Path, pipeline_cfg=None, classifier=None, quiet: bool = True,

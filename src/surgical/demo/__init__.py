@@ -39,6 +39,14 @@ def teacher_dir(cfg=None, quiet: bool = False) -> Path:
     return get_or_train_teacher(cfg.world, cfg.teacher, quiet=quiet)[0]
 
 
+def world_teacher(cfg, quiet: bool = False) -> tuple[Path, bool, dict]:
+    """The pipeline's teacher stage on the world: (teacher dir, trained now?, its teacher.json record)."""
+    from ..world.teacher import get_or_train_teacher, load_teacher_record
+
+    tdir, trained = get_or_train_teacher(cfg.world, cfg.teacher, quiet=quiet)
+    return tdir, trained, load_teacher_record(tdir)
+
+
 def cached_teacher_dir(cfg=None) -> Path:
     """Where the world's teacher for ``cfg`` is cached (it may not exist yet; nothing is trained)."""
     from ..config import demo_config
@@ -108,3 +116,25 @@ def generate_prompts(cfg=None, gcfg=None) -> list[dict]:
             per[r["domain"]] += 1
             out.append(r)
     return out
+
+
+# ---------------------------------------------------------------- the pipeline's data stage on the world
+
+
+def write_world_data(cfg, out_dir) -> dict:
+    """The world as a data source, written as plain files under ``out_dir``: the world (``suite/suite.yaml`` and
+    the rest, see ``surgical.world.write_world``), ``corpus.jsonl`` (the ``curate.world_split`` split, every
+    domain, labelled: curate's input) and ``eval.jsonl`` (the test split: curate's held-out set). Returns the
+    paths and counts the data stage records."""
+    from ..io import write_jsonl
+    from ..world import build_world, write_world
+
+    out = Path(out_dir)
+    write_world(cfg.world, out)
+    corpus, held_out = out / "corpus.jsonl", out / "eval.jsonl"
+    write_jsonl(corpus, world_corpus(cfg.world, split=cfg.curate.world_split))
+    write_jsonl(held_out, world_corpus(cfg.world, split="test"))
+    wb = build_world(cfg.world)
+    return {"suite": out / "suite" / "suite.yaml", "corpus": [corpus], "eval": held_out,
+            "counts": {s: {d: len(v) for d, v in wb.splits[s].items()} for s in ("train", "val", "test")},
+            "world_data_sha256": wb.data_hash}

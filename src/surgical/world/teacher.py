@@ -70,8 +70,10 @@ def teacher_model_config(cfg: TeacherConfig, tokenizer):
 
 
 def teacher_hash(world: WorldConfig, cfg: TeacherConfig) -> str:
-    """Cache key of a teacher: its world and teacher config and the package version."""
-    return sha256_json({"world": world.model_dump(), "teacher": cfg.model_dump(), "version": __version__})[:16]
+    """Cache key of a teacher: its world and teacher config and the package version (not the fields that name
+    a user's own teacher, which a world teacher never reads)."""
+    teacher = cfg.model_dump(exclude={"model", "trust_remote_code"})
+    return sha256_json({"world": world.model_dump(), "teacher": teacher, "version": __version__})[:16]
 
 
 def teacher_dir(world: WorldConfig, cfg: TeacherConfig) -> Path:

@@ -1,5 +1,4 @@
-"""The quantize stage ("Quantization and Hardening"): weight-quantize a student, save it so it reloads,
-measure it against fp32, re-run the verify battery on it, and write a model card.
+"""Quantization backends and storage formats: quantize a model in place, save it so it reloads, load it back.
 
 Why re-verify: Zhang et al. 2024 ("Catastrophic Failure of LLM Unlearning via Quantization") showed that
 4-bit quantization can bring back knowledge that unlearning had only pushed below the quantization step.
@@ -31,20 +30,13 @@ backend, as in transformers' and quanto's defaults.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from .io import provenance, read_json, write_json, write_text
+from ..io import read_json, write_json
 
 SCHEMES = ("int8", "int4", "int2")
 BACKENDS = ("torchao", "quanto")
@@ -54,15 +46,6 @@ QMAP_FILE = "quanto_qmap.json"
 
 class QuantizeError(RuntimeError):
     """A quantization request that cannot be honoured here; the message says what to use instead."""
-
-
-@dataclass
-class QuantizeResult:
-    """What ``run`` produced: the quantized model dir and the quantize.json record."""
-
-    out_dir: Path
-    model_dir: Path
-    record: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- backends
@@ -80,7 +63,7 @@ def check_supported(scheme: str, backend: str) -> None:
 
 
 def _silence() -> None:
-    from ._quiet import silence_import_noise
+    from .._quiet import silence_import_noise
 
     silence_import_noise()
 
@@ -293,7 +276,7 @@ def save_quantized(src: str | Path, out: str | Path, scheme: str, backend: str,
                    mode: str = "weight_only") -> tuple[str, int]:
     """Quantize the HF model dir ``src`` into ``out`` (model files + tokenizer). Returns (format, number of
     quantized modules)."""
-    from .models import load_model
+    from ..models import load_model
 
     check_supported(scheme, backend)
     src, out = Path(src), Path(out)
@@ -316,218 +299,3 @@ def _copy_tokenizer(src: Path, out: Path) -> None:
             shutil.copy2(src / name, out / name)
 
 
-# ---------------------------------------------------------------- measurement
-
-
-def dir_size_bytes(path: str | Path, suffixes: tuple[str, ...] = (".safetensors", ".bin")) -> int:
-    """Bytes of the weight files under ``path``."""
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file() and f.suffix in suffixes)
-
-
-def tokens_per_s(n_new_tokens: int, batch: int, wall_s: float) -> float:
-    """Generated tokens per second of wall time."""
-    return n_new_tokens * batch / wall_s if wall_s > 0 else float("nan")
-
-
-def tensor_bytes(t: torch.Tensor) -> int:
-    """Bytes held by a tensor, looking inside quantized tensor subclasses (torchao) at their parts."""
-    if type(t) not in (torch.Tensor, nn.Parameter) and hasattr(t, "__tensor_flatten__"):
-        names, _ = t.__tensor_flatten__()
-        return sum(tensor_bytes(getattr(t, n)) for n in names)
-    return t.numel() * t.element_size()
-
-
-def weights_memory_bytes(model: nn.Module) -> int:
-    """Bytes of the model's parameters and buffers in memory (tied tensors once)."""
-    seen, total = set(), 0
-    for t in list(model.state_dict(keep_vars=True).values()):
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += tensor_bytes(t)
-    return total
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def measure_here(model_dir: str | Path, new_tokens: int = 32, batch: int = 8, prompt_tokens: int = 8,
-                 repeats: int = 3, threads: int = 1) -> dict:
-    """Load ``model_dir`` and time greedy generation of exactly ``new_tokens`` tokens for ``batch`` random
-    prompts (KV cache). Meant to run in a fresh process (``measure``), so peak RSS is this model's own."""
-    import resource
-
-    torch.set_num_threads(threads)
-    rss_before = _rss_bytes()
-    model = load_quantized(model_dir)
-    vocab = model.config.vocab_size
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(3, vocab, (batch, prompt_tokens), generator=gen)
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, use_cache=True,
-                  attention_mask=torch.ones_like(ids), pad_token_id=0)
-    with torch.no_grad():
-        model.generate(ids, **kwargs)  # warm-up
-        walls = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model.generate(ids, **kwargs)
-            walls.append(time.perf_counter() - t0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    best = min(walls)
-    return {"tokens_per_s": round(tokens_per_s(new_tokens, batch, best), 1), "generate_wall_s": round(best, 4),
-            "weights_memory_bytes": weights_memory_bytes(model),
-            "peak_rss_bytes": peak, "peak_rss_over_imports_bytes": max(0, peak - rss_before),
-            "new_tokens": new_tokens, "batch": batch, "threads": threads}
-
-
-def measure(model_dir: str | Path, timeout_s: float = 300, **kw) -> dict:
-    """``measure_here`` in a fresh Python process (peak memory is per process), plus size on disk."""
-    args = [sys.executable, "-m", "surgical.quantize", "measure", str(model_dir), json.dumps(kw)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, env=env)
-    if proc.returncode != 0:
-        raise QuantizeError(f"measuring {model_dir} failed: {proc.stderr.strip().splitlines()[-1:]}")
-    figures = json.loads(proc.stdout.strip().splitlines()[-1])
-    figures["size_on_disk_bytes"] = dir_size_bytes(model_dir)
-    return figures
-
-
-def compare(fp32: dict, quantized: dict) -> dict:
-    """Ratios quantized / fp32 of size, peak memory and speed (< 1 size means smaller)."""
-    def ratio(key):
-        a, b = fp32.get(key), quantized.get(key)
-        return round(b / a, 4) if a and b is not None else None
-
-    return {"size_ratio": ratio("size_on_disk_bytes"), "peak_rss_ratio": ratio("peak_rss_bytes"),
-            "peak_rss_over_imports_ratio": ratio("peak_rss_over_imports_bytes"),
-            "weights_memory_ratio": ratio("weights_memory_bytes"),
-            "tokens_per_s_ratio": ratio("tokens_per_s")}
-
-
-# ---------------------------------------------------------------- verify (optional) and model card
-
-
-def _removed_domains(policy: str | Path | None) -> list[str]:
-    if not policy:
-        return []
-    try:
-        from .policy import load_policy
-
-        return [f.name for f in load_policy(policy).forbidden]
-    except Exception:  # the card must still be written; the verify stage reports bad policies
-        return []
-
-
-def model_card(record: dict) -> str:
-    """An HF-style model card: YAML front matter, what was removed, the verdict, figures, provenance."""
-    import yaml
-
-    q = record
-    front = {
-        "library_name": "transformers",
-        "tags": ["surgical", "selective-distillation", "quantized", q["scheme"], q["backend"]],
-        "base_model": str(q["source"]),
-        "quantization": {"scheme": q["scheme"], "backend": q["backend"], "format": q["format"],
-                         "quantized_modules": q["quantized_modules"]},
-        "removed_knowledge": q.get("removed_domains") or "unknown (no policy given)",
-        "verification": (q["verify"].get("verdict") or q["verify"]["status"]) if q.get("verify") else "not run",
-    }
-    load = ("from transformers import AutoModelForCausalLM\n"
-            "model = AutoModelForCausalLM.from_pretrained(DIR)" if q["format"] == "transformers-torchao" else
-            "from surgical.quantize import load_quantized\nmodel = load_quantized(DIR)  # not loadable by "
-            "plain from_pretrained: " + q["format"])
-    f32, qq, cmp = q.get("fp32", {}), q.get("quantized", {}), q.get("ratios", {})
-
-    def row(name, key, unit=""):
-        return f"| {name} | {f32.get(key, 'n/a')}{unit} | {qq.get(key, 'n/a')}{unit} |"
-
-    removed = ", ".join(q.get("removed_domains") or []) or "not recorded (no policy given)"
-    v = q.get("verify") or {}
-    lines = [
-        "---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
-        f"# {Path(q['out']).name}: {q['scheme']} ({q['backend']}) quantization of `{Path(q['source']).name}`", "",
-        "Made with surgical (safe, selective distillation): `surgical quantize`.", "",
-        "## What was removed", "", f"Forbidden domains of the policy: **{removed}**.", "",
-        "## Verification after quantization", "",
-        f"Status: **{v.get('status', 'not run')}**" + (f", verdict: **{v['verdict']}**" if v.get("verdict") else ""),
-        "", "Quantization can bring removed knowledge back (Zhang et al. 2024), so the verify battery is re-run "
-        "on this model, not inherited from the full-precision one.", "",
-        "## Figures (measured in one run)", "", "| | fp32 | quantized |", "|---|---|---|",
-        row("weights on disk (bytes)", "size_on_disk_bytes"), row("peak RSS (bytes)", "peak_rss_bytes"),
-        row("peak RSS over imports (bytes)", "peak_rss_over_imports_bytes"),
-        row("weights in memory (bytes)", "weights_memory_bytes"), row("CPU tokens/s", "tokens_per_s"), "",
-        f"Ratios (quantized / fp32): {json.dumps(cmp)}", "",
-        "## How to load", "", "```python", load.replace("DIR", repr(str(q["out"]))), "```", "",
-        "## Provenance", "",
-        f"- source: `{q['source']}` (sha256 `{q['provenance']['inputs'].get('model', {}).get('sha256', 'n/a')}`)",
-        f"- surgical {q['provenance']['surgical_version']}, torch {q['provenance']['torch_version']}, "
-        f"transformers {q['provenance']['transformers_version']}",
-        f"- command: `surgical quantize --model {q['source']} --scheme {q['scheme']} --backend {q['backend']} "
-        f"--out {Path(q['out']).parent}`", "",
-    ]
-    return "\n".join(lines)
-
-
-# ---------------------------------------------------------------- the stage
-
-
-def run(model: str | Path, out_dir: str | Path, scheme: str = "int8", backend: str = "torchao",
-        verify: Callable[[Path, Path], dict] | None = None, policy: str | Path | None = None,
-        do_measure: bool = True, mode: str = "weight_only", measure_kwargs: dict | None = None) -> QuantizeResult:
-    """The quantize stage: ``out_dir/model/`` (quantized HF dir + tokenizer + README.md model card +
-    quantize.json), ``out_dir/quantize.json``, and ``out_dir/verify/`` when ``verify`` is given.
-
-    ``verify(model_dir, verify_out_dir) -> summary`` re-verifies the quantized model; the caller (the pipeline or
-    the CLI) supplies it with the policy and suite it was given, so this module never imports verify and never
-    verifies against a policy nobody named. Without it the record says verify was not run."""
-    check_supported(scheme, backend)
-    src, out_dir = Path(model), Path(out_dir)
-    model_dir = out_dir / "model"
-    tmp = out_dir / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    t0 = time.perf_counter()
-    fmt, n_mod = save_quantized(src, tmp, scheme, backend, mode)
-    quantize_s = time.perf_counter() - t0
-    record: dict[str, Any] = {"source": str(src), "out": str(model_dir), "scheme": scheme, "backend": backend,
-                              "mode": mode, "format": format_description(fmt)["format"],
-                              "reload": format_description(fmt)["reload"], "quantized_modules": n_mod,
-                              "quantize_wall_s": round(quantize_s, 3),
-                              "removed_domains": _removed_domains(policy)}
-    write_json(tmp / "quantize.json", {"format": fmt, "scheme": scheme, "backend": backend, "mode": mode})
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    tmp.rename(model_dir)  # appears whole or not at all
-    if do_measure:
-        mk = measure_kwargs or {}
-        record["fp32"] = measure(src, **mk)
-        record["quantized"] = measure(model_dir, **mk)
-        record["ratios"] = compare(record["fp32"], record["quantized"])
-    record["verify"] = (verify(model_dir, out_dir / "verify") if verify is not None
-                        else {"status": "not run: no policy was given to verify against"})
-    record["provenance"] = provenance({"scheme": scheme, "backend": backend, "mode": mode},
-                                      inputs={"model": src, **({"policy": policy} if policy else {})})
-    write_json(model_dir / "quantize.json", {"format": fmt, **record})
-    write_text(model_dir / "README.md", model_card(record))
-    write_json(out_dir / "quantize.json", record)
-    return QuantizeResult(out_dir=out_dir, model_dir=model_dir, record=record)
-
-
-def format_description(fmt: str) -> dict:
-    """Human-readable reload instructions of each storage format."""
-    return {
-        "transformers-torchao": {"format": fmt, "reload": "AutoModelForCausalLM.from_pretrained(dir)"},
-        "torchao-safetensors": {"format": fmt, "reload": "surgical.quantize.load_quantized(dir)"},
-        "quanto-safetensors": {"format": fmt, "reload": "surgical.quantize.load_quantized(dir)"},
-    }[fmt]
-
-
-if __name__ == "__main__":  # `python -m surgical.quantize measure DIR '{json kwargs}'` (used by measure())
-    if len(sys.argv) >= 3 and sys.argv[1] == "measure":
-        kw = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
-        print(json.dumps(measure_here(sys.argv[2], **kw)))
-    else:
-        sys.exit("usage: python -m surgical.quantize measure MODEL_DIR ['{json kwargs}']")

@@ -29,10 +29,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print quantize.json."),
     ) -> None:
         """Quantize a model, save it so it reloads, compare it with fp32, re-verify it, write a model card."""
-        from .config import ConfigError
-        from .models import ModelLoadError
-        from .quantize import QuantizeError, check_supported, run
-        from .suite import SuiteError
+        from ..config import ConfigError
+        from ..models import ModelLoadError
+        from ..suite import SuiteError
+        from . import QuantizeError, check_supported, run
 
         err = Console(stderr=True)
         try:
@@ -41,10 +41,10 @@ def register(app: typer.Typer) -> None:
                 raise QuantizeError(f"{model}: not an HF model directory (no config.json)")
             verify_fn = None
             if policy is not None and not no_verify:
-                from .config import demo_config
-                from .policy import load_policy
-                from .verify.cli import resolve_cli_suite
-                from .verify.run import verify_summary
+                from ..config import demo_config
+                from ..policy import load_policy
+                from ..verify.cli import resolve_cli_suite
+                from ..verify.run import verify_summary
 
                 pcfg = demo_config()
                 suite_path = resolve_cli_suite(load_policy(policy), policy, suite, pcfg)

@@ -15,7 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from .io import read_json, write_json, write_text
+from ..io import read_json, write_json, write_text
 
 METHOD_ORDER = ["surgical", "plain-kd", "filter-only", "graddiff", "maxent", "rmu", "undo", "oracle"]
 UNLEARN_ONLY = ("graddiff", "maxent", "rmu")
@@ -37,12 +37,21 @@ COLUMNS = [
 
 def collect_rows(run_dir: Path) -> list[dict]:
     """Rows from every ``compare-<method>/row.json`` under ``run_dir``, in the canonical method order."""
+    return [r for r in _all_rows(run_dir) if "not_run" not in r]
+
+
+def _all_rows(run_dir: Path) -> list[dict]:
     rows = []
     for m in METHOD_ORDER:
         f = run_dir / f"compare-{m}" / "row.json"
         if f.exists():
             rows.append(read_json(f))
     return rows
+
+
+def collect_not_run(run_dir: Path) -> dict[str, str]:
+    """{method: why} of the baselines that could not run on this run's data."""
+    return {r["method"]: r["not_run"] for r in _all_rows(run_dir) if "not_run" in r}
 
 
 def check_targets(rows: list[dict]) -> list[dict]:
@@ -72,7 +81,8 @@ def check_targets(rows: list[dict]) -> list[dict]:
     out.append({"target": "quantization gap (int4 minus fp32 forget accuracy) <= 2 points",
                 "met": gap is not None and gap <= 0.02, "measured": gap})
     rr = s.get("retain_ratio")
-    out.append({"target": "keeps >= 95% of the teacher's add/sub", "met": rr is not None and rr >= 0.95, "measured": rr})
+    out.append({"target": "keeps >= 95% of the teacher's score on the retain domains", "met": rr is not None and rr >= 0.95,
+                "measured": rr})
     return out
 
 
@@ -164,20 +174,37 @@ def write_run_report(run_dir: str | Path, cfg, out_dir: str | Path) -> dict:
                        and not f.name.startswith("."))[:12]
         items = ", ".join(f"<a href='{d.name}/{f.name}'>{f.name}</a>" for f in files)
         links.append(f"<li><b>{d.name}</b>: {items}</li>")
+    from .graph import final_verdict
+
     verify_json = run_dir / "verify" / "verify.json"
     verdict = read_json(verify_json).get("verdict", "?") if verify_json.exists() else "not run"
+    final = final_verdict(run_dir) or "not run"
+    data_json = run_dir / "data" / "data.json"
+    data = read_json(data_json) if data_json.exists() else {}
+    forget_d = "/".join(data.get("forget_domains", [])) or "forget-domain"
+    retain_d = "/".join(data.get("retain_domains", [])) or "retain-domain"
+    source = (f"Data: {html.escape(data.get('source', '?'))} (suite <code>{html.escape(data.get('suite_name', '?'))}"
+              f"</code>, policy <code>{html.escape(data.get('policy_name', '?'))}</code>). ") if data else ""
+    not_run = collect_not_run(run_dir)
+    not_run_html = ("<h3>Baselines that could not run on this data</h3><ul>" + "".join(
+        f"<li><b>{html.escape(m)}</b>: {html.escape(why)}</li>" for m, why in not_run.items()) + "</ul>"
+        if not_run else "")
+    if not cross.exists() and data.get("source") == "files":
+        cross_html = "<p>Not run: the cross-domain experiment needs the world's domains (data.source: world).</p>"
     page = f"""<!doctype html><html><head><meta charset='utf-8'><title>surgical run report</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}} table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}} tr.surgical{{background:#eef6ff;font-weight:bold}}
 li.met{{color:#176b2c}} li.missed{{color:#c00;font-weight:bold}}</style></head><body>
 <h1>surgical: run report</h1>
-<p>Run directory: <code>{html.escape(str(run_dir))}</code>. Verdict of the surgical student's full verify battery:
-<b>{html.escape(verdict)}</b> (<a href='verify/report.html'>verify report</a>).</p>
+<p>Run directory: <code>{html.escape(str(run_dir))}</code>. {source}Final verdict (the student's and the quantized
+student's, failing closed): <b>{html.escape(final)}</b>. The student's full verify battery: <b>{html.escape(verdict)}</b>
+(<a href='verify/report.html'>verify report</a>; quantized: <a href='verify-quantized/report.html'>report</a>).</p>
 <h2>Headline: every method through the same comparison battery</h2>
 {_html_table(rows)}
-<p>Forget = mul/div exact-match on held-out test problems (MC: 4-way, chance 0.25). Relearning: best learning rate for
-the attacker, forget exact-match after N steps on 64 forbidden examples. Retain ratio: add/sub exact-match over the
-teacher's. FLOPs: 6 x parameters x training tokens.</p>
+{not_run_html}
+<p>Forget = {html.escape(forget_d)} exact-match on the suite's held-out test items (MC: chance 1/choices). Relearning:
+best learning rate for the attacker, forget exact-match after N steps on the suite's attack records. Retain ratio:
+{html.escape(retain_d)} score over the teacher's. FLOPs: 6 x parameters x training tokens.</p>
 <h2>Targets</h2><ul>{tgt_html}</ul>
 <h2>Relearning curves</h2>{plot}
 <h2>Cross-domain distillation</h2>{cross_html}
@@ -185,15 +212,16 @@ teacher's. FLOPs: 6 x parameters x training tokens.</p>
 </body></html>"""
     write_text(run_dir / "report.html", page)
     write_text(out_dir / "report.html", page)
-    return {"methods": [r["method"] for r in rows], "targets_met": sum(t["met"] for t in targets),
-            "targets_total": len(targets), "report": str(run_dir / "report.html")}
+    return {"methods": [r["method"] for r in rows], "not_run": not_run, "final_verdict": final,
+            "targets_met": sum(t["met"] for t in targets), "targets_total": len(targets),
+            "report": str(run_dir / "report.html")}
 
 
 def print_headline(run_dir: Path, console: Console | None = None, wall_s: float | None = None) -> None:
     """Print the comparison table and the report path."""
     console = console or Console()
     rows = collect_rows(run_dir)
-    t = Table(title="surgical demo: headline comparison")
+    t = Table(title="surgical: headline comparison")
     for _, title in COLUMNS:
         t.add_column(title, justify="right")
     for r in rows:

@@ -8,6 +8,14 @@ import typer
 from rich.console import Console
 
 
+def input_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (a file, a field, a model that does not load): one line, exit 1."""
+    from ..models import ModelLoadError
+    from ..quantize import QuantizeError
+
+    return (ValueError, FileNotFoundError, ModelLoadError, QuantizeError)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
@@ -19,10 +27,11 @@ def register(app: typer.Typer) -> None:
         status: bool = typer.Option(False, "--status", help="Print which stages are done and exit."),
         quiet: bool = typer.Option(False, "--quiet"),
     ) -> None:
-        """Run a pipeline YAML stage by stage; unchanged stages are skipped, interrupted runs resume."""
-        from .config import ConfigError, demo_config, load_config
-        from .demo.pipeline import make_runner
-        from .runner import PipelineError
+        """Run a pipeline YAML stage by stage; unchanged stages are skipped, interrupted runs resume.
+        Exit 0 when the final verdict passes, 2 when it does not (fail, error, incomplete), 1 on bad input."""
+        from ..config import ConfigError, demo_config, load_config
+        from .graph import final_verdict, make_runner
+        from .runner import PipelineError, StageFailed
 
         console = Console(stderr=True)
         try:
@@ -40,10 +49,16 @@ def register(app: typer.Typer) -> None:
         except PipelineError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None
-        from .demo.pipeline import final_verdict
-
+        except StageFailed as exc:
+            if isinstance(exc.__cause__, input_error_types()):
+                console.print(str(exc), style="red", markup=False, highlight=False)
+                raise typer.Exit(1) from None
+            raise
         done = Path(run_dir or cfg.run_dir)
         print(done / "report.html")
-        if final_verdict(done) == "fail":
-            console.print("[red]final verdict: FAIL[/red]")
+        verdict = final_verdict(done)
+        if verdict is not None and verdict != "pass":
+            console.print(f"[red]final verdict: {verdict.upper()}[/red]")
             raise typer.Exit(2)
+        if verdict == "pass":
+            console.print("[green]final verdict: PASS[/green]")

