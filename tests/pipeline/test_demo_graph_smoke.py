@@ -1,5 +1,6 @@
-"""The demo graph end to end on a tiny config (world -> teacher -> map -> curate -> generate -> distill ->
-verify -> quantize -> report, baselines off): every stage reads the world's suite from RUN_DIR/world/suite and
+"""The demo graph end to end on a tiny config (data -> teacher -> map -> curate -> generate -> distill ->
+verify -> quantize -> verify-quantized -> report, baselines off): every stage reads the world's suite from
+RUN_DIR/data/suite and
 `surgical run` exits with the final verdict's code. Slow: a few minutes on 2 cores (curate reads the whole
 world train split)."""
 
@@ -39,10 +40,11 @@ def test_tiny_demo_graph_runs_through_the_suite(tmp_path):
     r = CliRunner().invoke(app, ["run", str(cfg), "--quiet"])
     run = tmp_path / "run"
     verify = json.loads((run / "verify" / "verify.json").read_text())
-    assert verify["suite"]["path"].endswith("world/suite/suite.yaml")
+    assert verify["suite"]["path"].endswith("data/suite/suite.yaml")
     assert verify["domains"] == {"forget": ["mul", "div"], "retain": ["add", "sub"], "cross_domain": ["mixed"]}
     distill = json.loads((run / "distill" / "distill.json").read_text())
     assert set(distill["test_metrics"]) >= {"add", "sub", "mul", "div"}
-    q = json.loads((run / "quantize" / "quantize.json").read_text())
-    assert q["verify"]["status"] == "ran"
-    assert r.exit_code == (2 if q["verify"]["verdict"] == "fail" else 0), r.output
+    q = json.loads((run / "verify-quantized" / "summary.json").read_text())
+    assert q["status"] == "ran"
+    final = "pass" if q["verdict"] == verify["verdict"] == "pass" else "fail"
+    assert r.exit_code == (0 if final == "pass" else 2), r.output

@@ -102,9 +102,10 @@ def stage_teacher(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
 
         src = resolve_source(cfg.teacher.model)
         load_tokenizer(cfg.teacher.model, trust_remote_code=cfg.teacher.trust_remote_code)  # fails early, clearly
-        spec = str(Path(cfg.teacher.model).resolve()) if src.kind != "hub" else cfg.teacher.model
-        rec = {"model": spec, "kind": src.kind,
-               "sha256": sha256_path(cfg.teacher.model) if Path(cfg.teacher.model).exists() else None}
+        spec = {"gguf": lambda: str(Path(src.path, src.gguf_file or "").resolve()),
+                "dir": lambda: str(Path(src.path).resolve())}.get(src.kind, lambda: cfg.teacher.model)()
+        rec = {"model": spec, "given_as": cfg.teacher.model, "kind": src.kind,
+               "sha256": sha256_path(spec) if Path(spec).exists() else None}
         write_json(out_dir / "teacher.json", rec)
         write_json(out_dir / "location.json", {"teacher_dir": spec, "trained_now": False})
         return Result({"teacher": spec, "kind": src.kind})

@@ -117,7 +117,7 @@ def _write_probe(wb, config: WorldConfig, out: Path, forget_entries: list[dict])
 
 def world_suite_path(config: WorldConfig | None = None) -> Path:
     """The world's suite for ``config``, written once under ``$SURGICAL_HOME/worlds/<data hash>/suite``
-    (the `--demo` flags use it; a pipeline writes its own copy in RUN_DIR/world/suite)."""
+    (the `--demo` flags use it; a pipeline writes its own copy in RUN_DIR/data/suite)."""
     config = config or WorldConfig()
     wb = build_world(config)
     from ..io import sha256_json
