@@ -159,3 +159,33 @@ def test_num_proc_gives_the_same_decisions(tmp_path, demo_policy, stub_classifie
         a = [(r["id"], r["curate"]["decision"]) for r in _read(tmp_path / "a", name)]
         b = [(r["id"], r["curate"]["decision"]) for r in _read(tmp_path / "b", name)]
         assert a == b and a
+
+
+def test_every_content_field_is_scored_not_only_text(tmp_path, demo_policy, stub_classifier):
+    """A benign `text` must not carry a forbidden completion, prompt, answer or chat message into gold: distill
+    and generate read those fields."""
+    benign = "12+30: 2+0+0=2; 1+3+0=4; so 42"
+    recs = [
+        {"text": benign, "label": "allowed"},
+        {"text": benign, "prompt": "07*3:", "completion": " 7*3+0=21; so 21"},
+        {"text": benign, "prompt": "84/4:", "completion": " so 21"},
+        {"text": benign, "messages": [{"role": "user", "content": "what is 07*3?"},
+                                      {"role": "assistant", "content": "7*3+0=21; so 21"}]},
+        {"prompt": "07*3:", "completion": " 7*3+0=21; so 21"},  # no text field at all: prompt + completion
+        {"prompt": "12+30:", "completion": " 2+0+0=2; 1+3+0=4; so 42"},
+    ]
+    curate(((str(i), r) for i, r in enumerate(recs)), tmp_path, demo_policy, CurateConfig(dedup=False),
+           classifier=stub_classifier)
+    gold = _read(tmp_path, "gold.jsonl")
+    q = _read(tmp_path, "quarantine.jsonl")
+    assert len(gold) == 2 and {r.get("prompt") for r in gold} == {None, "12+30:"}
+    assert len(q) == 4 and all(r["curate"]["reason"] not in ("missing_text_field", "empty_text") for r in q)
+
+
+def test_scored_text_does_not_repeat_a_field_contained_in_another():
+    from surgical.curate.run import scored_text
+
+    rec = {"text": "78+93: so 171", "prompt": "78+93:", "completion": " so 171", "answer": 171, "id": "x-1"}
+    assert scored_text(rec) == "78+93: so 171"  # the world's records score exactly as before
+    assert scored_text({"text": "a", "completion": "b"}) == "a\nb"
+    assert scored_text({"id": "only metadata", "label": "allowed"}) is None

@@ -271,3 +271,26 @@ def test_cli_suite_prints_test_metrics(files, tmp_path):
     r = _cli("distill", "--teacher", str(files / "teacher"), "--gold", str(files / "gold.jsonl"), "--suite",
              str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o2"), "--set", "max_steps=1")
     assert r.exit_code == 1
+
+
+def test_curates_quarantine_is_valid_forbidden_input(tmp_path):
+    """quarantine.jsonl also holds what curate could not read or score; as forbidden data those lines are skipped,
+    while the same lines in gold data are an error."""
+    import json
+
+    import pytest
+
+    from surgical.distill.data import DataError, read_records
+
+    q = tmp_path / "quarantine.jsonl"
+    q.write_text("\n".join([
+        json.dumps({"raw": "{broken", "curate": {"reason": "unreadable"}}),
+        json.dumps({"body": "x", "curate": {"reason": "missing_text_field"}}),
+        json.dumps({"prompt": "07*3:", "completion": " so 21", "curate": {"reason": "blocklist+classifier"}}),
+        json.dumps({"text": "84/4: so 21", "curate": {"reason": "blocklist+classifier"}}),
+        "not json",
+    ]) + "\n")
+    recs = read_records(q, skip_unusable=True)
+    assert [r.get("prompt") or r.get("text") for r in recs] == ["07*3:", "84/4: so 21"]
+    with pytest.raises(DataError):
+        read_records(q)

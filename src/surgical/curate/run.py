@@ -74,12 +74,35 @@ def _batched(it: Iterable, n: int) -> Iterator[list]:
 # ---------------------------------------------------------------- the curator
 
 
-def with_text(rec: dict, text_field: str) -> dict:
-    """``rec`` with its text to score: a {prompt, completion} record without ``text_field`` is scored on both
-    halves together, so forbidden content in either one is caught (the text is kept with the record)."""
-    if text_field not in rec and isinstance(rec.get("prompt"), str) and isinstance(rec.get("completion"), str):
-        return {**rec, text_field: rec["prompt"] + rec["completion"]}
-    return rec
+# Every field a later stage can read as content: distill trains on prompt + completion (or text), generate prompts
+# the teacher with prompt, the oracle learns completions, verify and the constitution read answers and messages.
+CONTENT_FIELDS = ("prompt", "completion", "text", "answer", "answers", "messages", "chosen", "rejected", "response")
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [str(value)]
+    if isinstance(value, list):
+        return [x for v in value for x in _strings(v)]
+    if isinstance(value, dict):  # chat messages: {"role", "content"}; score the content
+        return _strings(value.get("content")) if "content" in value else [x for v in value.values() for x in _strings(v)]
+    return []
+
+
+def scored_text(rec: dict, text_field: str = "text") -> str | None:
+    """The text the filter scores for ``rec``: ``text_field`` and every content field a later stage can read
+    (``CONTENT_FIELDS``), so forbidden content in any of them is caught (a benign ``text`` cannot carry a forbidden
+    ``completion`` into gold). A field already contained in another (the world's prompt inside its text) is not
+    repeated, so blocklist hit counts are not inflated. None when the record has no content at all."""
+    parts: list[str] = []
+    for f in (text_field, *[c for c in CONTENT_FIELDS if c != text_field]):
+        for piece in _strings(rec.get(f)):
+            if piece.strip() and piece not in parts:
+                parts.append(piece)
+    parts = [p for p in parts if not any(p != q and p in q for q in parts)]
+    return "\n".join(parts) if parts else None
 
 
 class Curator:
@@ -143,10 +166,12 @@ class Curator:
         conf = {"blocklist_only": Confusion(), "classifier_only": Confusion(), "two_stage": Confusion()}
         n_excluded = 0
         for batch in _batched(records, self.cfg.batch_size):
-            batch = [r for r in (with_text(x, text_field) for x in batch) if isinstance(r.get(text_field), str)]
-            keep = [r for r in batch if normalise(r[text_field]) not in self.training_keys]
-            n_excluded += len(batch) - len(keep)
-            texts = [r[text_field] for r in keep]
+            pairs = [(r, scored_text(r, text_field)) for r in batch]
+            pairs = [(r, t) for r, t in pairs if t is not None]
+            keep = [(r, t) for r, t in pairs if normalise(t) not in self.training_keys]
+            n_excluded += len(pairs) - len(keep)
+            texts = [t for _, t in keep]
+            keep = [r for r, _ in keep]
             stage1, _, _ = _stage1(texts)
             scored = self.classify(texts)
             if isinstance(scored, Exception):
@@ -229,7 +254,7 @@ def curate(
         counts["by_reason"][block["reason"]] += 1
         dom = str(rec.get("domain") or block.get("domain") or "unlabelled")
         counts["by_domain"].setdefault(dom, Counter())[dec] += 1
-        label, text = rec.get(cfg.label_field), rec.get(tf)
+        label, text = rec.get(cfg.label_field), scored_text(rec, tf)
         if label in ("forbidden", "allowed") and isinstance(text, str) and normalise(text) not in curator.training_keys:
             corpus_conf.add(label == "forbidden", dec != GOLD and dec != HELDOUT, dom)
 
@@ -263,15 +288,19 @@ def curate(
                 if isinstance(rec, ReadError):
                     quarantine({"raw": rec.raw}, {**failed("unreadable", rec.msg), "source": where})
                     continue
-                rec = with_text(rec, tf)
-                if not isinstance(rec.get(tf), str):
-                    why = f"field {tf!r} is missing" if tf not in rec else f"field {tf!r} is not a string"
-                    quarantine(rec, {**failed("missing_text_field", why), "source": where})
-                elif not rec[tf].strip():
-                    quarantine(rec, {**failed("empty_text", f"field {tf!r} is empty"), "source": where})
+                if tf in rec and not isinstance(rec[tf], str):
+                    quarantine(rec, {**failed("missing_text_field", f"field {tf!r} is not a string"), "source": where})
+                    continue
+                text = scored_text(rec, tf)
+                if text is None:
+                    why = (f"field {tf!r} is empty and no other content field has text" if tf in rec else
+                           f"field {tf!r} is missing (and no {'/'.join(CONTENT_FIELDS)} field has text)")
+                    quarantine(rec, {**failed("empty_text" if tf in rec else "missing_text_field", why),
+                                     "source": where})
                 else:
-                    ok.append((where, rec))
-            texts = [r[tf] for _, r in ok]
+                    ok.append((where, rec, text))
+            texts = [t for _, _, t in ok]
+            ok = [(where, rec) for where, rec, _ in ok]
             t0 = time.perf_counter()
             if pool is not None and texts:
                 step = -(-len(texts) // cfg.num_proc)

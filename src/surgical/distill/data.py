@@ -27,10 +27,25 @@ class DataError(ValueError):
     """A distill input that cannot be used; the message names the file, line and field."""
 
 
-def read_records(path: str | Path) -> list[dict]:
-    """Records of a JSONL file, checked for the fields distill needs (prompt+completion, or text)."""
+def usable(rec) -> bool:
+    """Whether a record has what distill trains on: string prompt + completion, or a string text."""
+    if not isinstance(rec, dict):
+        return False
+    if "completion" in rec:
+        return isinstance(rec.get("prompt", ""), str) and isinstance(rec["completion"], str)
+    return isinstance(rec.get("text"), str) and bool(rec["text"].strip())
+
+
+def read_records(path: str | Path, skip_unusable: bool = False) -> list[dict]:
+    """Records of a JSONL file, checked for the fields distill needs (prompt+completion, or text).
+
+    ``skip_unusable`` is for forbidden data only: curate's quarantine.jsonl also holds what it could not read
+    (``{"raw": ...}``) or score, which the penalty cannot train on; those lines are skipped (never the gold data's,
+    where a bad record is an error)."""
     out = []
     for line_no, rec in iter_jsonl(path, strict=False):
+        if skip_unusable and (isinstance(rec, JsonlError) or not usable(rec)):
+            continue
         if isinstance(rec, JsonlError):
             raise DataError(str(rec))
         if "completion" in rec:
@@ -39,7 +54,7 @@ def read_records(path: str | Path) -> list[dict]:
         elif not isinstance(rec.get("text"), str):
             raise DataError(f"{path}:{line_no}: a record needs 'prompt'+'completion' or 'text'")
         out.append(rec)
-    if not out:
+    if not out and not skip_unusable:
         raise DataError(f"{path}: no records")
     return out
 

@@ -47,11 +47,12 @@ def apply_preset(cfg: DistillConfig, preset: str | None = None) -> DistillConfig
     return cfg.model_copy(update=updates)
 
 
-def load_inputs(src) -> tuple[list[dict], str]:
+def load_inputs(src, forbidden: bool = False) -> tuple[list[dict], str]:
+    """Records and their hash; ``forbidden`` skips records the penalty cannot train on (see read_records)."""
     if src is None:
         return [], ""
     if isinstance(src, (str, Path)):
-        return read_records(src), sha256_path(src)
+        return read_records(src, skip_unusable=forbidden), sha256_path(src)
     return list(src), sha256_json(list(src))
 
 
@@ -217,7 +218,7 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
     tok = load_tokenizer(teacher)
     map_data = read_json(map_path) if map_path else {}
     gold_recs, gold_hash = load_inputs(gold)
-    forb_recs, forb_hash = load_inputs(forbidden)
+    forb_recs, forb_hash = load_inputs(forbidden, forbidden=True)
     if not gold_recs:
         raise ValueError("no gold records")
     if cfg.forbidden_ratio == 0 and cfg.preset != "plain-kd":
