@@ -55,3 +55,21 @@ def test_cli_help_lists_every_stage():
     for stage in ("world", "teacher", "map", "curate", "generate", "distill", "verify", "quantize", "run", "demo",
                   "config"):
         assert stage in r.output, stage
+
+
+def test_baselines_overrides_are_typed(tmp_path):
+    """A typo in baselines.compare_verify or baselines.unlearn is an error with its path, not a silent no-op."""
+    import pytest
+    import yaml
+
+    from surgical.config import ConfigError, load_config
+
+    for section, body in (("compare_verify", {"n_itemz": 10}), ("compare_verify", {"n_items": -1}),
+                          ("unlearn", {"max_stepz": 5}), ("unlearn", {"lr": 0})):
+        p = tmp_path / "p.yaml"
+        p.write_text(yaml.safe_dump({"baselines": {section: body}}))
+        with pytest.raises(ConfigError) as e:
+            load_config(p)
+        assert f"baselines.{section}" in str(e.value), str(e.value)
+    p.write_text(yaml.safe_dump({"baselines": {"compare_verify": {"n_items": 10}, "unlearn": {"max_steps": 5}}}))
+    assert load_config(p).baselines.unlearn == {"max_steps": 5}

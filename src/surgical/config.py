@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .config_base import Section
 from .curate.config import CurateConfig, GenerateConfig
@@ -109,12 +109,28 @@ class BaselinesConfig(Section):
     cross_domain_steps: int = Field(500, ge=1, description="Optimizer steps of each cross-domain distillation.")
     undo_unlearn_method: Literal["graddiff", "maxent", "rmu"] = Field(
         "maxent", description="The unlearning method UNDO starts from.")
-    unlearn: dict = Field(default_factory=dict, description="Overrides of surgical.baselines.unlearn.UnlearnConfig.")
+    unlearn: dict = Field(default_factory=dict, description="Overrides of surgical.baselines.config.UnlearnConfig "
+                          "(checked like every other section: an unknown key or a bad value is an error).")
     compare_verify: dict = Field(
         default_factory=_default_compare_verify,
         description="Overrides of the verify config for the comparison battery every method goes through "
         "(smaller sweeps than the full verify stage, identical for every row). Keys given here replace the "
         "default comparison values one by one; the others keep them.")
+
+
+    @field_validator("unlearn")
+    @classmethod
+    def _unlearn_is_an_unlearn_config(cls, v: dict) -> dict:
+        from .baselines.config import UnlearnConfig
+
+        UnlearnConfig.model_validate(v)  # raises with the field path under baselines.unlearn
+        return v
+
+    @field_validator("compare_verify")
+    @classmethod
+    def _compare_verify_is_a_verify_config(cls, v: dict) -> dict:
+        VerifyConfig.model_validate({**_default_compare_verify(), **v})
+        return v
 
 
 class PipelineConfig(Section):

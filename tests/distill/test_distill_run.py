@@ -294,3 +294,52 @@ def test_curates_quarantine_is_valid_forbidden_input(tmp_path):
     assert [r.get("prompt") or r.get("text") for r in recs] == ["07*3:", "84/4: so 21"]
     with pytest.raises(DataError):
         read_records(q)
+
+
+def test_resume_refuses_checkpoints_of_another_run_and_auto_starts_fresh(files, tmp_path, monkeypatch):
+    """A checkpoint records what made it: --resume onto a changed config refuses with a clear message (it would
+    otherwise 'resume' a finished run and record the new config); the pipeline's 'auto' starts over instead."""
+    from surgical.distill import trainer as trainer_mod
+
+    cfg = DistillConfig(max_steps=6, save_steps=3, **TINY)
+    args = (files / "teacher", files / "gold.jsonl", files / "forbidden.jsonl")
+    original = trainer_mod.DistillTrainer.training_step
+
+    def killed(self, *a, **kw):
+        if self.state.global_step >= 4:
+            raise KeyboardInterrupt("killed mid-run")
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "training_step", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, *args, out_dir=tmp_path, quiet=True)
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "training_step", original)
+    changed = cfg.model_copy(update={"lr": cfg.lr * 2})
+    with pytest.raises(ValueError, match="different run"):
+        run(changed, *args, out_dir=tmp_path, quiet=True, resume=True)
+    res = run(changed, *args, out_dir=tmp_path, quiet=True, resume="auto")
+    assert res.record["resumed_from"] is None and res.record["steps"] == 6
+    # a setting that does not change the weights (threads) still resumes
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(trainer_mod.DistillTrainer, "training_step", killed)
+        run(cfg, *args, out_dir=tmp_path / "b", quiet=True)
+    monkeypatch.setattr(trainer_mod.DistillTrainer, "training_step", original)
+    res = run(cfg.model_copy(update={"threads": 2}), *args, out_dir=tmp_path / "b", quiet=True, resume=True)
+    assert res.record["resumed_from"].endswith("checkpoint-3")
+
+
+def test_distill_never_overwrites_a_student_dir_it_did_not_make(files, tmp_path):
+    from surgical.outputs import MARK, OutputError
+
+    user = tmp_path / "student"
+    user.mkdir()
+    (user / "my-notes.txt").write_text("mine")
+    cfg = DistillConfig(max_steps=2, **TINY)
+    with pytest.raises(OutputError, match="not made by surgical"):
+        run(cfg, files / "teacher", files / "gold.jsonl", out_dir=tmp_path, quiet=True)
+    assert (user / "my-notes.txt").read_text() == "mine"
+    user.rename(tmp_path / "moved")
+    run(cfg, files / "teacher", files / "gold.jsonl", out_dir=tmp_path, quiet=True)
+    assert (tmp_path / "student" / MARK).exists()
+    run(cfg, files / "teacher", files / "gold.jsonl", out_dir=tmp_path, quiet=True)  # its own: replaced
+    assert not list(tmp_path.glob(".student.*"))

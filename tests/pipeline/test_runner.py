@@ -50,14 +50,28 @@ def test_changed_config_reruns_that_stage_and_dependents_only(tmp_path):
     assert res["a"]["status"] == "cached" and res["c"]["summary"]["value"] == 16
 
 
-def test_changed_input_content_invalidates_dependents(tmp_path):
+def test_an_edited_or_deleted_output_reruns_its_stage(tmp_path):
     calls = []
     r = Runner(make_stages(calls), tmp_path, Cfg(a=1, b=2))
     r.run(quiet=True)
     write_json(tmp_path / "b" / "out.json", {"value": 99})  # someone edits b's output by hand
     calls.clear()
+    res = r.run(quiet=True)
+    assert calls == ["b"]  # b is re-made; c saw the same content as before, so it stays cached
+    assert res["c"]["summary"]["value"] == 13 and read_json(tmp_path / "b" / "out.json")["value"] == 12
+    (tmp_path / "a" / "out.json").unlink()  # a deleted output
+    calls.clear()
     r.run(quiet=True)
-    assert calls == ["c"]
+    assert calls == ["a"]
+
+
+def test_changed_input_content_invalidates_dependents(tmp_path):
+    """An input stage's content that changed because the stage re-ran differently re-runs its dependents."""
+    calls = []
+    Runner(make_stages(calls), tmp_path, Cfg(a=1, b=2)).run(quiet=True)
+    calls.clear()
+    Runner(make_stages(calls), tmp_path, Cfg(a=3, b=2)).run(quiet=True)
+    assert calls == ["a", "b", "c"]
 
 
 def test_from_and_only_and_force(tmp_path):

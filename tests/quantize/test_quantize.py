@@ -147,3 +147,22 @@ def test_cli_quantize(tiny_model_dir, tmp_path, family):
     bad = CliRunner().invoke(app, ["quantize", "--model", str(tiny_model_dir), "--scheme", "int4", "--backend",
                                    "torchao", "--out", str(tmp_path / "q2"), "--no-verify"])
     assert bad.exit_code == 1 and "mslk" in bad.output
+
+
+def test_quantize_never_overwrites_a_model_dir_it_did_not_make(world_tokenizer, tmp_path):
+    from surgical.models import make_tiny_model
+    from surgical.outputs import MARK, OutputError
+
+    src = tmp_path / "src"
+    make_tiny_model("llama", len(world_tokenizer)).save_pretrained(src)
+    world_tokenizer.save_pretrained(src)
+    user = tmp_path / "q" / "model"
+    user.mkdir(parents=True)
+    (user / "weights.bin").write_bytes(b"the user's")
+    with pytest.raises(OutputError, match="not made by surgical"):
+        run(src, tmp_path / "q", "int8", "quanto", do_measure=False)
+    assert (user / "weights.bin").read_bytes() == b"the user's"
+    run(src, tmp_path / "q2", "int8", "quanto", do_measure=False)
+    assert (tmp_path / "q2" / "model" / MARK).exists()
+    run(src, tmp_path / "q2", "int8", "quanto", do_measure=False)  # its own: replaced, nothing left beside it
+    assert sorted(p.name for p in (tmp_path / "q2").iterdir()) == ["model", "quantize.json"]

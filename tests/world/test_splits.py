@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from surgical.world.problems import ALL_DOMAINS, DOMAINS, Difficulty, parse_worked_answer
 from surgical.world.splits import make_splits, mc_records
 
@@ -54,3 +56,16 @@ def test_write_world_files(tmp_path):
 
     tok = AutoTokenizer.from_pretrained(files["tokenizer"])
     assert tok.decode(tok("12*3=630")["input_ids"], skip_special_tokens=True) == "12*3=630"
+
+
+def test_answers_are_computed_from_operands_never_with_eval():
+    import pytest
+
+    from surgical.world.problems import _arith
+
+    assert _arith("78+93") == 171 and _arith("(12+3)*4") == 60 and _arith("84//4") == 21 and _arith("7-9") == -2
+    for bad in ("__import__('os')", "2**10", "1.5+1", "x+1"):
+        with pytest.raises(ValueError):
+            _arith(bad)
+    src = (Path(__file__).resolve().parents[2] / "src" / "surgical" / "world" / "problems.py").read_text()
+    assert "eval(" not in src

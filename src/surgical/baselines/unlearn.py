@@ -29,11 +29,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 from transformers import Trainer, TrainerCallback
 
-from ..config_base import Section
 from ..data import PadCollator, encode_example
 from ..io import provenance, write_json
 from ..models import (
@@ -46,34 +44,14 @@ from ..models import (
     load_tokenizer,
     mlp_down_proj,
 )
+from ..outputs import check_replaceable, fresh_tmp, replace_dir
+from .config import UnlearnConfig
 
 METHODS = ("graddiff", "maxent", "rmu")
 
 # WMDP reference (Li et al. 2024, zephyr-7b-beta, 32 layers): layer 7, layers 5..7 updated, c = 6.5,
 # alpha = 1200, lr = 5e-5, batch 4, 150 batches (their run_rmu.py defaults / paper appendix B).
 WMDP_LAYER, WMDP_DEPTH, WMDP_STEERING, WMDP_ALPHA = 7, 32, 6.5, 1200.0
-
-
-class UnlearnConfig(Section):
-    """Knobs of the unlearn-only baselines (see docs/baselines.md)."""
-
-    max_steps: int = Field(150, ge=1, description="Optimizer steps (WMDP RMU: 150 batches).")
-    max_wall_s: float = Field(60.0, gt=0, description="Stop early after this many seconds of training.")
-    batch_size: int = Field(16, ge=1, description="Forget sequences (and as many retain sequences) per step.")
-    lr: float | None = Field(None, gt=0, description="AdamW learning rate; None = the method's default "
-                             "(graddiff/maxent 1e-4, rmu 1e-3: see docs/baselines.md).")
-    alpha: float | None = Field(None, ge=0, description="Retain-loss weight; None = the method's default "
-                                "(graddiff/maxent 1.0, rmu 1200 as in WMDP).")
-    rmu_layer: int | None = Field(None, ge=0, description="RMU layer l; None = WMDP's 7 of 32 scaled to our "
-                                  "depth: round(7/32 * depth), at least 2 when depth > 2 so l-2..l exists.")
-    rmu_update_span: int = Field(3, ge=1, description="RMU updates the down-projections of this many layers "
-                                 "ending at l (WMDP: l-2..l, 3 layers).")
-    steering_coeff: float | None = Field(None, gt=0, description="RMU steering coefficient c; None = WMDP's 6.5 "
-                                         "times (mean forget hidden-state norm at l / sqrt(hidden size)), "
-                                         "see docs/baselines.md.")
-    seed: int = Field(0, description="Seed of the random direction and the data order.")
-    threads: int = Field(2, ge=1, description="torch intra-op threads.")
-    eval_items: int = Field(64, ge=1, description="Forget/retain sequences in the before/after loss check.")
 
 
 def default_lr(method: str) -> float:
@@ -332,6 +310,7 @@ def unlearn(model_dir: str | Path, method: Literal["graddiff", "maxent", "rmu"],
     if not forget_records or not retain_records:
         raise ValueError("unlearning needs non-empty forget and retain records")
     cfg = cfg or UnlearnConfig()
+    check_replaceable(out_dir)  # before any work: never over a directory surgical did not make
     torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -405,8 +384,7 @@ def unlearn(model_dir: str | Path, method: Literal["graddiff", "maxent", "rmu"],
     # 6 N T per trained (forward + backward) token (Kaplan et al. 2020); RMU also runs the frozen model
     # forward on the retain tokens (2 N T).
     flops = 6 * n_params * tokens + (2 * n_params * retain_tokens if method == "rmu" else 0)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = fresh_tmp(out_dir)
     enable_kv_cache(model).save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     record = {
@@ -418,9 +396,7 @@ def unlearn(model_dir: str | Path, method: Literal["graddiff", "maxent", "rmu"],
                                  n_forget_records=len(forget_records), n_retain_records=len(retain_records)),
     }
     write_json(tmp / "unlearn.json", record)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    replace_dir(tmp, out_dir, f"unlearned model ({method})")
     return record
 
 

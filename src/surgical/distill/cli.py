@@ -97,7 +97,8 @@ def distill(
         if demo and teacher is None:
             result = run_demo(out_dir, preset=preset, pipeline_cfg=pcfg.model_copy(update={"distill": dcfg}),
                               quiet=quiet, gold=str(gold) if gold else None,
-                              forbidden=str(forbidden) if forbidden else None, map_path=map_path, suite=suite)
+                              forbidden=str(forbidden) if forbidden else None, map_path=map_path, suite=suite,
+                              resume=resume)
         else:
             if demo and suite is None:
                 from ..demo import suite_path

@@ -9,7 +9,6 @@ arithmetic world (through ``surgical.demo``, the only place that knows it).
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,7 +182,7 @@ class SuiteEvalCallback(TrainerCallback):
 
 def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path: str | Path | None = None,
         out_dir: str | Path = "runs/distill", preset: str | None = None, suite=None, eval_domains=None,
-        retain_domains=None, resume: bool = False, evaluate: bool = True, quiet: bool = False,
+        retain_domains=None, resume: bool | str = False, evaluate: bool = True, quiet: bool = False,
         extra_record: dict | None = None) -> DistillResult:
     """Distil ``teacher`` into a student on ``gold`` records, pushing it away from the teacher on
     ``forbidden`` records. ``gold`` / ``forbidden`` are JSONL paths or lists of records.
@@ -211,8 +210,10 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
     t_start = time.perf_counter()
     torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from ..outputs import check_replaceable, ensure_out_dir
+
+    out_dir = ensure_out_dir(out_dir)
+    check_replaceable(out_dir / "student")  # before any work: never over a directory surgical did not make
 
     teacher_model = load_model(teacher)
     tok = load_tokenizer(teacher)
@@ -276,6 +277,8 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
                                            retain_domains))
 
     work = out_dir / "checkpoints"
+    # before the Trainer exists: it creates its output dir, and a resume must first check whose it is
+    last = prepare_checkpoints(work, run_key(cfg, teacher, gold_key, forb_key, map_path), resume)
     args = TrainingArguments(
         output_dir=str(work), max_steps=cfg.max_steps, per_device_train_batch_size=per_device,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, lr_scheduler_type="cosine",
@@ -296,7 +299,6 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
         from transformers import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    last = _last_checkpoint(work) if resume else None
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     train_s = time.perf_counter() - t0
@@ -340,7 +342,9 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
     record["curves_png"] = str(curves_png) if curves_png else None
     write_json(out_dir / "distill.json", record)
     if not cfg.save_steps:
-        shutil.rmtree(work, ignore_errors=True)
+        from ..outputs import remove_made
+
+        remove_made(work)
     return DistillResult(out_dir, student_dir, record)
 
 
@@ -358,14 +362,56 @@ def _last_checkpoint(work: Path) -> Path | None:
 
 
 def _save_student(student, tok, dest: Path) -> Path:
-    tmp = dest.parent / f".{dest.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Write the student beside ``dest`` and swap it in (never over a directory surgical did not make)."""
+    from ..outputs import check_replaceable, fresh_tmp, replace_dir
+
+    check_replaceable(dest)
+    tmp = fresh_tmp(dest)
     enable_kv_cache(student).save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    return dest
+    return replace_dir(tmp, dest, "distill student")
+
+
+RUN_KEY_FILE = "run_key.json"
+
+
+def run_key(cfg: DistillConfig, teacher, gold_key: str, forb_key: str, map_path) -> str:
+    """What a checkpoint belongs to: the config that shapes training and the content of every input. Settings
+    that do not change the trained weights (threads, logging, evaluation) are left out, so changing them does not
+    orphan a checkpoint."""
+    from ..io import sha256_json
+
+    train_cfg = cfg.model_dump(exclude={"threads", "logging_steps", "eval_every", "eval_limit", "save_steps"})
+    t = Path(str(teacher))
+    return sha256_json({"config": train_cfg, "teacher": sha256_path(t) if t.exists() else str(teacher),
+                        "gold": gold_key, "forbidden": forb_key,
+                        "map": sha256_path(map_path) if map_path and Path(map_path).exists() else None})
+
+
+def prepare_checkpoints(work: Path, key: str, resume) -> Path | None:
+    """The checkpoint to resume from, if any, after checking it belongs to this run.
+
+    ``resume=True`` (`--resume`): checkpoints of a different run (another config or other inputs) are an error,
+    never silently resumed. ``resume="auto"`` (the pipeline, which re-runs a stage only when its config or inputs
+    changed): such checkpoints are surgical's own and stale, so they are cleared and training starts fresh.
+    ``resume=False``: old checkpoints are cleared. A checkpoints folder surgical did not make is never touched."""
+    from ..io import read_json, write_json
+    from ..outputs import check_replaceable, mark_made, remove_made
+
+    check_replaceable(work)
+    recorded = read_json(work / RUN_KEY_FILE).get("key") if (work / RUN_KEY_FILE).exists() else None
+    last = _last_checkpoint(work)
+    if resume and last is not None and recorded != key:
+        if resume != "auto":
+            raise ValueError(f"{work}: its checkpoints were made by a different run (the config or the inputs "
+                             "changed since); refusing to resume onto them. Remove that folder, or run without "
+                             "--resume to start over.")
+        last = None
+    if not resume or last is None:
+        remove_made(work)
+    mark_made(work, "distill checkpoints")
+    write_json(work / RUN_KEY_FILE, {"key": key})
+    return last if resume else None
 
 
 _TEACHER_METRICS: dict = {}  # (teacher, its hash, suite data hash, domains) -> metrics, within a process
@@ -399,7 +445,8 @@ def _retention(record: dict, retain_domains=None) -> dict:
 
 
 def run_demo(out_dir: str | Path, preset: str | None = None, pipeline_cfg=None, quiet: bool = False,
-             gold=None, forbidden=None, map_path=None, overrides: dict | None = None, suite=None) -> DistillResult:
+             gold=None, forbidden=None, map_path=None, overrides: dict | None = None, suite=None,
+             resume: bool | str = False) -> DistillResult:
     """Run one preset on the demo world (gold/forbidden JSONL from curate override the world's splits),
     evaluated through the world's suite (or ``suite``)."""
     from ..config import demo_config
@@ -409,4 +456,4 @@ def run_demo(out_dir: str | Path, preset: str | None = None, pipeline_cfg=None, 
     tdir, w_gold, w_forb, suite_file = distill_inputs(pcfg, quiet=quiet)
     cfg = pcfg.distill.model_copy(update=overrides or {})
     return run(cfg, tdir, gold or w_gold, forbidden or w_forb, map_path=map_path, out_dir=out_dir, preset=preset,
-               suite=suite or suite_file, quiet=quiet)
+               suite=suite or suite_file, quiet=quiet, resume=resume)

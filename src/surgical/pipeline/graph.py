@@ -196,7 +196,7 @@ def _distill(cfg: PipelineConfig, inputs: Inputs, out: Path, preset: str, gold, 
     dcfg = cfg.distill.model_copy(update=overrides or {})
     return distill_run(dcfg, teacher or teacher_of(inputs), gold, forbidden, map_path=map_path, out_dir=out,
                        preset=preset, suite=d["suite"], eval_domains=d["forget_domains"] + d["retain_domains"],
-                       retain_domains=d["retain_domains"], quiet=inputs.quiet, resume=True)
+                       retain_domains=d["retain_domains"], quiet=inputs.quiet, resume="auto")
 
 
 def stage_distill(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:

@@ -118,7 +118,9 @@ class Runner:
         if not marker.exists() or (rerun_checks and stage.always_run(self.config)):
             return False
         try:
-            return read_json(marker).get("key") == self.key(stage)
+            rec = read_json(marker)
+            # its outputs must be what it wrote: a deleted or edited output re-runs the stage
+            return rec.get("key") == self.key(stage) and rec.get("outputs_sha256") == _dir_hash(self.out_dir(stage.name))
         except (ValueError, OSError):
             return False
 
@@ -175,6 +177,6 @@ class Runner:
         wall = time.perf_counter() - t0
         json.dumps(summary, default=str)  # fail here, not later, if a summary is not serialisable
         write_json(marker, {"key": key, "stage": stage.name, "wall_s": round(wall, 2), "summary": summary,
-                            "finished_unix_s": round(time.time(), 3)})
+                            "outputs_sha256": _dir_hash(out), "finished_unix_s": round(time.time(), 3)})
         self.console.print(f"[green]{stage.name}[/green]: done in {wall:.1f} s")
         return {"status": "ran", "summary": summary, "wall_s": round(wall, 2)}

@@ -11,7 +11,6 @@ A quantized student is a new model and gets its own verdict.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import provenance, write_json, write_text
+from ..outputs import check_replaceable, fresh_tmp, replace_dir
 from .formats import check_supported, save_quantized
 from .measure import compare, measure
 
@@ -112,8 +112,8 @@ def run(model: str | Path, out_dir: str | Path, scheme: str = "int8", backend: s
     check_supported(scheme, backend)
     src, out_dir = Path(model), Path(out_dir)
     model_dir = out_dir / "model"
-    tmp = out_dir / ".model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    check_replaceable(model_dir)  # before any work: never over a directory surgical did not make
+    tmp = fresh_tmp(model_dir)
     t0 = time.perf_counter()
     fmt, n_mod = save_quantized(src, tmp, scheme, backend, mode)
     quantize_s = time.perf_counter() - t0
@@ -123,9 +123,7 @@ def run(model: str | Path, out_dir: str | Path, scheme: str = "int8", backend: s
                               "quantize_wall_s": round(quantize_s, 3),
                               "removed_domains": _removed_domains(policy)}
     write_json(tmp / "quantize.json", {"format": fmt, "scheme": scheme, "backend": backend, "mode": mode})
-    if model_dir.exists():
-        shutil.rmtree(model_dir)
-    tmp.rename(model_dir)  # appears whole or not at all
+    replace_dir(tmp, model_dir, "quantized model")  # appears whole or not at all
     if do_measure:
         mk = measure_kwargs or {}
         record["fp32"] = measure(src, **mk)
