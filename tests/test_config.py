@@ -73,3 +73,52 @@ def test_baselines_overrides_are_typed(tmp_path):
         assert f"baselines.{section}" in str(e.value), str(e.value)
     p.write_text(yaml.safe_dump({"baselines": {"compare_verify": {"n_items": 10}, "unlearn": {"max_steps": 5}}}))
     assert load_config(p).baselines.unlearn == {"max_steps": 5}
+
+
+def test_yaml_faults_are_one_line_errors(tmp_path):
+    """A directory, non-UTF-8 bytes, a duplicate key, an infinite learning rate: each an error naming where."""
+    import pytest
+
+    from surgical.config import ConfigError
+
+    cases = {"dup.yaml": b"distill:\n  lr: 0.1\n  lr: 0.2\n", "inf.yaml": b"distill:\n  lr: .inf\n",
+             "nan.yaml": b"verify:\n  n_items: 10\ndistill:\n  weight_decay: .nan\n", "bin.yaml": b"\xff\xfe run_dir: x"}
+    expect = {"dup.yaml": "duplicate key 'lr'", "inf.yaml": "distill.lr", "nan.yaml": "distill.weight_decay",
+              "bin.yaml": "not UTF-8"}
+    for name, body in cases.items():
+        (tmp_path / name).write_bytes(body)
+        with pytest.raises(ConfigError) as e:
+            load_config(tmp_path / name)
+        assert expect[name] in str(e.value), str(e.value)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
+    r = CliRunner().invoke(app, ["config", "validate", str(tmp_path / "dup.yaml")])
+    assert r.exit_code == 1 and "Traceback" not in r.output
+
+
+def test_validate_checks_the_files_a_pipeline_names(tmp_path):
+    import yaml
+
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump({"name": "s", "domains": [
+        {"name": "f", "role": "forget", "qa": "f.jsonl"}, {"name": "r", "role": "retain", "qa": "r.jsonl"}]}))
+    for d in ("f", "r"):
+        (tmp_path / f"{d}.jsonl").write_text('{"prompt": "p", "answers": ["a"]}\n')
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump({"name": "p", "suite": "suite.yaml",
+                                                          "forbidden": [{"name": "f"}, {"name": "ghost"}]}))
+    cfg = {"policy": "policy.yaml", "teacher": {"model": "no/such/dir/model"},
+           "data": {"source": "files", "corpus": ["corpus.jsonl"]}}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    r = CliRunner().invoke(app, ["config", "validate", str(tmp_path / "p.yaml")])
+    assert r.exit_code == 1
+    for needle in ("data.corpus[0]", "corpus.jsonl", "teacher.model", "ghost"):
+        assert needle in r.output, r.output
+    (tmp_path / "corpus.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump({"name": "p", "suite": "suite.yaml",
+                                                          "forbidden": [{"name": "f"}]}))
+    cfg["teacher"]["model"] = "packaged:smollm2"
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
+    from surgical.models import packaged_smollm2_gguf
+
+    if packaged_smollm2_gguf() is not None:
+        r = CliRunner().invoke(app, ["config", "validate", str(tmp_path / "p.yaml")])
+        assert r.exit_code == 0, r.output

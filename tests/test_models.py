@@ -106,3 +106,49 @@ def test_packaged_smollm2_resolves_to_the_wheels_gguf():
         return
     src = resolve_source("packaged:smollm2")
     assert src.kind == "gguf" and src.path == str(found.parent) and src.gguf_file == found.name
+
+
+def test_corrupt_weights_are_one_line_model_load_errors(tmp_path):
+    """A truncated safetensors, a pickle with an object in it, a truncated GGUF: ModelLoadError, never a
+    library traceback, and the pickle's object is never constructed."""
+    import shutil
+
+    import pytest
+    import torch
+
+    from surgical.models import (
+        ModelLoadError,
+        load_model,
+        load_tokenizer,
+        make_tiny_model,
+        packaged_smollm2_gguf,
+    )
+
+    make_tiny_model("llama", 96).save_pretrained(tmp_path / "ok")
+    shutil.copytree(tmp_path / "ok", tmp_path / "trunc")
+    f = tmp_path / "trunc" / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:1000])
+    with pytest.raises(ModelLoadError, match="truncated or corrupt"):
+        load_model(tmp_path / "trunc")
+
+    shutil.copytree(tmp_path / "ok", tmp_path / "pkl")
+    (tmp_path / "pkl" / "model.safetensors").unlink()
+    ran = []
+
+    class Planted:
+        def __reduce__(self):
+            return (ran.append, ("constructed",))
+
+    torch.save({"x": Planted()}, tmp_path / "pkl" / "pytorch_model.bin")
+    with pytest.raises(ModelLoadError, match="never unpickles"):
+        load_model(tmp_path / "pkl")
+    assert ran == []
+
+    gguf = packaged_smollm2_gguf()
+    if gguf is not None:
+        (tmp_path / "g").mkdir()
+        (tmp_path / "g" / "m.gguf").write_bytes(gguf.read_bytes()[:100_000])
+        with pytest.raises(ModelLoadError):
+            load_tokenizer(tmp_path / "g" / "m.gguf")
+        with pytest.raises(ModelLoadError):
+            load_model(tmp_path / "g" / "m.gguf")

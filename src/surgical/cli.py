@@ -62,8 +62,17 @@ def config_show(config: Path | None = typer.Argument(None, help="A pipeline YAML
 
 @config_app.command("validate")
 def config_validate(config: Path = typer.Argument(..., help="A pipeline YAML to check.")) -> None:
-    """Validate a pipeline YAML; prints every error with its field path and exits 1 if any."""
-    _load_cfg(config)
+    """Validate a pipeline YAML: the schema (every error with its field path), then every file it names (policy,
+    suite and the policy's domains in it, corpus, teacher). Exits 1 if anything is wrong."""
+    from .config import referenced_file_errors
+
+    cfg = _load_cfg(config)
+    errors = referenced_file_errors(cfg)
+    if errors:
+        console.print(f"{config}: {len(errors)} error(s)", style="red", markup=False, highlight=False)
+        for where, msg in errors:
+            console.print(f"  {where}: {msg}", style="red", markup=False, highlight=False)
+        raise typer.Exit(1)
     out.print(f"[green]{config}: valid[/green]")
 
 

@@ -189,13 +189,34 @@ def parse_config(data: dict, source: str = "<dict>") -> PipelineConfig:
         raise ConfigError(source, _format_errors(exc)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, except that a key given twice in one mapping is an error (the plain loader keeps the
+    last one silently, so `lr:` written twice would drop the first without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml_mapping(path: str | Path) -> dict:
     """A YAML file's top-level mapping; ConfigError names the file and the line of a syntax error."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(str(path), [("<file>", "is a directory, not a YAML file")])
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except FileNotFoundError:
         raise ConfigError(str(path), [("<file>", "no such file")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [(f"byte {exc.start}", "not UTF-8 text")]) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [("<file>", f"cannot read it: {exc.strerror or exc}")]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<yaml>"
@@ -247,3 +268,39 @@ def default_config_path() -> Path:
 def demo_config() -> PipelineConfig:
     """The embedded default configuration."""
     return load_config(default_config_path())
+
+
+def referenced_file_errors(cfg: PipelineConfig) -> list[tuple[str, str]]:
+    """What ``surgical config validate`` checks beyond the schema: every file the config names exists and
+    loads (the policy, the suite, the corpus, the teacher), and the policy's domains have eval data in the
+    suite. Returns ``(field, message)`` pairs; empty when the run can start."""
+    from .models import ModelLoadError, resolve_source
+    from .policy import demo_policy_path, load_policy
+    from .suite import SuiteError, check_policy, load_suite, resolve_suite_path
+
+    errors: list[tuple[str, str]] = []
+    field = "policy" if cfg.policy else "curate.policy"
+    policy_path = Path(cfg.policy_path()) if cfg.policy_path() else demo_policy_path()
+    policy = None
+    try:
+        policy = load_policy(policy_path)
+    except ConfigError as exc:
+        errors.append((field, str(exc).replace("\n", " ")))
+    if cfg.data.source == "files":
+        for i, c in enumerate(cfg.data.corpus):
+            if not Path(c).exists():
+                errors.append((f"data.corpus[{i}]", f"{c}: no such file"))
+        for name, value in (("data.eval", cfg.data.eval), ("curate.eval_file", cfg.curate.eval_file)):
+            if value and not Path(value).exists():
+                errors.append((name, f"{value}: no such file"))
+        try:
+            resolve_source(cfg.teacher.model)
+        except ModelLoadError as exc:
+            errors.append(("teacher.model", str(exc)))
+        if policy is not None:
+            try:
+                suite = load_suite(resolve_suite_path(policy, policy_path, cfg.data.suite or None))
+                check_policy(suite, policy)
+            except (SuiteError, ConfigError, ValueError) as exc:
+                errors.append(("data.suite" if cfg.data.suite else f"{field} (its suite)", str(exc).replace("\n", " ")))
+    return errors

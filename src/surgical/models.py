@@ -10,6 +10,7 @@ GPT-2 and GPT-NeoX.
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +85,10 @@ def load_tokenizer(spec: str | os.PathLike, trust_remote_code: bool = False):
     except (OSError, ValueError) as exc:
         if src.kind == "hub":
             raise _hub_hint(src.path, exc) from None
-        raise ModelLoadError(f"{spec}: cannot load tokenizer: {exc}") from None
+        raise ModelLoadError(f"{spec}: cannot load tokenizer: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - a truncated GGUF raises struct.error and the like
+        raise ModelLoadError(f"{spec}: cannot load tokenizer ({type(exc).__name__}: {_first_line(exc)}); the file may "
+                             "be truncated or corrupt") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -112,8 +116,20 @@ def load_model(
     except (OSError, ValueError) as exc:
         if src.kind == "hub":
             raise _hub_hint(src.path, exc) from None
-        raise ModelLoadError(f"{spec}: cannot load model: {exc}") from None
+        raise ModelLoadError(f"{spec}: cannot load model: {_first_line(exc)}") from None
+    except pickle.UnpicklingError:
+        raise ModelLoadError(f"{spec}: its weights are a pickle that does not load as plain tensors; surgical never "
+                             "unpickles arbitrary objects (torch.load weights_only). Convert the checkpoint to "
+                             "safetensors on a machine you trust.") from None
+    except Exception as exc:  # noqa: BLE001 - a truncated safetensors/GGUF raises library-specific errors
+        raise ModelLoadError(f"{spec}: cannot load model ({type(exc).__name__}: {_first_line(exc)}); the weights "
+                             "file may be truncated or corrupt") from None
     return enable_kv_cache(model.to(device).eval())
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else type(exc).__name__
 
 
 def float_copy(model):

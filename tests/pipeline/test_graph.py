@@ -106,3 +106,40 @@ def test_an_always_run_stage_reruns_but_its_unchanged_output_keeps_later_caches(
     calls.clear()
     Runner(stages, tmp_path, Cfg(files="a")).run(quiet=True)
     assert calls == ["later"]
+
+
+def _files_config(tmp_path, run_dir):
+    p = tmp_path / "p.yaml"
+    p.write_text(yaml.safe_dump({"run_dir": str(run_dir), "policy": "policy.yaml", "teacher": {"model": "m"},
+                                 "data": {"source": "files", "corpus": ["c.jsonl"]}}))
+    return p
+
+
+def test_a_run_dir_that_is_a_file_is_one_line_and_exit_1(tmp_path):
+    from typer.testing import CliRunner
+
+    from surgical.cli import app
+
+    (tmp_path / "taken").write_text("a file")
+    r = CliRunner().invoke(app, ["run", str(_files_config(tmp_path, tmp_path / "taken")), "--quiet"])
+    assert r.exit_code == 1 and "is a file" in r.output, r.output
+    assert isinstance(r.exception, SystemExit)  # handled: no traceback
+
+
+def test_a_full_disk_in_a_stage_is_one_line_and_exit_1(tmp_path, monkeypatch):
+    import errno
+
+    from typer.testing import CliRunner
+
+    from surgical.cli import app
+    from surgical.pipeline import graph
+
+    def full(cfg, inputs, out_dir):
+        raise OSError(errno.ENOSPC, "No space left on device", str(out_dir / "data.json"))
+
+    monkeypatch.setattr(graph, "stage_data", full)
+    r = CliRunner().invoke(app, ["run", str(_files_config(tmp_path, tmp_path / "run")), "--quiet"])
+    assert r.exit_code == 1, r.output
+    assert "stage 'data'" in r.output and "No space left on device" in r.output
+    assert isinstance(r.exception, SystemExit)  # handled: no traceback
+    assert not (tmp_path / "run" / "data" / ".done.json").exists()

@@ -9,11 +9,12 @@ from rich.console import Console
 
 
 def input_error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (a file, a field, a model that does not load): one line, exit 1."""
+    """Exceptions that mean bad input or a broken environment (a file, a field, a model that does not load, a
+    full disk, a path that cannot be written): one line, exit 1. Anything else is a bug and keeps its traceback."""
     from ..models import ModelLoadError
     from ..quantize import QuantizeError
 
-    return (ValueError, FileNotFoundError, ModelLoadError, QuantizeError)
+    return (ValueError, OSError, ModelLoadError, QuantizeError)
 
 
 def register(app: typer.Typer) -> None:

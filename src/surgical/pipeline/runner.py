@@ -131,6 +131,12 @@ class Runner:
     def run(self, from_stage: str | None = None, only: str | None = None, force: bool = False,
             quiet: bool = False) -> dict[str, dict]:
         """Run the stages; returns {stage: {"status": "ran"|"cached", "summary": ..., "wall_s": ...}}."""
+        from ..outputs import OutputError, ensure_out_dir
+
+        try:
+            ensure_out_dir(self.run_dir)
+        except OutputError as exc:
+            raise PipelineError(f"run_dir: {exc}") from None
         for opt, val in (("--from", from_stage), ("--only", only)):
             if val is not None and val not in self.by_name:
                 raise PipelineError(f"{opt} {val!r}: no such stage; stages are {', '.join(self.by_name)}")
