@@ -69,3 +69,13 @@ def test_answers_are_computed_from_operands_never_with_eval():
             _arith(bad)
     src = (Path(__file__).resolve().parents[2] / "src" / "surgical" / "world" / "problems.py").read_text()
     assert "eval(" not in src
+
+
+def test_a_test_split_larger_than_the_world_is_a_clear_error():
+    import pytest
+
+    from surgical.config import WorldConfig
+    from surgical.world import build_world
+
+    with pytest.raises(ValueError, match="has only 100 problems"):
+        build_world(WorldConfig(add_digits=1, sub_digits=1, test_per_domain=200, val_per_domain=100))
