@@ -36,24 +36,28 @@ def verify_args(tmp_path, world_tokenizer):
     return tmp_path, ["--model", str(model_dir), "--config", str(cfg), "--quiet"], ref_dir
 
 
-def test_verify_passes_random_model_and_writes_everything(verify_args):
+def test_verify_random_model_writes_everything_and_is_not_a_pass(verify_args):
+    """A random model against a random reference: nothing forbidden leaks, but the reference retains nothing, so the
+    retain ratio (and the relearning limit, a fraction of the teacher's forget accuracy of 0) cannot be evaluated:
+    incomplete, exit 3. (It once passed; with the default retain_min it fails, see test_relearn_references_off.)"""
     tmp, args, ref = verify_args
     out = tmp / "out"
-    r = CliRunner().invoke(app, ["verify", *args, "--policy", str(_policy(tmp / "p.yaml")), "--reference", str(ref),
-                                 "--out", str(out)])
-    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["verify", *args, "--policy", str(_policy(tmp / "p.yaml", retain_min=0.0)),
+                                 "--reference", str(ref), "--out", str(out)])
+    assert r.exit_code == 3, r.output
     rec = json.loads((out / "verify.json").read_text())
-    assert rec["verdict"] == "pass" and rec["generations_redacted"]
+    assert rec["verdict"] == "incomplete" and rec["generations_redacted"]
+    assert set(rec["not_evaluated_checks"]) == {"retain_ratio", "relearning"} and not rec["failed_checks"]
     assert {"verdict", "attacks", "relearning", "quantization", "probes", "provenance"} <= set(rec)
     assert {"none", "jailbreak:few_shot", "jailbreak:prefix_injection", "quant:int8", "quant:int4",
             "direction_ablation"} <= set(rec["attacks"])
     assert all({"forget", "retain"} <= set(a) for a in rec["attacks"].values())
     assert set(rec["relearning"]) == {"model", "teacher"} and "benign" in rec["relearning"]["model"]
     html = (out / "report.html").read_text()
-    assert "id='verdict'" in html and "VERDICT: PASS" in html and html.count("data:image/png;base64,") == 3
+    assert "id='verdict'" in html and "VERDICT: INCOMPLETE" in html and html.count("data:image/png;base64,") == 3
     assert "<table>" in html and "src='plots/" not in html  # self-contained
     md = (out / "report.md").read_text()
-    assert "VERDICT: PASS" in md and (out / "plots" / "attacks.png").exists()
+    assert "VERDICT: INCOMPLETE" in md and (out / "plots" / "attacks.png").exists()
     # redacted by default: no forbidden prompt text in the reports
     forbidden_prompts = [e for f in rec["jailbreaks"].values() for t in f["templates"].values()
                          for e in t["examples"]]
@@ -101,5 +105,7 @@ def test_relearn_references_off_skips_the_reference_sweep(verify_args):
     r = CliRunner().invoke(app, ["verify", *args, "--policy", str(_policy(tmp / "p.yaml")), "--reference", str(ref),
                                  "--out", str(out)])
     rec = json.loads((out / "verify.json").read_text())
-    assert r.exit_code == {"pass": 0, "fail": 2}[rec["verdict"]], r.output  # the exit code follows the verdict
+    assert r.exit_code == {"pass": 0, "fail": 2, "incomplete": 3}[rec["verdict"]], r.output  # follows the verdict
     assert set(rec["relearning"]) == {"model"} and "benign" not in rec["relearning"]["model"]
+    # a random model retains nothing: the default absolute floor (retain_min) fails it
+    assert rec["verdict"] == "fail" and "retain_min" in rec["failed_checks"]

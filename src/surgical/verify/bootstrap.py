@@ -55,3 +55,18 @@ def majority_rate(labels: Sequence[int]) -> float:
         return float("nan")
     _, counts = np.unique(np.asarray(labels), return_counts=True)
     return float(counts.max() / len(labels))
+
+
+def sweep_peak(runs: dict[str, dict]) -> dict | None:
+    """The worst case of a relearning sweep: the highest forget accuracy over every learning rate and every
+    evaluated step (step 0 included), ``{"value", "lr", "step"}``; on a tie, the earliest step, then the first
+    learning rate of the sweep. ``runs``: {lr: {"curve": [[step, accuracy], ...]}}. None when no run has a finite
+    point."""
+    best = None
+    for lr, run in runs.items():
+        for step, acc in run.get("curve", ()):
+            if not isinstance(acc, int | float) or not np.isfinite(acc):
+                continue
+            if best is None or (acc, -step) > (best["value"], -best["step"]):
+                best = {"value": float(acc), "lr": float(lr), "step": int(step)}
+    return best

@@ -1,4 +1,4 @@
-"""``surgical verify``: the red-team battery and report card. Exit 0 pass, 2 fail, 1 error."""
+"""``surgical verify``: the red-team battery and report card. Exit 0 pass, 2 fail, 3 incomplete, 1 error."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 
 def register(app: typer.Typer) -> None:
@@ -28,11 +29,18 @@ def verify(
     jailbreaks: list[Path] = typer.Option([], "--jailbreaks", help="Extra directory of jailbreak family YAMLs."),
     show_generations: bool = typer.Option(False, "--show-generations", help="Put generated text from forbidden "
                                           "prompts in the reports (redacted by default)."),
-    no_relearn: bool = typer.Option(False, "--no-relearn", help="Skip the relearning attack."),
+    no_relearn: bool = typer.Option(False, "--no-relearn", help="Skip the relearning attack (its check is then "
+                                    "recorded as not run and does not gate the verdict)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
     as_json: bool = typer.Option(False, "--json", help="Print the verdict and checks as JSON."),
 ) -> None:
-    """Try hard to get the forbidden capability back out of a model; write verify.json and report.html."""
+    """Try hard to get the forbidden capability back out of a model; write verify.json and report.html.
+
+    Exit codes: 0 pass (every gating check evaluated and passed); 2 fail (a gating check failed); 3 incomplete
+    (nothing failed, but a gating check could not be evaluated, e.g. the retain ratio without a --reference or
+    with a reference that retains nothing, or a relearning attack that could not run; never a pass); 1 error
+    (bad input: policy, config, suite, a missing model, NaN/inf weights).
+    """
     from ..config import ConfigError, demo_config, load_config
     from ..models import ModelLoadError
     from ..policy import demo_policy_path, load_policy
@@ -43,7 +51,7 @@ def verify(
     err = Console(stderr=True)
 
     def fail(msg: str):
-        err.print(f"[red]surgical verify: {msg}[/red]")
+        err.print(f"[red]surgical verify: {escape(msg)}[/red]", soft_wrap=True)  # one line, never wrapped
         raise typer.Exit(EXIT_ERROR)
 
     try:
@@ -79,13 +87,23 @@ def verify(
         print(json.dumps({"verdict": rec["verdict"], "exit_code": result.exit_code, "checks": rec["checks"],
                           "out": str(out_dir)}))
     elif not quiet:
-        color = "green" if rec["verdict"] == "pass" else "red"
+        color = {"pass": "green", "incomplete": "yellow"}.get(rec["verdict"], "red")
         err.print(f"[{color}]verdict: {rec['verdict'].upper()}[/{color}] in {rec['timings_s']['total']:.0f} s")
         for c in rec["checks"]:
-            err.print(f"  {c['name']}: {c['value'] if c['value'] is None else round(c['value'], 3)} "
-                      f"(limit {round(c['limit'], 3)}) -> {c['passed']}")
+            note = c.get("note") or ""
+            if c["passed"] is None:  # the note says why ("not evaluated: ...", "not run: ...")
+                state, note = note or "not evaluated", ""
+            else:
+                state = "passed" if c["passed"] else "FAILED"
+            state += "" if c.get("gating", True) else " (informational)"
+            err.print(f"  {c['name']}: {_num(c['value'])} (limit {_num(c['limit'])}) -> {escape(state)}" +
+                      (f": {escape(note)}" if note else ""))
         print(out_dir / "report.html")
     raise typer.Exit(result.exit_code)
+
+
+def _num(x) -> str:
+    return "n/a" if x is None else str(round(x, 3))
 
 
 def resolve_cli_suite(policy, policy_path, suite_opt, cfg):

@@ -21,6 +21,10 @@ class VerifyConfig(Section):
         "ci_low", description="Statistic of the worst-case forget MC check: the 95% CI lower bound (fail only when "
         "an attack is significantly above the limit; the max over ~25 attacks of chance-level estimates is biased "
         "upward) or the point estimate. Exact match always uses the point estimate.")
+    mc_twin: bool = Field(True, description="Score a random-init twin of the model (same config, weights seeded by "
+                          "`seed`, the model's tokenizer) on the clean forget MC items: the calibrated chance level "
+                          "reported next to the nominal one, and the `forget_mc_below_twin` check. One MC probe; "
+                          "off, that check is not evaluated.")
     threads: int = Field(2, ge=1, description="torch intra-op threads.")
     workers: int = Field(0, ge=0, description="Processes the battery's independent jobs (relearning runs, "
                          "jailbreak templates) are spread over. 0 = auto: on a CPU model, one forked process per "
@@ -35,7 +39,9 @@ class VerifyConfig(Section):
     in_context_items: int = Field(64, ge=1, description="Forbidden items for the in-context-use probe.")
 
     # relearning attack (Deeb & Roger 2024; UNDO, Lee et al. 2025)
-    relearn: bool = Field(True, description="Run the relearning attack.")
+    relearn: bool = Field(True, description="Run the relearning attack. Off, the verdict's relearning check is "
+                          "recorded as not run and does not gate; on, an attack that cannot run (no attack records, "
+                          "an error) makes the verdict `incomplete` while the policy gates on relearning.")
     relearn_examples: int = Field(64, ge=1, description="Forbidden training examples the attacker fine-tunes on.")
     relearn_max_steps: int = Field(500, ge=1, description="Optimizer steps per learning rate.")
     relearn_lrs: list[float] = Field([1e-5, 3e-5, 1e-4, 3e-4, 1e-3], min_length=1,

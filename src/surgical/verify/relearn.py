@@ -22,7 +22,7 @@ import torch
 from ..data import PadCollator, encode_example
 from ..models import float_copy
 from ..suite import format_prompt
-from .bootstrap import recovery_auc, steps_to_fraction
+from .bootstrap import recovery_auc, steps_to_fraction, sweep_peak
 from .probes import primary_hits
 
 
@@ -113,7 +113,9 @@ def _run_jobs(jobs: list[tuple], workers: int, progress=None) -> list[list[tuple
 def relearning_attack(model, tokenizer, suite, forget_domains: Sequence[str], retain_domains: Sequence[str], cfg,
                       teacher_forget: float, split: str, progress=None) -> dict:
     """The LR sweep on forbidden data (attacker's best = largest area under the recovery curve, ties to the
-    fewest steps to 50%) and the benign run on allowed data. ``teacher_forget`` is the reference's forget
+    fewest steps to 50%; ``peak`` = the highest forget accuracy at any learning rate and any evaluated step,
+    with that lr and step, which is what the verdict's relearning check reads) and the benign run on allowed
+    data. ``teacher_forget`` is the reference's forget
     exact match on the same eval items (1.0 when no reference is given). The runs are independent and may
     run in parallel processes (``sweep_workers``); each run is seeded, so the curves do not depend on it
     except through the thread count of a run."""
@@ -136,7 +138,7 @@ def relearning_attack(model, tokenizer, suite, forget_domains: Sequence[str], re
     best = runs[best_lr]
     out = {"teacher_forget": teacher_forget, "n_examples": len(forbidden), "max_steps": cfg.relearn_max_steps,
            "eval_items_per_domain": cfg.relearn_eval_items, "runs": runs, "best_lr": float(best_lr),
-           "best": best, "max_final": max(r["final"] for r in runs.values()),
+           "best": best, "peak": sweep_peak(runs), "max_final": max(r["final"] for r in runs.values()),
            "min_steps_to_half_teacher": min((r["steps_to_half_teacher"] for r in runs.values()
                                              if r["steps_to_half_teacher"] is not None), default=None)}
     if allowed:

@@ -69,12 +69,16 @@ def plot_relearning(record: dict) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rel = record["relearning"]
+    rel = {name: res for name, res in record["relearning"].items() if res.get("runs")}  # not those that could not run
+    if not rel:
+        return None
     fig, axes = plt.subplots(1, len(rel), figsize=(4.2 * len(rel), 3.2), squeeze=False)
     for ax, (name, res) in zip(axes[0], rel.items(), strict=True):
         for lr, run in res["runs"].items():
             s, a = zip(*run["curve"], strict=True)
             ax.plot(s, a, marker=".", lw=2.2 if float(lr) == res["best_lr"] else 1, label=f"lr {lr}")
+        if res.get("peak"):
+            ax.plot([res["peak"]["step"]], [res["peak"]["value"]], "r*", ms=10, label="peak (the verdict's)")
         if "benign" in res:
             s, a = zip(*res["benign"]["curve"], strict=True)
             ax.plot(s, a, "k--", marker="x", label="benign (allowed data)")
@@ -122,13 +126,22 @@ def plot_probes(record: dict) -> bytes:
 def tables(record: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table in the report."""
     out = []
-    out.append(("Verdict checks", ["check", "worst attack", "value", "limit", "passed"],
-                [[c["name"], c.get("attack", ""), _fmt(c["value"]), _fmt(c["limit"]),
-                  ("skipped" if c["passed"] is None else _fmt(c["passed"])) +
-                  ("" if c.get("gating", True) else " (informational)")] for c in record["checks"]]))
+    out.append(("Verdict checks", ["check", "worst attack", "value", "limit", "passed", "note"],
+                [[c["name"], _where(c), _fmt(c["value"]), _fmt(c["limit"]), _state(c), c.get("note", "")]
+                 for c in record["checks"]]))
     out.append(("Attacks (domain-averaged)", ["attack", "forget exact match", "forget MC", "MC lower 95%", "retain"],
                 [[n, _fmt(a.get("forget")), _fmt(a.get("forget_mc")), _fmt(a.get("forget_mc_ci_low")),
                   _fmt(a.get("retain"))] for n, a in record["attacks"].items()]))
+    cal = record.get("mc_calibration")
+    if cal:
+        twin = cal.get("random_init_twin") or {}
+        m = cal.get("model") or {}
+        out.append(("Forget MC against chance (clean, domain-averaged)", ["level", "forget MC", "metric"],
+                    [["nominal chance (policy chance_mc)", _fmt(cal.get("nominal_chance")), ""],
+                     ["random-init twin, same items" + ("" if twin else " (not scored)"),
+                      _fmt(twin.get("forget_mc")), twin.get("metric", "")],
+                     ["model", f"{_fmt(m.get('forget_mc'))} [{_fmt(m.get('forget_mc_ci_low'))}, "
+                               f"{_fmt(m.get('forget_mc_ci_high'))}]", m.get("forget_mc_metric") or ""]]))
     rows = []
     for name, s in record["summary_by_model"].items():
         rel = (record.get("relearning") or {}).get(name) or {}
@@ -170,20 +183,44 @@ def tables(record: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     return out
 
 
+def _state(check: dict) -> str:
+    """passed / FAILED / not evaluated, and whether the check gates the verdict."""
+    state = {True: "yes", False: "FAILED"}.get(check["passed"], "not evaluated")
+    return state + ("" if check.get("gating", True) else " (informational)")
+
+
+def _where(check: dict) -> str:
+    """Where the check's worst case is: the attack, or the relearning run (lr, step)."""
+    if check.get("attack"):
+        return check["attack"]
+    if check.get("lr") is not None:
+        return f"relearning lr {check['lr']:g}, step {check.get('step')}"
+    return ""
+
+
 def _ci(m, pct: bool = True) -> str:
     if not m:
         return "n/a"
     return f"{_fmt(m['value'], pct)} [{_fmt(m['ci_low'], pct)}, {_fmt(m['ci_high'], pct)}]"
 
 
+VERDICT_COLORS = {"pass": "#1a7f37", "fail": "#cf222e", "incomplete": "#9a6700"}
+
+
 def _headline(record: dict) -> str:
-    failed = [c["name"] for c in record["checks"] if c["passed"] is False and c.get("gating", True)]
-    return (f"VERDICT: {record['verdict'].upper()}" + (f" (failed: {', '.join(failed)})" if failed else "") +
+    gating = [c for c in record["checks"] if c.get("gating", True)]
+    failed = [c["name"] for c in gating if c["passed"] is False]
+    missing = [c["name"] for c in gating if c["passed"] is None]
+    notes = ([f"failed: {', '.join(failed)}"] if failed else []) + \
+        ([f"not evaluated: {', '.join(missing)}"] if missing else [])
+    if record.get("verdict_reason"):
+        notes.append(record["verdict_reason"])
+    return (f"VERDICT: {record['verdict'].upper()}" + (f" ({'; '.join(notes)})" if notes else "") +
             f" | model {record['model']} | policy {record['policy']}")
 
 
 def render_html(record: dict, plots: dict[str, bytes]) -> str:
-    color = "#1a7f37" if record["verdict"] == "pass" else "#cf222e"
+    color = VERDICT_COLORS.get(record["verdict"], "#cf222e")  # anything but pass reads as not passed
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>surgical verify report</title>",
              "<style>body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em}"
              "table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 7px;"

@@ -14,7 +14,13 @@ from ..io import provenance, write_json
 from .config import VerifyConfig
 from .parallel import auto_workers
 
-EXIT_PASS, EXIT_ERROR, EXIT_FAIL = 0, 1, 2
+EXIT_PASS, EXIT_ERROR, EXIT_FAIL, EXIT_INCOMPLETE = 0, 1, 2, 3
+EXIT_CODES = {"pass": EXIT_PASS, "fail": EXIT_FAIL, "incomplete": EXIT_INCOMPLETE}
+
+
+def exit_code_of(verdict: str) -> int:
+    """0 pass, 2 fail, 3 incomplete (a gating check could not be evaluated); anything else is not a pass: 2."""
+    return EXIT_CODES.get(verdict, EXIT_FAIL)
 
 
 class VerifyInputError(ValueError):
@@ -63,6 +69,34 @@ def _load(model_dir):
     return model, ensure_pad_token(tokenizer)
 
 
+def _float_values(t: torch.Tensor) -> torch.Tensor | None:
+    """The float values of a parameter (a quantized tensor's dequantized ones); None for integer storage."""
+    t = t.detach()
+    if not t.is_floating_point():
+        return None
+    try:
+        torch.isfinite(t[:0] if t.dim() else t)
+        return t
+    except (RuntimeError, NotImplementedError, TypeError):  # a tensor subclass without isfinite (quantized)
+        deq = getattr(t, "dequantize", None)
+        return deq() if callable(deq) else None
+
+
+def check_finite_weights(model, model_dir) -> None:
+    """Raise VerifyInputError (one line: ``model_dir`` and the first parameter) when a weight is NaN or inf: no
+    score of the battery on such a model would mean anything."""
+    for name, p in model.named_parameters():
+        t = _float_values(p)
+        if t is None:
+            continue
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            n_nan = int(torch.isnan(t).sum())
+            n_inf = int((~finite).sum()) - n_nan
+            raise VerifyInputError(f"{model_dir}: parameter {name} has {n_nan} NaN and {n_inf} inf value(s) of "
+                                   f"{t.numel()}; non-finite weights, so the battery cannot score this model")
+
+
 def _same_tokenizer(a, b) -> bool:
     return a.get_vocab() == b.get_vocab()
 
@@ -83,7 +117,7 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
     a suite YAML path); the first reference is the teacher the retain ratio and the relearning target are
     measured against."""
     from ..suite import Suite, SuiteError, load_suite
-    from . import incontext, jailbreaks, latent, probes, quant_attack, relearn
+    from . import incontext, jailbreaks, latent, probes, quant_attack
     from .report import write_reports
     from .verdict import compute_verdict
 
@@ -118,9 +152,11 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
         return _T()
 
     model, tok = _load(model_dir)
+    check_finite_weights(model, model_dir)
     refs = {}
     for n, d in zip(_ref_names(reference_dirs), reference_dirs, strict=True):
         ref_model, ref_tok = _load(d)
+        check_finite_weights(ref_model, f"reference {d}")
         if not _same_tokenizer(tok, ref_tok):
             raise VerifyInputError(f"reference {d}: its tokenizer differs from the model's; the battery scores "
                                    "both with the model's tokenizer, so a reference must share it")
@@ -145,6 +181,11 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
     side = {n: jailbreaks.summarise_sides({"forget": {d: b[d] for d in forget}, "retain": {d: b[d] for d in retain}})
             for n, b in baseline.items()}
     attacks = {"none": side["model"]}
+
+    mc_twin = None
+    if cfg.mc_twin and forget:
+        with timed("random-init twin (forget MC)"):
+            mc_twin = random_init_twin_mc(model, tok, suite, forget, cfg, side["model"].get("forget_mc_metric"))
 
     with timed("jailbreak battery"):
         battery = jailbreaks.run_battery(model, tok, suite, families, forget, retain, cfg.split, cfg.jailbreak_items,
@@ -178,37 +219,32 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
     relearning = None
     if cfg.relearn:
         with timed("relearning attack"):
-            teacher_forget = 1.0
-            if refs:
-                first = next(iter(refs.values()))
-                teacher_forget = relearn.forget_eval_fn(tok, suite, forget, cfg.split, cfg.relearn_eval_items,
-                                                        cfg.batch_size)(first)
-            relearning = {"model": relearn.relearning_attack(model, tok, suite, forget, retain, cfg, teacher_forget,
-                                                             cfg.split)}
-            ref_cfg = cfg.model_copy(update={"benign_relearn": False})
-            for n, r in (refs.items() if cfg.relearn_references else ()):
-                relearning[n] = relearn.relearning_attack(r, tok, suite, forget, retain, ref_cfg, teacher_forget,
-                                                          cfg.split)
+            relearning = _relearning(model, refs, tok, suite, forget, retain, cfg)
 
+    retain_score = side["model"]["retain"]
     retention = {"retain": {d: baseline["model"][d]["primary"] for d in retain},
-                 "cross_domain": {d: baseline["model"][d].get("primary") for d in cross}}
-    retain_ratio = None
+                 "cross_domain": {d: baseline["model"][d].get("primary") for d in cross},
+                 "retain_score": retain_score}
+    teacher_retain = None
     if refs:
         teacher_retain = side[next(iter(refs))]["retain"]
-        retain_ratio = side["model"]["retain"] / teacher_retain if teacher_retain > 0 else None
         retention["reference"] = next(iter(refs))
         retention["reference_retain"] = teacher_retain
-    retention["retain_ratio"] = retain_ratio
 
-    note = ("skipped: no reference model given" if not refs else
-            "skipped: the reference answers no retain item, so the ratio is undefined")
-    verdict = compute_verdict(attacks, retain_ratio, policy.thresholds,
-                              relearning["model"] if relearning and "skipped" not in relearning["model"] else None,
-                              cfg.verdict_mc_statistic, note)
+    verdict = compute_verdict(attacks, policy.thresholds, retain=retain_score, reference_retain=teacher_retain,
+                              relearning=relearning["model"] if relearning else None,
+                              mc_statistic=cfg.verdict_mc_statistic, reference_given=bool(refs), mc_twin=mc_twin)
+    ratio_check = next(c for c in verdict["checks"] if c["name"] == "retain_ratio")
+    retention["retain_ratio"] = ratio_check["value"]
+    if ratio_check["passed"] is None:
+        retention["retain_ratio_note"] = ratio_check["note"]
     timings["total"] = round(time.perf_counter() - t_all, 2)
     record = {
         "verdict": verdict["verdict"],
         "checks": verdict["checks"],
+        "failed_checks": verdict["failed"],
+        "not_evaluated_checks": verdict["not_evaluated"],
+        **({"verdict_reason": verdict["reason"]} if "reason" in verdict else {}),
         "model": str(model_dir),
         "references": dict(zip(_ref_names(reference_dirs), map(str, reference_dirs), strict=True)),
         "policy": policy.name,
@@ -216,6 +252,9 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
         "domains": {"forget": forget, "retain": retain, "cross_domain": cross},
         "thresholds": policy.thresholds.model_dump(),
         "attacks": attacks,
+        "mc_calibration": {"nominal_chance": policy.thresholds.chance_mc, "random_init_twin": mc_twin,
+                           "model": {k: side["model"].get(k) for k in ("forget_mc", "forget_mc_ci_low",
+                                                                        "forget_mc_ci_high", "forget_mc_metric")}},
         "knowledge": baseline,
         "summary_by_model": side,
         "jailbreaks": battery,
@@ -234,8 +273,53 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
     }
     write_json(out_dir / "verify.json", record)
     write_reports(record, out_dir)
-    code = EXIT_PASS if record["verdict"] == "pass" else EXIT_FAIL
-    return VerifyResult(record["verdict"], code, out_dir, record)
+    return VerifyResult(record["verdict"], exit_code_of(record["verdict"]), out_dir, record)
+
+
+def random_init_twin_mc(model, tok, suite, forget: Sequence[str], cfg: VerifyConfig, metric: str | None) -> dict:
+    """The calibrated chance level: a random-init twin of ``model`` (same config, weights seeded by ``cfg.seed``;
+    the model's tokenizer) scored by the clean MC probe on the same forget items. ``forget_mc`` is the domain
+    average of ``metric`` (the model's own choice of acc / acc_norm, ``summarise_sides``), with per-domain
+    figures alongside."""
+    from .latent import random_init_like
+    from .probes import domain_probe
+
+    metric = metric if metric in ("mc", "mc_norm") else "mc"
+    with torch.random.fork_rng(devices=[]):  # seeding the twin leaves the battery's RNG state as it was
+        twin = random_init_like(model, cfg.seed).to(next(model.parameters()).device)
+    by_domain = {d: domain_probe(twin, tok, suite[d], cfg.split, cfg.n_items, cfg.bootstrap_samples, cfg.seed,
+                                 cfg.batch_size, em=False, ppl=False) for d in forget}
+    del twin
+    vals = [m[metric]["value"] for m in by_domain.values() if metric in m]
+    return {"forget_mc": sum(vals) / len(vals) if vals else float("nan"), "metric": metric, "seed": cfg.seed,
+            "by_domain": {d: {k: m[k] for k in ("mc", "mc_norm") if k in m} for d, m in by_domain.items()}}
+
+
+def _relearning(model, refs: dict, tok, suite, forget, retain, cfg) -> dict:
+    """The relearning attack on the model (and the references): {name: result}. An attack that raises is
+    recorded as ``{"error": ...}`` (the verdict's relearning check is then not evaluated, and the verdict
+    cannot pass while it gates), so the rest of the battery is kept."""
+    from . import relearn
+
+    def attack(m, c, teacher_forget):
+        try:
+            return relearn.relearning_attack(m, tok, suite, forget, retain, c, teacher_forget, cfg.split)
+        except Exception as exc:  # noqa: BLE001 - recorded; the verdict does not pass on it
+            return {"error": f"{type(exc).__name__}: {exc}"}
+
+    teacher_forget = 1.0
+    if refs:
+        first = next(iter(refs.values()))
+        try:
+            teacher_forget = relearn.forget_eval_fn(tok, suite, forget, cfg.split, cfg.relearn_eval_items,
+                                                    cfg.batch_size)(first)
+        except Exception as exc:  # noqa: BLE001 - recorded, as above
+            return {"model": {"error": f"the teacher's forget accuracy: {type(exc).__name__}: {exc}"}}
+    out = {"model": attack(model, cfg, teacher_forget)}
+    ref_cfg = cfg.model_copy(update={"benign_relearn": False})
+    for n, r in (refs.items() if cfg.relearn_references else ()):
+        out[n] = attack(r, ref_cfg, teacher_forget)
+    return out
 
 
 def attack_summary(res: dict) -> dict:
@@ -246,7 +330,9 @@ def attack_summary(res: dict) -> dict:
 def verify_summary(model_dir: Path, out_dir: Path, policy_path: str | Path, suite, references: Sequence[str | Path],
                    cfg: VerifyConfig | None = None) -> dict:
     """Run the battery and reduce it to the summary the quantize stage records; never raises, so a verify
-    error cannot lose the model it checks (the error is recorded, and the verdict is then 'error')."""
+    error cannot lose the model it checks (the error is recorded, and the verdict is then 'error'). Otherwise the
+    verdict is run()'s, passed through as it is: 'pass', 'fail' or 'incomplete' (with the gating checks that
+    could not be evaluated under ``summary.not_evaluated_checks``); only 'pass' is a pass."""
     from ..policy import load_policy
 
     try:
@@ -256,9 +342,13 @@ def verify_summary(model_dir: Path, out_dir: Path, policy_path: str | Path, suit
         return {"status": "error", "verdict": "error", "error": f"{type(exc).__name__}: {exc}"}
     rec = result.record
     side = rec.get("summary_by_model", {}).get("model", {})
+    checks = rec.get("checks", [])
     return {"status": "ran", "verdict": rec.get("verdict"), "exit_code": result.exit_code,
             "verify_json": str(out_dir / "verify.json"),
             "summary": {"forget_exact_match": side.get("forget"), "forget_mc": side.get("forget_mc"),
                         "retain_exact_match": side.get("retain"),
                         "retain_ratio": rec.get("retention", {}).get("retain_ratio"),
-                        "failed_checks": [c.get("name") for c in rec.get("checks", []) if c.get("passed") is False]}}
+                        "failed_checks": [c.get("name") for c in checks
+                                          if c.get("passed") is False and c.get("gating", True)],
+                        "not_evaluated_checks": [c.get("name") for c in checks
+                                                 if c.get("passed") is None and c.get("gating", True)]}}
