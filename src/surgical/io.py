@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -90,19 +91,55 @@ class JsonlError(ValueError):
         super().__init__(f"{path}:{line_no}: {msg}")
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    """Whether a parsed JSON value holds a string that is not valid Unicode (a lone surrogate escape)."""
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(obj, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return any(_has_lone_surrogate(v) for v in obj)
+    return False
+
+
 def iter_jsonl(path: str | Path, strict: bool = True) -> Iterator[tuple[int, dict | JsonlError]]:
     """Stream ``(line_no, record)`` from a JSONL file. With ``strict=False`` a bad line yields a
-    ``JsonlError`` in place of the record instead of raising, so callers can quarantine it."""
-    with open(path, encoding="utf-8", errors="replace") as fh:
+    ``JsonlError`` in place of the record instead of raising, so callers can quarantine it.
+
+    A line is bad when it is not a JSON object, when its bytes are not valid UTF-8 (never decoded with
+    replacement characters: the error's ``raw`` shows the bad bytes as ``\\xNN``), or when it holds a lone
+    surrogate escape (``"\\ud800"``, not valid Unicode). The other lines of the file still read."""
+    # surrogateescape keeps the line splitting of text mode and turns each invalid byte into a lone surrogate,
+    # which valid UTF-8 never decodes to: a line that does not encode back strictly had invalid bytes.
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
         for line_no, raw in enumerate(fh, start=1):
             if not raw.strip():
                 continue
+            msg = None
             try:
-                rec = json.loads(raw)
-                if not isinstance(rec, dict):
-                    raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
-            except ValueError as exc:
-                err = JsonlError(path, line_no, f"invalid JSON: {exc}", raw.rstrip("\n"))
+                raw.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                at = len(raw[: exc.start].encode("utf-8", "surrogateescape"))
+                raw = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+                msg = f"invalid UTF-8 at byte {at} of the line (not decoded)"
+            if msg is None:
+                try:
+                    rec = json.loads(raw)
+                    if not isinstance(rec, dict):
+                        raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
+                    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(rec):
+                        msg = "invalid Unicode: a lone surrogate escape (not encodable as UTF-8)"
+                except ValueError as exc:
+                    msg = f"invalid JSON: {exc}"
+            if msg is not None:
+                err = JsonlError(path, line_no, msg, raw.rstrip("\r\n"))
                 if strict:
                     raise err from None
                 yield line_no, err

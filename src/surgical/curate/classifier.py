@@ -7,7 +7,8 @@ Transformer -> Pooling(mean) -> Normalize). We load it with plain transformers t
 The alternative embedding is the teacher's own mean-pooled hidden states.
 
 If the embedding model cannot be loaded, ``EmbedderLoadError`` is raised: curate never falls back to
-keeping data unscored.
+keeping data unscored. Texts are normalised (``normalize.py``) for training and prediction, and a text longer than
+the embedder's token limit is scored in overlapping token windows (maximum probability), never truncated.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from ..policy import Policy
+from .normalize import normalize
 
 
 class EmbedderLoadError(RuntimeError):
@@ -134,7 +136,7 @@ class PolicyClassifier:
         if not policy.forbidden:
             raise ClassifierConfigError("forbidden: the policy lists no forbidden domain")
         texts = sorted({t for d in policy.forbidden for t in d.exemplars + d.counter_exemplars} | set(allowed))
-        vecs = dict(zip(texts, embedder.encode(texts), strict=True))
+        vecs = dict(zip(texts, embedder.encode([normalize(t) for t in texts]), strict=True))
         for i, d in enumerate(policy.forbidden):
             neg = list(dict.fromkeys(d.counter_exemplars + allowed))
             if not d.exemplars:
@@ -152,9 +154,54 @@ class PolicyClassifier:
             self.training_texts.update(d.exemplars + neg)
 
     def predict_proba(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """P(domain | text) for every forbidden domain (each head on its own)."""
-        x = self.embedder.encode(texts)
-        return {name: head.predict_proba(x)[:, 1] for name, head in self.heads.items()}
+        """P(domain | text) for every forbidden domain (each head on its own) on the normalised text; a text over
+        the embedder's token limit gets the maximum over its token windows."""
+        chunks, owner = token_windows(self.embedder, [normalize(t) for t in texts])
+        x = self.embedder.encode(chunks)
+        out = {}
+        for name, head in self.heads.items():
+            p = head.predict_proba(x)[:, 1]
+            if len(chunks) != len(texts):
+                best = np.full(len(texts), -np.inf)
+                np.maximum.at(best, owner, p)
+                p = best
+            out[name] = p
+        return out
+
+
+def token_windows(embedder, texts: list[str], margin: int = 8) -> tuple[list[str], np.ndarray]:
+    """``texts`` with every one longer than the embedder's ``max_length`` tokens cut into overlapping windows (half
+    a window of overlap) that fit, and the index of the text each window came from. A tokenizer without offsets
+    (not a fast tokenizer) cannot cut: a text it would truncate is an error (fail closed), never scored in part."""
+    tok, max_len = getattr(embedder, "tokenizer", None), getattr(embedder, "max_length", None)
+    owner = np.arange(len(texts))
+    if tok is None or not max_len or not texts:
+        return list(texts), owner
+    lengths = [len(ids) for ids in tok(list(texts), truncation=False, verbose=False)["input_ids"]]
+    if all(n <= max_len for n in lengths):
+        return list(texts), owner
+    if not getattr(tok, "is_fast", False):
+        n = max(lengths)
+        raise ValueError(f"a text of {n} tokens exceeds the embedder's max_length {max_len} and its tokenizer has no "
+                         "offsets to cut it into windows; lower curate.max_chars")
+    cap = max(8, max_len - tok.num_special_tokens_to_add() - margin)
+    step = max(1, cap // 2)
+    chunks, own = [], []
+    for i, (t, n) in enumerate(zip(texts, lengths, strict=True)):
+        if n <= max_len:
+            chunks.append(t)
+            own.append(i)
+            continue
+        offs = [o for o in tok(t, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+                if o[1] > o[0]]
+        if not offs:
+            raise ValueError(f"a text of {n} tokens has no token offsets to cut it into windows")
+        starts = list(range(0, max(1, len(offs) - cap + step), step))
+        for s in starts:
+            e = min(s + cap, len(offs))
+            chunks.append(t[offs[s][0] : offs[e - 1][1]])
+            own.append(i)
+    return chunks, np.asarray(own)
 
 
 def make_embedder(kind: str, model: str = "", layer: int = -1, batch_size: int = 128):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..config_base import Section
 
@@ -35,7 +35,20 @@ class CurateConfig(Section):
     )
     batch_size: int = Field(256, ge=1, description="Documents per streamed batch (also the embedding batch).")
     num_proc: int = Field(1, ge=1, description="Worker processes for stage 1 (blocklist + MinHash) and torch threads.")
-    max_chars: int = Field(4000, ge=16, description="Characters of each document the classifier sees.")
+    max_chars: int = Field(
+        200, ge=16, description="Characters per classifier window: the classifier scores every document in "
+        "overlapping windows of this many (normalised) characters and takes the maximum probability per forbidden "
+        "domain, so nothing after a long preamble goes unseen. Keep it at or below the embedder's token limit "
+        "(MiniLM: 256 tokens); shorter windows dilute a short forbidden statement less and cost more calls."
+    )
+    window_overlap: int = Field(
+        100, ge=0, description="Characters shared by consecutive classifier windows (< max_chars): any statement "
+        "of at most this many characters lies whole inside one window."
+    )
+    max_windows: int = Field(
+        512, ge=0, description="Classifier windows one document may need; a longer document that must be "
+        "classified is quarantined (reason 'too_long') rather than scored in part. 0 = no limit."
+    )
     dedup: bool = Field(True, description="Drop exact and near duplicates; quarantine near-copies of forbidden docs.")
     minhash_perm: int = Field(64, ge=8, description="MinHash permutations (signature length, 32-bit values).")
     minhash_bands: int = Field(16, ge=1, description="LSH bands (perm / bands rows each); sets the Jaccard knee.")
@@ -50,6 +63,12 @@ class CurateConfig(Section):
     eval_file: str = Field("", description="Labelled held-out JSONL for recall/over-filtering (never trained on). "
                            "Empty: the labelled input records minus classifier exemplars.")
     world_split: Literal["train", "val", "test"] = Field("train", description="World split the demo corpus uses.")
+
+    @model_validator(mode="after")
+    def _overlap_below_window(self):
+        if self.window_overlap >= self.max_chars:
+            raise ValueError(f"window_overlap ({self.window_overlap}) must be below max_chars ({self.max_chars})")
+        return self
 
 
 class GenerateConfig(Section):

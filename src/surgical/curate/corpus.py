@@ -2,7 +2,9 @@
 and the arithmetic world as a labelled corpus.
 
 Every reader yields ``(where, record)`` where ``where`` names the file and line/row, and ``record`` is a
-dict, or a ``ReadError`` for a unit that could not be read: curate quarantines those (fail closed).
+dict, or a ``ReadError`` for a unit that could not be read: curate quarantines those (fail closed). Bytes that
+are not UTF-8 are never decoded with replacement characters: the unit is a ``ReadError`` naming its line, whose
+``raw`` shows the bad bytes as ``\\xNN`` escapes, and the other units still read.
 """
 
 from __future__ import annotations
@@ -75,15 +77,16 @@ def _iter_parquet(path: Path, batch_rows: int) -> Iterator[tuple[str, dict | Rea
 
 
 def _iter_text(path: Path, text_field: str, unit: str) -> Iterator[tuple[str, dict | ReadError]]:
-    def read_error(line_no: int, raw: str) -> ReadError:
-        return ReadError(f"{path}:{line_no}", "undecodable bytes (not UTF-8)", raw)
+    def read_error(line_no: int, raw: bytes) -> ReadError:
+        return ReadError(f"{path}:{line_no}", "invalid UTF-8 (not decoded)",
+                         raw[:2000].decode("utf-8", "backslashreplace"))
 
     if unit == "file":
         raw = path.read_bytes()
         try:
             yield f"{path}", {text_field: raw.decode("utf-8")}
         except UnicodeDecodeError:
-            yield f"{path}", read_error(1, raw[:2000].decode("utf-8", "replace"))
+            yield f"{path}", read_error(1, raw)
         return
     para: list[str] = []
     start = 0
@@ -92,7 +95,7 @@ def _iter_text(path: Path, text_field: str, unit: str) -> Iterator[tuple[str, di
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
-                yield f"{path}:{line_no}", read_error(line_no, raw.decode("utf-8", "replace"))
+                yield f"{path}:{line_no}", read_error(line_no, raw)
                 continue
             if unit == "line":
                 if line.strip():

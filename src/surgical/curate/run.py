@@ -29,6 +29,7 @@ from .config import CurateConfig
 from .corpus import ReadError, iter_records
 from .dedup import LSHIndex, exact_key, minhash, minhash_params, normalise
 from .filter import BORDERLINE, GOLD, QUARANTINE, Confusion, decide, failed
+from .normalize import normalize
 
 HELDOUT = "heldout"
 OUTPUT_FILES = {GOLD: "gold.jsonl", QUARANTINE: "quarantine.jsonl", BORDERLINE: "borderline.jsonl",
@@ -53,13 +54,15 @@ def _init_worker(blocklist: Blocklist, num_perm: int, shingle_words: int, dedup:
 
 def _stage1(texts: list[str]) -> tuple[list[tuple], float, float]:
     """Blocklist hits, escalated domains, exact key and MinHash signature of each text, and the seconds
-    spent on the blocklist and on hashing."""
+    spent on the blocklist and on hashing. The blocklist sees the whole text, as written and normalised; dedup
+    hashes the normalised text, so a disguised copy of a quarantined document is a near-copy of it."""
     bl, params, n, dedup = _WORKER["blocklist"], _WORKER["params"], _WORKER["n"], _WORKER["dedup"]
     t0 = time.perf_counter()
-    hits = [bl.hits(t) for t in texts]
+    norms = [normalize(t, fold_letters=True) for t in texts]
+    hits = [bl.hits(t, nt) for t, nt in zip(texts, norms, strict=True)]
     t1 = time.perf_counter()
-    keys = [exact_key(t) if dedup else None for t in texts]
-    sigs = [minhash(t, params, n) if dedup else None for t in texts]
+    keys = [exact_key(t) if dedup else None for t in norms]
+    sigs = [minhash(t, params, n) if dedup else None for t in norms]
     t2 = time.perf_counter()
     rows = [(h, bl.escalated(h), k, s, bl.decisive(h)) for h, k, s in zip(hits, keys, sigs, strict=True)]
     return rows, t1 - t0, t2 - t1
@@ -72,6 +75,22 @@ def _batched(it: Iterable, n: int) -> Iterator[list]:
 
 
 # ---------------------------------------------------------------- the curator
+
+
+def char_windows(text: str, size: int, overlap: int) -> list[str]:
+    """Overlapping windows of ``size`` characters covering all of ``text`` (one when it is short enough): starts
+    every ``size - overlap`` characters, the last one ends at the end. Any substring of at most ``overlap``
+    characters lies whole inside one window; a text of L > size characters has 1 + ceil((L - size) / (size -
+    overlap)) windows."""
+    if len(text) <= size:
+        return [text]
+    step, last = size - overlap, len(text) - size
+    return [text[s : s + size] for s in (min(i * step, last) for i in range(n_windows(len(text), size, overlap)))]
+
+
+def n_windows(length: int, size: int, overlap: int) -> int:
+    """How many ``char_windows`` a text of ``length`` characters has."""
+    return 1 if length <= size else 1 + -(-(length - size) // (size - overlap))
 
 
 # Every field a later stage can read as content: distill trains on prompt + completion (or text), generate prompts
@@ -122,34 +141,63 @@ class Curator:
         self.training_keys = {normalise(t) for t in getattr(classifier, "training_texts", ())}
         self.seconds = Counter()
         self.n_classified = 0
+        self.n_windows = 0
 
-    def classify(self, texts: list[str]) -> list[dict | None] | Exception:
-        """Per-text probabilities per forbidden domain, or the exception the classifier raised."""
-        if not texts:
+    def windows(self, text: str) -> list[str]:
+        """The normalised windows of ``text`` the classifier scores (all of it, however long)."""
+        return char_windows(normalize(text), self.cfg.max_chars, self.cfg.window_overlap)
+
+    def classify(self, texts: list[str]) -> list[dict] | Exception:
+        """Per-text probabilities per forbidden domain (the maximum over the text's windows), or the exception
+        the classifier raised."""
+        return self.classify_windows([self.windows(t) for t in texts])
+
+    def classify_windows(self, windows: list[list[str]]) -> list[dict] | Exception:
+        """``classify`` of texts already cut into windows: one classifier call for all the windows of the batch."""
+        if not windows:
             return []
         t0 = time.perf_counter()
+        flat = [w for ws in windows for w in ws]
+        owner = np.repeat(np.arange(len(windows)), [len(ws) for ws in windows])
         try:
-            probs = self.classifier.predict_proba([t[: self.cfg.max_chars] for t in texts])
-            rows = [{d: float(probs[d][i]) for d in self.thresholds} for i in range(len(texts))]
+            probs = self.classifier.predict_proba(flat)
+            best = {}
+            for d in self.thresholds:
+                p = np.asarray(probs[d], dtype=np.float64).reshape(-1)
+                if p.shape != (len(flat),):
+                    raise ValueError(f"classifier returned {p.shape[0]} probabilities for {len(flat)} windows")
+                best[d] = np.full(len(windows), -np.inf)
+                with np.errstate(invalid="ignore"):
+                    np.maximum.at(best[d], owner, p)  # NaN propagates, and is caught below
+            rows = [{d: float(best[d][i]) for d in self.thresholds} for i in range(len(windows))]
             if any(not np.isfinite(v) for r in rows for v in r.values()):
                 raise ValueError("classifier returned a non-finite probability")
         except Exception as exc:  # fail closed: the whole batch is quarantined with the reason
             return exc
         finally:
             self.seconds["classifier"] += time.perf_counter() - t0
-        self.n_classified += len(texts)
+        self.n_classified += len(windows)
+        self.n_windows += len(flat)
         return rows
 
     def decide_batch(self, stage1: list[tuple], texts: list[str], classify_all: bool) -> list[dict]:
         """The curate block of each text given its stage-1 results."""
         to_score = [i for i, (_, esc, _, _, dec) in enumerate(stage1) if (esc or classify_all) and not dec]
-        scored = self.classify([texts[i] for i in to_score])
+        cap, size, overlap = self.cfg.max_windows, self.cfg.max_chars, self.cfg.window_overlap
+        norms = {i: normalize(texts[i]) for i in to_score}
+        blocks = {}
+        for i in to_score:  # counted before any window is cut: a huge document costs no memory
+            n = n_windows(len(norms[i]), size, overlap)
+            if cap and n > cap:
+                blocks[i] = failed("too_long", f"the classifier would need {n} windows of {size} characters "
+                                   f"(max_windows={cap}); not scored in part", {"blocklist_hits": stage1[i][0]})
+        to_score = [i for i in to_score if i not in blocks]
+        scored = self.classify_windows([char_windows(norms[i], size, overlap) for i in to_score])
         probs: dict[int, dict] = {}
         if isinstance(scored, Exception):
             err = f"{type(scored).__name__}: {scored}"
-            blocks = {i: failed("classifier_error", err, {"blocklist_hits": stage1[i][0]}) for i in to_score}
+            blocks.update({i: failed("classifier_error", err, {"blocklist_hits": stage1[i][0]}) for i in to_score})
         else:
-            blocks = {}
             probs = dict(zip(to_score, scored, strict=True))
         out = []
         for i, (hits, esc, _, _, dec) in enumerate(stage1):
@@ -330,6 +378,7 @@ def curate(
             n_before = curator.n_classified
             blocks = curator.decide_batch(stage1, texts, cfg.classify == "all")
             counts["by_stage"]["stage2_classified"] += curator.n_classified - n_before
+            counts["by_stage"]["stage2_windows"] = curator.n_windows
             t0 = time.perf_counter()
             for (where, rec), (_, _, _, sig, _), block in zip(ok, stage1, blocks, strict=True):
                 block["source"] = where
