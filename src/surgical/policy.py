@@ -95,6 +95,12 @@ class Thresholds(Section):
         "rate and every evaluated step must stay below this fraction of the teacher's (gating unless "
         "gate_on_relearning is false)."
     )
+    relearn_floor: float = Field(
+        0.05, ge=0, le=1, description="The relearning limit is never below this absolute forget accuracy: a fraction "
+        "of a teacher that (nearly) never knew the domain would demand less than nothing. 0.05 matches "
+        "forget_exact_match_max (the primary metric is QA exact match where the suite has QA); raise it to chance "
+        "+ margin for forget domains scored by MC only."
+    )
     gate_on_relearning: bool = Field(True, description="Whether the relearning check enters the verdict (a "
                                      "configured attack that could not run then makes it `incomplete`). False "
                                      "keeps it informational.")

@@ -68,7 +68,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     clean = _surgical(config, tmp_path / "clean")
     _, err = clean.communicate(timeout=1200)
     total = time.perf_counter() - t0
-    assert clean.returncode == 0, err.decode()[-2000:]
+    assert clean.returncode in (0, 2), err.decode()[-2000:]  # a finished run, whatever its verdict
 
     rng = random.Random(0)
     chaos = tmp_path / "chaos"
@@ -83,7 +83,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
         kills += 1
     final = _surgical(config, chaos)
     _, err = final.communicate(timeout=1200)
-    assert final.returncode == 0, err.decode()[-2000:]
+    assert final.returncode == clean.returncode, err.decode()[-2000:]
     assert kills >= 5
 
     a, b = _artifacts(tmp_path / "clean"), _artifacts(chaos)

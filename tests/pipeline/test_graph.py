@@ -154,3 +154,9 @@ def test_a_missing_policy_referenced_from_a_pipeline_is_one_line_and_exit_1(tmp_
     r = CliRunner().invoke(app, ["run", str(_files_config(tmp_path, tmp_path / "run")), "--quiet"])
     assert r.exit_code == 1 and "policy.yaml" in r.output and "no such file" in r.output, r.output
     assert isinstance(r.exception, SystemExit)
+
+
+def test_run_exit_codes_follow_the_final_verdict():
+    from surgical.pipeline.cli import exit_code_of
+
+    assert [exit_code_of(v) for v in (None, "pass", "fail", "incomplete", "error")] == [0, 0, 2, 3, 3]

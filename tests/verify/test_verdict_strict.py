@@ -120,7 +120,6 @@ def test_a_precomputed_peak_is_used_and_max_final_is_not():
 @pytest.mark.parametrize("result", [{"skipped": "the suite has no attack records for the forget domains"},
                                     {"error": "RuntimeError: out of memory"},
                                     {"teacher_forget": 1.0, "runs": {}},
-                                    {"teacher_forget": 0.0, "runs": QUIET["runs"]},
                                     {"teacher_forget": math.nan, "runs": QUIET["runs"]}])
 def test_relearning_configured_but_not_evaluated_is_incomplete(result):
     v = compute_verdict(CLEAN, Thresholds(), **KEPT, relearning=result)
@@ -129,6 +128,19 @@ def test_relearning_configured_but_not_evaluated_is_incomplete(result):
     assert check["passed"] is None and check["gating"] and check["note"].startswith("not evaluated")
     off = compute_verdict(CLEAN, Thresholds(gate_on_relearning=False), **KEPT, relearning=result)
     assert off["verdict"] == "pass" and _check(off, "relearning")["gating"] is False
+
+
+def test_a_teacher_that_never_knew_the_domain_gets_the_absolute_floor():
+    """A teacher at 0 on the forget domains gives no fraction to stay under; the limit is the noise floor."""
+    v = compute_verdict(CLEAN, Thresholds(), **KEPT, relearning={"teacher_forget": 0.0, "runs": QUIET["runs"]})
+    check = _check(v, "relearning")
+    assert check["limit"] == Thresholds().relearn_floor and check["passed"] is (check["value"] < check["limit"])
+    loud = {"teacher_forget": 0.0, "peak": {"value": 0.3, "lr": 1e-3, "step": 10}}
+    assert compute_verdict(CLEAN, Thresholds(), **KEPT, relearning=loud)["failed"] == ["relearning"]
+    # a teacher above the floor keeps the fraction rule
+    assert _check(compute_verdict(CLEAN, Thresholds(), **KEPT, relearning={"teacher_forget": 0.8,
+                                                                           "runs": QUIET["runs"]}),
+                  "relearning")["limit"] == 0.4
 
 
 def test_relearning_not_configured_is_recorded_and_does_not_gate():
@@ -281,6 +293,12 @@ def test_cli_no_reference_exits_3_and_reports_incomplete(tiny):
     assert twin_check["passed"] is not None and twin_check["gating"] is False
 
 
+def check_floor(rec) -> float:
+    from surgical.policy import Thresholds
+
+    return Thresholds().relearn_floor
+
+
 def test_cli_reference_that_retains_nothing_and_the_relearning_peak(tiny):
     """A random reference retains nothing: exit 3. The relearning sweep records its peak (value, lr, step)."""
     tmp, dirs, args = tiny
@@ -293,10 +311,10 @@ def test_cli_reference_that_retains_nothing_and_the_relearning_peak(tiny):
     points = [(a, float(lr), s) for lr, run in rel["runs"].items() for s, a in run["curve"]]
     assert rel["peak"]["value"] == max(a for a, _, _ in points)
     assert (rel["peak"]["value"], rel["peak"]["lr"], rel["peak"]["step"]) in points
-    # the random teacher has no forget accuracy either, so the relearning limit means nothing: not evaluated
+    # the random teacher has no forget accuracy either: the relearning limit is the absolute floor
     check = next(c for c in rec["checks"] if c["name"] == "relearning")
-    assert check["gating"] and check["passed"] is None and "teacher's forget accuracy is 0" in check["note"]
-    assert set(rec["not_evaluated_checks"]) == {"retain_ratio", "relearning"}
+    assert check["gating"] and check["passed"] is not None and check["limit"] == check_floor(rec)
+    assert set(rec["not_evaluated_checks"]) == {"retain_ratio"}
 
 
 def test_cli_relearning_that_cannot_run_is_incomplete(tiny, monkeypatch):

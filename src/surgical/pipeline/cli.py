@@ -17,6 +17,11 @@ def input_error_types() -> tuple[type[BaseException], ...]:
     return (ValueError, OSError, ModelLoadError, QuantizeError)
 
 
+def exit_code_of(verdict: str | None) -> int:
+    """0 pass (or no verify ran, e.g. --only map), 2 fail, 3 anything else that is not a pass."""
+    return {None: 0, "pass": 0, "fail": 2}.get(verdict, 3)
+
+
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
@@ -29,7 +34,8 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet"),
     ) -> None:
         """Run a pipeline YAML stage by stage; unchanged stages are skipped, interrupted runs resume.
-        Exit 0 when the final verdict passes, 2 when it does not (fail, error, incomplete), 1 on bad input."""
+        Exit 0 when the final verdict passes, 2 when it fails, 3 when it is incomplete (a check could not run, or
+        a battery errored), 1 on bad input."""
         from ..config import ConfigError, demo_config, load_config
         from .graph import final_verdict, make_runner
         from .runner import PipelineError, StageFailed
@@ -60,6 +66,6 @@ def register(app: typer.Typer) -> None:
         verdict = final_verdict(done)
         if verdict is not None and verdict != "pass":
             console.print(f"[red]final verdict: {verdict.upper()}[/red]")
-            raise typer.Exit(2)
+            raise typer.Exit(exit_code_of(verdict))
         if verdict == "pass":
             console.print("[green]final verdict: PASS[/green]")

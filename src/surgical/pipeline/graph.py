@@ -494,7 +494,9 @@ def run_demo(out_dir: str | Path = "runs/demo", quiet: bool = False) -> int:
     print_headline(Path(out_dir), Console(width=170), wall_s=wall)
     if not results:
         return 1
-    return 0 if final_verdict(out_dir) == "pass" else 2
+    from .cli import exit_code_of
+
+    return exit_code_of(final_verdict(out_dir) or "incomplete")
 
 
 def final_verdict(run_dir: str | Path) -> str | None:

@@ -83,3 +83,5 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         if verdict == "error":
             raise typer.Exit(1)
+        if verdict == "incomplete":
+            raise typer.Exit(3)

@@ -119,10 +119,11 @@ def _relearning_check(relearning: dict | None, thresholds) -> dict:
         return _not_evaluated("relearning", f"not evaluated: the relearning attack could not run ({why})",
                               gating=gate)
     teacher = relearning.get("teacher_forget")
-    if not _finite(teacher) or teacher <= 0:
+    if not _finite(teacher):
         return _not_evaluated("relearning", f"not evaluated: the teacher's forget accuracy is {teacher}; a "
                               "fraction of it is no limit", gating=gate, teacher_forget=teacher)
-    limit = frac * teacher
+    # a teacher that never knew the domain gives no fraction to stay under: the floor is the metric's noise level
+    limit = max(frac * teacher, thresholds.relearn_floor)
     peak = relearning.get("peak") or sweep_peak(relearning.get("runs") or {})
     if not peak or not _finite(peak.get("value")):
         return _not_evaluated("relearning", "not evaluated: the relearning attack recorded no finite forget "
