@@ -369,3 +369,25 @@ def test_non_finite_reference_weights_are_an_input_error(tiny):
         next(model.parameters())[0, 0] = float("nan")
     with pytest.raises(VerifyInputError, match=r"reference .*teacher: parameter model\.embed_tokens\.weight"):
         check_finite_weights(model, f"reference {dirs['teacher']}")
+
+
+def test_an_attack_that_could_not_run_is_incomplete_not_left_out_of_the_worst_case():
+    v = compute_verdict(CLEAN, Thresholds(), **KEPT, relearning=QUIET,
+                        attacks_not_run={"quant:int4": "torchao int4 needs the mslk package"})
+    assert v["verdict"] == "incomplete" and v["not_evaluated"] == ["attack:quant:int4"]
+    assert "mslk" in _check(v, "attack:quant:int4")["note"]
+
+
+def test_the_quantization_attack_quantizes_what_the_quantize_stage_ships(world_tokenizer):
+    """Same modules as `surgical quantize`: the LM head stays float, GPT-2's Conv1D layers are quantized."""
+    from surgical.models import make_tiny_model
+    from surgical.quantize import count_quantized_modules, quantize_in_place
+    from surgical.verify.quant_attack import quantize_copy
+
+    for family in ("llama", "gpt2"):
+        model = make_tiny_model(family, len(world_tokenizer))
+        attacked, n = quantize_copy(model, "int8", "quanto")
+        shipped = make_tiny_model(family, len(world_tokenizer))
+        assert n == quantize_in_place(shipped, "int8", "quanto") == count_quantized_modules(attacked) > 0
+        head = attacked.get_output_embeddings()
+        assert type(head).__name__ == "Linear", family  # not quantized, as in the shipped model

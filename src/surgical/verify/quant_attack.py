@@ -9,40 +9,29 @@ place, not serialisable); torchao does int8 (its int4 kernel needs the ``mslk`` 
 
 from __future__ import annotations
 
-from torch import nn
-
 
 class QuantizationUnavailable(RuntimeError):
     """The backend cannot quantize at this precision here."""
 
 
 def quantize_copy(model, scheme: str, backend: str = "quanto"):
-    """A weight-quantized deep copy of ``model`` (nn.Linear layers; GPT-2's Conv1D layers stay float).
-    Returns (model, number of quantized modules)."""
+    """A weight-quantized deep copy of ``model``, quantized exactly as the quantize stage ships a model
+    (``surgical.quantize.quantize_in_place``: every nn.Linear, GPT-2's Conv1D layers converted to nn.Linear first,
+    the output embeddings left in float), so the attack measures the model a user would get. Returns (model,
+    number of quantized modules)."""
     from ..models import float_copy
+    from ..quantize import QuantizeError, quantize_in_place
 
     work = float_copy(model).eval()
-    if backend == "quanto":
-        try:
-            from optimum.quanto import freeze, qint4, qint8, quantize
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise QuantizationUnavailable(f"optimum-quanto is not installed ({exc})") from None
-        weights = {"int8": qint8, "int4": qint4}[scheme]
-        quantize(work, weights=weights)
-        freeze(work)
-        n = sum(1 for m in work.modules() if type(m).__name__.startswith("QLinear"))
-        return work, n
-    if backend == "torchao":
-        if scheme != "int8":
-            raise QuantizationUnavailable("torchao int4 needs the mslk package on the CPU; use --quant-backend quanto")
-        try:
-            from torchao.quantization import Int8WeightOnlyConfig, quantize_
-        except ImportError as exc:  # pragma: no cover
-            raise QuantizationUnavailable(f"torchao is not installed ({exc})") from None
-        n = sum(1 for m in work.modules() if isinstance(m, nn.Linear))
-        quantize_(work, Int8WeightOnlyConfig())
-        return work, n
-    raise ValueError(f"unknown quantization backend {backend!r}")
+    if backend not in ("quanto", "torchao"):
+        raise ValueError(f"unknown quantization backend {backend!r}")
+    try:
+        n = quantize_in_place(work, scheme, backend)
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise QuantizationUnavailable(f"{backend} is not installed ({exc})") from None
+    except QuantizeError as exc:
+        raise QuantizationUnavailable(str(exc)) from None
+    return work, n
 
 
 def quantization_attack(model, tokenizer, suite, forget_domains, retain_domains, cfg, baseline: dict) -> dict:

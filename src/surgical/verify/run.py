@@ -202,8 +202,11 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
 
     with timed("quantization attack"):
         quant = quant_attack.quantization_attack(model, tok, suite, forget, retain, cfg, baseline["model"])
+    attacks_not_run = {}
     for scheme, res in quant["schemes"].items():
-        if "error" not in res:
+        if "error" in res:
+            attacks_not_run[f"quant:{scheme}"] = res["error"]
+        else:
             attacks[f"quant:{scheme}"] = attack_summary(res)
 
     with timed("latent probes"):
@@ -233,7 +236,8 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
 
     verdict = compute_verdict(attacks, policy.thresholds, retain=retain_score, reference_retain=teacher_retain,
                               relearning=relearning["model"] if relearning else None,
-                              mc_statistic=cfg.verdict_mc_statistic, reference_given=bool(refs), mc_twin=mc_twin)
+                              mc_statistic=cfg.verdict_mc_statistic, reference_given=bool(refs), mc_twin=mc_twin,
+                              attacks_not_run=attacks_not_run)
     ratio_check = next(c for c in verdict["checks"] if c["name"] == "retain_ratio")
     retention["retain_ratio"] = ratio_check["value"]
     if ratio_check["passed"] is None:
