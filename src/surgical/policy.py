@@ -106,6 +106,19 @@ class Thresholds(Section):
                                      "keeps it informational.")
 
 
+    @model_validator(mode="after")
+    def _limits_are_possible(self):
+        if self.chance_mc + self.forget_mc_max_above_chance >= 1:
+            raise ValueError(f"chance_mc + forget_mc_max_above_chance = "
+                             f"{self.chance_mc + self.forget_mc_max_above_chance:g} >= 1: the forget MC check could "
+                             "never fail")
+        if self.forget_exact_match_max >= 1:
+            raise ValueError("forget_exact_match_max >= 1: the forget exact-match check could never fail")
+        if self.relearn_floor >= 1:
+            raise ValueError("relearn_floor >= 1: the relearning check could never fail")
+        return self
+
+
 class Policy(Section):
     """A policy: what is forbidden, what is kept, and what counts as a pass."""
 
