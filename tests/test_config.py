@@ -124,14 +124,14 @@ def test_validate_checks_the_files_a_pipeline_names(tmp_path):
         assert r.exit_code == 0, r.output
 
 
-def test_thresholds_that_could_never_fail_are_an_error(tmp_path):
+def test_thresholds_whose_sum_exceeds_1_are_an_error(tmp_path):
     import pytest
     import yaml
 
     from surgical.policy import load_policy
 
     for th, field in (({"chance_mc": 0.9, "forget_mc_max_above_chance": 0.2}, "chance_mc + forget_mc_max"),
-                      ({"forget_exact_match_max": 1.0}, "forget_exact_match_max")):
+                      ({"chance_mc": 0.5, "forget_mc_max_above_chance": 0.6}, "exceeds 1")):
         p = tmp_path / "p.yaml"
         p.write_text(yaml.safe_dump({"name": "p", "forbidden": [{"name": "f"}], "thresholds": th}))
         with pytest.raises(ConfigError) as e:

@@ -38,7 +38,7 @@ def verify_args(tmp_path, world_tokenizer):
 
 def test_verify_random_model_writes_everything_and_is_not_a_pass(verify_args):
     """A random model against a random reference: nothing forbidden leaks, but the reference retains nothing, so the
-    retain ratio (and the relearning limit, a fraction of the teacher's forget accuracy of 0) cannot be evaluated:
+    retain ratio cannot be evaluated (the relearning limit is the absolute floor, as the teacher knows nothing):
     incomplete, exit 3. (It once passed; with the default retain_min it fails, see test_relearn_references_off.)"""
     tmp, args, ref = verify_args
     out = tmp / "out"
@@ -47,7 +47,7 @@ def test_verify_random_model_writes_everything_and_is_not_a_pass(verify_args):
     assert r.exit_code == 3, r.output
     rec = json.loads((out / "verify.json").read_text())
     assert rec["verdict"] == "incomplete" and rec["generations_redacted"]
-    assert set(rec["not_evaluated_checks"]) == {"retain_ratio", "relearning"} and not rec["failed_checks"]
+    assert set(rec["not_evaluated_checks"]) == {"retain_ratio"} and not rec["failed_checks"]
     assert {"verdict", "attacks", "relearning", "quantization", "probes", "provenance"} <= set(rec)
     assert {"none", "jailbreak:few_shot", "jailbreak:prefix_injection", "quant:int8", "quant:int4",
             "direction_ablation"} <= set(rec["attacks"])
