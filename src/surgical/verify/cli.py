@@ -15,7 +15,8 @@ def register(app: typer.Typer) -> None:
 
 
 def verify(
-    model: Path = typer.Option(..., "--model", help="HF model dir of the student (or any model) to verify."),
+    model: Path = typer.Option(..., "--model", help="The model to verify: an HF model dir, a GGUF file, "
+                               "packaged:smollm2, or a hub id already in the local HF cache."),
     policy: Path | None = typer.Option(None, "--policy", help="Policy YAML (thresholds and domains)."),
     suite: Path | None = typer.Option(None, "--suite", help="Evaluation suite YAML (docs/suites.md); default: the "
                                       "policy's `suite:` (the world's suite for a `world: true` policy)."),
@@ -72,8 +73,12 @@ def verify(
         if (t / "config.json").exists() and t.resolve() != model.resolve():
             refs = [t]
     vcfg = cfg.verify.model_copy(update={"relearn": False}) if no_relearn else cfg.verify
-    if not model.exists():
-        fail(f"{model}: no such model directory")
+    from ..models import resolve_source
+
+    try:
+        resolve_source(model)  # a directory, a GGUF file, packaged:smollm2 or a hub id in the local cache
+    except ModelLoadError as exc:
+        fail(str(exc))
     log = None
     if not quiet:
         def log(stage: str) -> None:
