@@ -26,11 +26,17 @@ VOLATILE = ("wall", "time", "_s", "per_s", "unix", "created", "date", "throughpu
             "finished", "started", "host", "pid")
 
 
-def _clean(obj, root: str):
+def _clean(obj, root: str, in_provenance: bool = False):
+    """``obj`` without what legitimately differs. Inside a provenance block the input hashes go too: they hash
+    files that hold timings (map.json, a model dir's quantize.json), and every one of those files is compared
+    here directly anyway."""
     if isinstance(obj, dict):
-        return {k: _clean(v, root) for k, v in obj.items() if not any(t in k.lower() for t in VOLATILE)}
+        return {k: _clean(v, root, in_provenance or k == "provenance") for k, v in obj.items()
+                if not any(t in k.lower() for t in VOLATILE) and not (in_provenance and k == "sha256")}
+    if isinstance(obj, float) and obj != obj:
+        return "nan"  # NaN != NaN
     if isinstance(obj, list):
-        return [_clean(v, root) for v in obj]
+        return [_clean(v, root, in_provenance) for v in obj]
     if isinstance(obj, str):
         return obj.replace(root, "<RUN>")
     if isinstance(obj, float):
