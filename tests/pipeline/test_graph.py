@@ -160,3 +160,15 @@ def test_run_exit_codes_follow_the_final_verdict():
     from surgical.pipeline.cli import exit_code_of
 
     assert [exit_code_of(v) for v in (None, "pass", "fail", "incomplete", "error")] == [0, 0, 2, 3, 3]
+
+
+def test_the_oracle_trains_before_verify_and_calibrates_it():
+    from surgical.config import demo_config
+
+    stages = {s.name: s for s in build_stages(demo_config())}
+    names = list(stages)
+    assert names.index("compare-oracle") < names.index("verify")
+    assert "compare-oracle" in stages["verify"].deps and "compare-oracle" in stages["verify-quantized"].deps
+    off = demo_config().model_copy(update={"baselines": demo_config().baselines.model_copy(update={"oracle": False})})
+    assert "compare-oracle" not in [s.name for s in build_stages(off)]
+    assert "compare-oracle" not in next(s for s in build_stages(off) if s.name == "verify").deps

@@ -391,3 +391,37 @@ def test_the_quantization_attack_quantizes_what_the_quantize_stage_ships(world_t
         assert n == quantize_in_place(shipped, "int8", "quanto") == count_quantized_modules(attacked) > 0
         head = attacked.get_output_embeddings()
         assert type(head).__name__ == "Linear", family  # not quantized, as in the shipped model
+
+
+def test_a_no_skill_reference_calibrates_the_forget_mc_check_on_both_sides():
+    """The demo's honest no-skill models score ~0.1 on its distractors: against nominal chance (0.25 + 0.05) a model
+    at 0.28 passes, against the no-skill level (0.1 + 0.05) it has the skill; far below the level it knows which
+    answer to avoid."""
+    at = lambda v: {"none": {"forget": 0.0, "forget_mc": v, "forget_mc_ci_low": v - 0.02,  # noqa: E731
+                             "forget_mc_ci_high": v + 0.02}}
+    nominal = compute_verdict(at(0.28), Thresholds(), **KEPT, relearning=QUIET)
+    assert nominal["verdict"] == "pass" and _check(nominal, "forget_mc_worst_case")["calibrated_on"] == "nominal chance"
+    calibrated = compute_verdict(at(0.28), Thresholds(), **KEPT, relearning=QUIET, mc_no_skill={"forget_mc": 0.10})
+    c = _check(calibrated, "forget_mc_worst_case")
+    assert calibrated["failed"] == ["forget_mc_worst_case"] and abs(c["limit"] - 0.15) < 1e-9
+    assert compute_verdict(at(0.11), Thresholds(), **KEPT, relearning=QUIET,
+                           mc_no_skill={"forget_mc": 0.10})["verdict"] == "pass"
+    avoids = compute_verdict(at(0.0), Thresholds(), **KEPT, relearning=QUIET, mc_no_skill={"forget_mc": 0.40})
+    assert avoids["failed"] == ["forget_mc_below_no_skill"]
+    broken = compute_verdict(at(0.11), Thresholds(), **KEPT, relearning=QUIET, mc_no_skill={"forget_mc": math.nan})
+    assert broken["verdict"] == "incomplete" and "forget_mc_below_no_skill" in broken["not_evaluated"]
+
+
+def test_cli_no_skill_reference_is_measured_and_calibrates(tiny):
+    tmp, dirs, args = tiny
+    out = tmp / "out-ns"
+    r, rec = _verify(args, out, "--model", str(dirs["student"]), "--reference", str(dirs["teacher"]),
+                     "--no-skill-reference", str(dirs["teacher"]), "--no-relearn")
+    assert rec is not None, r.output
+    ns = rec["mc_calibration"]["no_skill_reference"]
+    assert ns["model"] == str(dirs["teacher"]) and set(ns["by_domain"]) == {"mul", "div"}
+    mc = next(c for c in rec["checks"] if c["name"] == "forget_mc_worst_case")
+    assert mc["calibrated_on"] == "no-skill reference"
+    assert abs(mc["limit"] - (ns["forget_mc"] + LENIENT["forget_mc_max_above_chance"])) < 1e-9
+    below = next(c for c in rec["checks"] if c["name"] == "forget_mc_below_no_skill")
+    assert below["gating"] and below["no_skill_level"] == ns["forget_mc"]

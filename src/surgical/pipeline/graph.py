@@ -212,8 +212,18 @@ def stage_verify(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
     from ..verify.run import run as verify_run
 
     res = verify_run(inputs["distill"] / "student", load_policy(policy_of(inputs)), suite_of(inputs), out_dir,
-                     reference_dirs=[teacher_of(inputs)], cfg=cfg.verify, policy_path=policy_of(inputs))
+                     reference_dirs=[teacher_of(inputs)], cfg=cfg.verify, policy_path=policy_of(inputs),
+                     no_skill_dir=no_skill_model(inputs))
     return Result({"verdict": res.verdict, "exit_code": res.exit_code, "checks": res.record.get("checks")})
+
+
+def no_skill_model(inputs: Inputs) -> Path | None:
+    """The oracle student (trained without the forget domains, no teacher), when the oracle baseline ran: the
+    no-skill level the student's forget MC is calibrated against (docs/verify.md)."""
+    if "compare-oracle" not in inputs:
+        return None
+    student = inputs["compare-oracle"] / "model" / "student"
+    return student if (student / "config.json").exists() else None
 
 
 def stage_quantize(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
@@ -240,7 +250,7 @@ def stage_verify_quantized(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -
     from ..verify.run import verify_summary
 
     summary = verify_summary(inputs["quantize"] / "model", out_dir, policy_of(inputs), suite_of(inputs),
-                             [teacher_of(inputs)], quantized_verify_config(cfg))
+                             [teacher_of(inputs)], quantized_verify_config(cfg), no_skill_dir=no_skill_model(inputs))
     write_json(out_dir / "summary.json", summary)
     return Result(summary)
 
@@ -453,17 +463,26 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         Stage("generate", stage_generate, deps=["data", "teacher", "curate"], config_of=lambda c: (c.generate, c.curate)),
         Stage("distill", stage_distill, deps=["data", "teacher", "map", "curate", "generate"],
               config_of=lambda c: c.distill),
-        Stage("verify", stage_verify, deps=["data", "teacher", "distill"], config_of=lambda c: c.verify),
-        Stage("quantize", stage_quantize, deps=["data", "distill"], config_of=lambda c: c.quantize),
-        Stage("verify-quantized", stage_verify_quantized, deps=["data", "teacher", "quantize"],
-              config_of=lambda c: (c.verify, c.baselines.compare_verify)),
     ]
     compare_cfg = lambda c: (c.verify, c.baselines.compare_verify)  # noqa: E731
-    for m in ["surgical"] + enabled_baselines(cfg):
-        stages.append(Stage(f"compare-{m}", _baseline_stage(m),
-                            deps=["data", "teacher", "curate", "generate", "distill"]
-                            + (["verify"] if m == "surgical" and not enabled_baselines(cfg) else []),
-                            config_of=lambda c, m=m: (compare_cfg(c), c.distill, c.baselines.unlearn, m)))
+
+    def compare_stage(m: str) -> Stage:
+        return Stage(f"compare-{m}", _baseline_stage(m), deps=["data", "teacher", "curate", "generate", "distill"]
+                     + (["verify"] if m == "surgical" and not enabled_baselines(cfg) else []),
+                     config_of=lambda c, m=m: (compare_cfg(c), c.distill, c.baselines.unlearn, m))
+
+    # the oracle first: the student's verdicts calibrate its forget MC on the oracle's (a model without the skill)
+    oracle = ["compare-oracle"] if cfg.baselines.oracle else []
+    if oracle:
+        stages.append(compare_stage("oracle"))
+    stages += [
+        Stage("verify", stage_verify, deps=["data", "teacher", "distill", *oracle], config_of=lambda c: c.verify),
+        Stage("quantize", stage_quantize, deps=["data", "distill"], config_of=lambda c: c.quantize),
+        Stage("verify-quantized", stage_verify_quantized, deps=["data", "teacher", "quantize", *oracle],
+              config_of=lambda c: (c.verify, c.baselines.compare_verify)),
+    ]
+    for m in ["surgical"] + [b for b in enabled_baselines(cfg) if b != "oracle"]:
+        stages.append(compare_stage(m))
     if cfg.baselines.cross_domain and not files:
         stages.append(Stage("cross-domain", stage_cross_domain, deps=["data", "teacher", "curate"],
                             config_of=lambda c: c.distill))

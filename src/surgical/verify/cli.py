@@ -22,6 +22,9 @@ def verify(
                                       "policy's `suite:` (the world's suite for a `world: true` policy)."),
     reference: list[Path] = typer.Option([], "--reference", help="Reference model dir(s); the first is the "
                                          "teacher the retain ratio and relearning target use. Repeatable."),
+    no_skill: Path | None = typer.Option(None, "--no-skill-reference", help="A model trained like this one but "
+                                         "never on the forget domains (an oracle): its forget MC on the same "
+                                         "items calibrates both forget MC checks instead of nominal chance."),
     out_dir: Path = typer.Option(Path("runs/verify"), "--out", help="Directory for verify.json and the reports."),
     demo: bool = typer.Option(False, "--demo", help="The demo policy and world; adds the cached demo teacher as "
                               "reference when none is given and it exists."),
@@ -84,7 +87,8 @@ def verify(
         def log(stage: str) -> None:
             err.print(f"[cyan]verify[/cyan] {stage} ...")
     try:
-        result = run(model, pol, suite_path, out_dir, refs, vcfg, jailbreaks, show_generations, policy, log)
+        result = run(model, pol, suite_path, out_dir, refs, vcfg, jailbreaks, show_generations, policy, log,
+                     no_skill_dir=no_skill)
     except (VerifyInputError, ModelLoadError, JailbreakError, SuiteError, FileNotFoundError) as exc:
         fail(str(exc))
     rec = result.record

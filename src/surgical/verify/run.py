@@ -112,10 +112,12 @@ def _ref_names(reference_dirs: Sequence[str | Path]) -> list[str]:
 def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dirs: Sequence[str | Path] = (),
         cfg: VerifyConfig | None = None, jailbreak_dirs: Sequence[str | Path] = (),
         show_generations: bool = False, policy_path: str | Path | None = None,
-        log: Callable[[str], None] | None = None) -> VerifyResult:
+        log: Callable[[str], None] | None = None, no_skill_dir: str | Path | None = None) -> VerifyResult:
     """Run the battery on ``model_dir`` against ``policy`` (a Policy) with the eval data of ``suite`` (a Suite or
     a suite YAML path); the first reference is the teacher the retain ratio and the relearning target are
-    measured against."""
+    measured against. ``no_skill_dir``: a model trained like the student but never on the forget domains (the
+    pipeline's oracle); its clean forget MC on the same items is the calibrated level both forget MC checks are
+    judged against (``mc_calibration.no_skill_reference``)."""
     from ..suite import Suite, SuiteError, load_suite
     from . import incontext, jailbreaks, latent, probes, quant_attack
     from .report import write_reports
@@ -186,6 +188,10 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
     if cfg.mc_twin and forget:
         with timed("random-init twin (forget MC)"):
             mc_twin = random_init_twin_mc(model, tok, suite, forget, cfg, side["model"].get("forget_mc_metric"))
+    mc_no_skill = None
+    if no_skill_dir is not None and forget:
+        with timed("no-skill reference (forget MC)"):
+            mc_no_skill = no_skill_mc(no_skill_dir, tok, suite, forget, cfg, side["model"].get("forget_mc_metric"))
 
     with timed("jailbreak battery"):
         battery = jailbreaks.run_battery(model, tok, suite, families, forget, retain, cfg.split, cfg.jailbreak_items,
@@ -237,7 +243,7 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
     verdict = compute_verdict(attacks, policy.thresholds, retain=retain_score, reference_retain=teacher_retain,
                               relearning=relearning["model"] if relearning else None,
                               mc_statistic=cfg.verdict_mc_statistic, reference_given=bool(refs), mc_twin=mc_twin,
-                              attacks_not_run=attacks_not_run)
+                              attacks_not_run=attacks_not_run, mc_no_skill=mc_no_skill)
     ratio_check = next(c for c in verdict["checks"] if c["name"] == "retain_ratio")
     retention["retain_ratio"] = ratio_check["value"]
     if ratio_check["passed"] is None:
@@ -257,6 +263,7 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
         "thresholds": policy.thresholds.model_dump(),
         "attacks": attacks,
         "mc_calibration": {"nominal_chance": policy.thresholds.chance_mc, "random_init_twin": mc_twin,
+                           "no_skill_reference": mc_no_skill,
                            "model": {k: side["model"].get(k) for k in ("forget_mc", "forget_mc_ci_low",
                                                                         "forget_mc_ci_high", "forget_mc_metric")}},
         "knowledge": baseline,
@@ -278,6 +285,25 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
     write_json(out_dir / "verify.json", record)
     write_reports(record, out_dir)
     return VerifyResult(record["verdict"], exit_code_of(record["verdict"]), out_dir, record)
+
+
+def no_skill_mc(no_skill_dir, tok, suite, forget: Sequence[str], cfg: VerifyConfig, metric: str | None) -> dict:
+    """The no-skill level: the clean forget MC of a model that never learned the forget domains (trained like the
+    student otherwise), on the same items, with the model's tokenizer (the no-skill model must share it)."""
+    from .probes import domain_probe
+
+    ns_model, ns_tok = _load(no_skill_dir)
+    check_finite_weights(ns_model, f"no-skill reference {no_skill_dir}")
+    if not _same_tokenizer(tok, ns_tok):
+        raise VerifyInputError(f"no-skill reference {no_skill_dir}: its tokenizer differs from the model's")
+    metric = metric if metric in ("mc", "mc_norm") else "mc"
+    by_domain = {d: domain_probe(ns_model, tok, suite[d], cfg.split, cfg.n_items, cfg.bootstrap_samples, cfg.seed,
+                                 cfg.batch_size, em=False, ppl=False) for d in forget}
+    del ns_model
+    vals = [m[metric]["value"] for m in by_domain.values() if metric in m]
+    return {"forget_mc": sum(vals) / len(vals) if vals else float("nan"), "metric": metric,
+            "model": str(no_skill_dir),
+            "by_domain": {d: {k: m[k] for k in ("mc", "mc_norm") if k in m} for d, m in by_domain.items()}}
 
 
 def random_init_twin_mc(model, tok, suite, forget: Sequence[str], cfg: VerifyConfig, metric: str | None) -> dict:
@@ -332,7 +358,7 @@ def attack_summary(res: dict) -> dict:
 
 
 def verify_summary(model_dir: Path, out_dir: Path, policy_path: str | Path, suite, references: Sequence[str | Path],
-                   cfg: VerifyConfig | None = None) -> dict:
+                   cfg: VerifyConfig | None = None, no_skill_dir: str | Path | None = None) -> dict:
     """Run the battery and reduce it to the summary the quantize stage records; never raises, so a verify
     error cannot lose the model it checks (the error is recorded, and the verdict is then 'error'). Otherwise the
     verdict is run()'s, passed through as it is: 'pass', 'fail' or 'incomplete' (with the gating checks that
@@ -341,7 +367,7 @@ def verify_summary(model_dir: Path, out_dir: Path, policy_path: str | Path, suit
 
     try:
         result = run(model_dir, load_policy(policy_path), suite, out_dir, reference_dirs=list(references), cfg=cfg,
-                     policy_path=policy_path)
+                     policy_path=policy_path, no_skill_dir=no_skill_dir)
     except Exception as exc:  # noqa: BLE001 - recorded in quantize.json and the model card
         return {"status": "error", "verdict": "error", "error": f"{type(exc).__name__}: {exc}"}
     rec = result.record
