@@ -1,8 +1,9 @@
 """The stage graph of a pipeline YAML, for any teacher and any data, run by ``surgical.pipeline.runner.Runner``.
 
-data -> teacher -> map -> curate -> generate -> distill -> verify -> quantize -> verify-quantized
+data -> teacher -> map -> curate -> generate -> distill -> [compare-oracle] -> verify -> quantize -> verify-quantized
 -> compare-<method> (the surgical student and each literature baseline through the same comparison battery)
--> [cross-domain: world only] -> report.
+-> [cross-domain: world only] -> report. The oracle (trained without the forget domains) comes first when it is
+enabled: it is the no-skill level the student's forget MC is calibrated against.
 
 Every stage has one entry shape, ``stage(cfg, inputs, out_dir) -> Result``: it reads the pipeline config, the
 output directories of the stages it depends on (``inputs["data"]`` ...) and writes into ``out_dir``. The stages
