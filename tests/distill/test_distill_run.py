@@ -79,12 +79,9 @@ def test_penalty_changes_the_student_through_the_trainer(files, tmp_path):
     assert gap["surgical"] < 0.5 * gap["filter-only"]
 
 
-def test_resume_from_checkpoint_matches_an_uninterrupted_run(files, tmp_path, monkeypatch):
+def run_killed_at_step_4(monkeypatch, cfg, args, out_dir):
+    """Run distill and kill it (KeyboardInterrupt) once 4 steps are done, as a SIGINT would."""
     from surgical.distill import trainer as trainer_mod
-
-    cfg = DistillConfig(max_steps=6, save_steps=3, **TINY)
-    args = (files / "teacher", files / "gold.jsonl", files / "forbidden.jsonl")
-    full = run(cfg, *args, out_dir=tmp_path / "full", quiet=True)
 
     original = trainer_mod.DistillTrainer.training_step
 
@@ -95,9 +92,16 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(files, tmp_path, mo
 
     monkeypatch.setattr(trainer_mod.DistillTrainer, "training_step", killed)
     with pytest.raises(KeyboardInterrupt):
-        run(cfg, *args, out_dir=tmp_path / "resumed", quiet=True)
-    assert not (tmp_path / "resumed" / "distill.json").exists()
+        run(cfg, *args, out_dir=out_dir, quiet=True)
     monkeypatch.setattr(trainer_mod.DistillTrainer, "training_step", original)
+
+
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(files, tmp_path, monkeypatch):
+    cfg = DistillConfig(max_steps=6, save_steps=3, **TINY)
+    args = (files / "teacher", files / "gold.jsonl", files / "forbidden.jsonl")
+    full = run(cfg, *args, out_dir=tmp_path / "full", quiet=True)
+    run_killed_at_step_4(monkeypatch, cfg, args, tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "distill.json").exists()
     res = run(cfg, *args, out_dir=tmp_path / "resumed", quiet=True, resume=True)
     assert res.record["resumed_from"].endswith("checkpoint-3") and res.record["steps"] == 6
     from surgical.models import load_model
@@ -299,31 +303,16 @@ def test_curates_quarantine_is_valid_forbidden_input(tmp_path):
 def test_resume_refuses_checkpoints_of_another_run_and_auto_starts_fresh(files, tmp_path, monkeypatch):
     """A checkpoint records what made it: --resume onto a changed config refuses with a clear message (it would
     otherwise 'resume' a finished run and record the new config); the pipeline's 'auto' starts over instead."""
-    from surgical.distill import trainer as trainer_mod
-
     cfg = DistillConfig(max_steps=6, save_steps=3, **TINY)
     args = (files / "teacher", files / "gold.jsonl", files / "forbidden.jsonl")
-    original = trainer_mod.DistillTrainer.training_step
-
-    def killed(self, *a, **kw):
-        if self.state.global_step >= 4:
-            raise KeyboardInterrupt("killed mid-run")
-        return original(self, *a, **kw)
-
-    monkeypatch.setattr(trainer_mod.DistillTrainer, "training_step", killed)
-    with pytest.raises(KeyboardInterrupt):
-        run(cfg, *args, out_dir=tmp_path, quiet=True)
-    monkeypatch.setattr(trainer_mod.DistillTrainer, "training_step", original)
+    run_killed_at_step_4(monkeypatch, cfg, args, tmp_path)
     changed = cfg.model_copy(update={"lr": cfg.lr * 2})
     with pytest.raises(ValueError, match="different run"):
         run(changed, *args, out_dir=tmp_path, quiet=True, resume=True)
     res = run(changed, *args, out_dir=tmp_path, quiet=True, resume="auto")
     assert res.record["resumed_from"] is None and res.record["steps"] == 6
     # a setting that does not change the weights (threads) still resumes
-    with pytest.raises(KeyboardInterrupt):
-        monkeypatch.setattr(trainer_mod.DistillTrainer, "training_step", killed)
-        run(cfg, *args, out_dir=tmp_path / "b", quiet=True)
-    monkeypatch.setattr(trainer_mod.DistillTrainer, "training_step", original)
+    run_killed_at_step_4(monkeypatch, cfg, args, tmp_path / "b")
     res = run(cfg.model_copy(update={"threads": 2}), *args, out_dir=tmp_path / "b", quiet=True, resume=True)
     assert res.record["resumed_from"].endswith("checkpoint-3")
 
