@@ -6,7 +6,8 @@ Prints, per method, the headline columns of ``comparison.json`` of both runs and
 cross-domain figures; then re-applies ``surgical.verify.verdict.compute_verdict`` (the verdict rules of this
 checkout) to every stored ``compare-<method>/verify/verify.json`` of AFTER: once with the demo policy's thresholds
 as they are, once with relearning gating as the new default has it. The rules are a pure function of the recorded
-figures, so no model is re-run; what the old records lack (the random-init twin's level) stays not evaluated.
+figures, so no model is re-run; what the old records lack (the random-init twin's level) stays not evaluated. A
+third pass also calibrates the forget MC check on the oracle row's clean forget MC (what the pipeline now does).
 Writes ``benchmarks/results/NAME.json`` (default ``demo_before_after``).
 """
 
@@ -33,7 +34,7 @@ def _diff(a, b):
     return None if a == b else f"{a} -> {b}"
 
 
-def recompute(verify_json: Path, thresholds_update: dict) -> dict:
+def recompute(verify_json: Path, thresholds_update: dict, mc_no_skill: dict | None = None) -> dict:
     from surgical.policy import Thresholds
     from surgical.verify.verdict import compute_verdict
 
@@ -44,7 +45,7 @@ def recompute(verify_json: Path, thresholds_update: dict) -> dict:
     rel = (rec.get("relearning") or {}).get("model")
     v = compute_verdict(rec["attacks"], th, retain=side.get("retain"), reference_retain=ret.get("reference_retain"),
                         relearning=rel, reference_given=bool(rec.get("references")),
-                        mc_statistic=rec.get("verdict_mc_statistic", "ci_low"))
+                        mc_statistic=rec.get("verdict_mc_statistic", "ci_low"), mc_no_skill=mc_no_skill)
     return {"verdict": v["verdict"], "failed": v["failed"], "not_evaluated": v["not_evaluated"],
             "relearning": next((c for c in v["checks"] if c["name"] == "relearning"), None)}
 
@@ -68,16 +69,23 @@ def main() -> int:
         out["cross_domain"] = {"before": json.loads(cd[0].read_text()), "after": json.loads(cd[1].read_text())}
         print("cross-domain", json.dumps(out["cross_domain"]))
     rules = {}
+    oracle_vj = args.after / "compare-oracle" / "verify" / "verify.json"
+    no_skill = ({"forget_mc": json.loads(oracle_vj.read_text())["attacks"]["none"]["forget_mc"], "model": "oracle"}
+                if oracle_vj.exists() else None)
     for m in after:
         vj = args.after / f"compare-{m}" / "verify" / "verify.json"
         if not vj.exists():
             continue
         rules[m] = {"recorded": after[m].get("verdict"), "now_demo_policy": recompute(vj, {}),
-                    "now_relearning_gating": recompute(vj, {"gate_on_relearning": True})}
+                    "now_relearning_gating": recompute(vj, {"gate_on_relearning": True}),
+                    "now_relearning_gating_mc_on_oracle": recompute(vj, {"gate_on_relearning": True}, no_skill)}
         r = rules[m]
         print(f"{m:12s} recorded {r['recorded']:10s} now (demo policy) {r['now_demo_policy']['verdict']:10s} "
               f"now (relearning gating) {r['now_relearning_gating']['verdict']:10s} "
               f"failed {r['now_relearning_gating']['failed']} not evaluated {r['now_relearning_gating']['not_evaluated']}")
+        c = r["now_relearning_gating_mc_on_oracle"]
+        print(f"{'':12s} + forget MC calibrated on the oracle ({no_skill and round(no_skill['forget_mc'], 3)}): "
+              f"{c['verdict']} failed {c['failed']}")
     out["verdicts_under_todays_rules"] = rules
     dest = Path(__file__).parent / "results" / f"{args.name}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
