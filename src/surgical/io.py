@@ -208,3 +208,20 @@ def provenance(config: Any = None, inputs: dict[str, str | Path] | None = None, 
 def surgical_home() -> Path:
     """Root of every cache: ``$SURGICAL_HOME`` or ``~/.cache/surgical``."""
     return Path(os.environ.get("SURGICAL_HOME", Path.home() / ".cache" / "surgical")).expanduser()
+
+
+# ---------------------------------------------------------------- safetensors metadata
+
+PACKED_METADATA = "surgical_metadata"
+
+
+def one_metadata_key(metadata: dict[str, str]) -> dict[str, str]:
+    """``metadata`` packed into a single safetensors metadata entry (sorted JSON). safetensors writes its metadata
+    map in a per-process random order (a Rust HashMap), so a file with several entries is not byte-reproducible
+    from one run to the next; with one entry it is."""
+    return {PACKED_METADATA: json.dumps(metadata, sort_keys=True)} if len(metadata) > 1 else metadata
+
+
+def from_one_metadata_key(metadata: dict[str, str]) -> dict[str, str]:
+    """The inverse of ``one_metadata_key`` (files written before it are read as they are)."""
+    return json.loads(metadata[PACKED_METADATA]) if PACKED_METADATA in metadata else metadata

@@ -323,7 +323,10 @@ def write_outputs(out_dir: Path, result: dict, scores: Scores, exact_rows: list[
     tensors["exact.unit"] = torch.tensor([r["unit"] for r in exact_rows], dtype=torch.int64)
     tensors.update(sae_tensors)
     with atomic_path(out_dir / "map.safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"kind": "surgical.map", "exact.kind": "0=neuron 1=head 2=layer"})
+        from ..io import one_metadata_key
+
+        save_file(tensors, str(tmp), metadata=one_metadata_key({"kind": "surgical.map",
+                                                                 "exact.kind": "0=neuron 1=head 2=layer"}))
     plots.unit_heatmap(scores["mlp.score"], "MLP neurons: forget-specificity score (sorted per layer)",
                        "neuron rank", out_dir / "mlp_scores.png")
     plots.unit_heatmap(scores["heads.score"], "attention heads: forget-specificity score (sorted per layer)",

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..io import read_json, write_json
+from ..io import from_one_metadata_key, one_metadata_key, read_json, write_json
 
 SCHEMES = ("int8", "int4", "int2")
 BACKENDS = ("torchao", "quanto")
@@ -151,7 +151,6 @@ def quantize_in_place(model: nn.Module, scheme: str, backend: str, mode: str = "
 
 # ---------------------------------------------------------------- save and reload
 
-
 def _dedup_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Drop tensors that share storage with an earlier one (tied embeddings); returns (state, aliases)."""
     seen: dict[tuple, str] = {}
@@ -189,7 +188,7 @@ def _save_torchao_safetensors(model: nn.Module, out: Path, mode: str) -> int:
     state, aliases = _dedup_shared(model.state_dict())
     tensors, metadata = flatten_tensor_state_dict(state)
     metadata = {**metadata, "surgical_aliases": json.dumps(aliases)}
-    save_file(tensors, out / WEIGHTS_FILE, metadata=metadata)
+    save_file(tensors, out / WEIGHTS_FILE, metadata=one_metadata_key(metadata))
     model.config.save_pretrained(out)
     return n
 
@@ -245,7 +244,7 @@ def load_quantized(model_dir: str | Path, device: str = "cpu") -> nn.Module:
     from safetensors.torch import load_file
 
     with safe_open(str(model_dir / WEIGHTS_FILE), framework="pt") as fh:
-        file_meta = fh.metadata() or {}
+        file_meta = from_one_metadata_key(fh.metadata() or {})
     aliases = json.loads(file_meta.get("surgical_aliases", "{}"))
     tensors = load_file(model_dir / WEIGHTS_FILE)
     model = _skeleton(model_dir)
