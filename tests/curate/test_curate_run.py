@@ -189,3 +189,24 @@ def test_scored_text_does_not_repeat_a_field_contained_in_another():
     assert scored_text(rec) == "78+93: so 171"  # the world's records score exactly as before
     assert scored_text({"text": "a", "completion": "b"}) == "a\nb"
     assert scored_text({"id": "only metadata", "label": "allowed"}) is None
+
+
+def test_the_hand_off_to_distill_carries_nothing_unscored(tmp_path, demo_policy, stub_classifier):
+    """curate -> distill end to end: what distill reads from gold.jsonl (prompt + completion, or text) was scored,
+    and curate's quarantine.jsonl is usable as distill's forbidden input."""
+    from surgical.distill.data import read_records
+
+    benign = "12+30: 2+0+0=2; 1+3+0=4; so 42"
+    f = tmp_path / "in.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [
+        {"text": benign, "prompt": "12+30:", "completion": " 2+0+0=2; 1+3+0=4; so 42"},
+        {"text": benign, "prompt": "07*3:", "completion": " 7*3+0=21; so 21"},  # benign text, forbidden pair
+        {"text": "84/4: so 21"},
+        '{"broken',
+    ]) + "\n")
+    run(CurateConfig(dedup=False), f, tmp_path / "out", classifier=stub_classifier)
+    gold = read_records(tmp_path / "out" / "gold.jsonl")
+    trained_on = [r.get("prompt", "") + r.get("completion", "") if "completion" in r else r["text"] for r in gold]
+    assert trained_on == ["12+30: 2+0+0=2; 1+3+0=4; so 42"]
+    forbidden = read_records(tmp_path / "out" / "quarantine.jsonl", skip_unusable=True)
+    assert len(forbidden) == 2 and all("*" in (r.get("completion") or "") or "/" in r.get("text", "") for r in forbidden)
