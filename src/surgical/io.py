@@ -156,12 +156,28 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+_HASH_MEMO: dict[tuple, str] = {}
+
+
 def sha256_file(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes."""
+    """Hex SHA-256 of a file's bytes, memoised within the process by (resolved path, size, mtime, ctime, inode):
+    the runner hashes every input and output of every stage for its cache keys, and re-reading a large model's
+    weights for each key would dominate a run. A file rewritten in place changes its mtime (and usually its
+    size), which invalidates the memo."""
+    p = Path(path)
+    st = p.stat()
+    # a file modified in the last 2 s is never memoised: file-system timestamps tick coarsely (milliseconds), so
+    # two writes of the same size inside one tick would look alike
+    fresh = time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) < 2_000_000_000
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+    if not fresh and key in _HASH_MEMO:
+        return _HASH_MEMO[key]
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with open(p, "rb") as fh:
         while chunk := fh.read(chunk_bytes):
             h.update(chunk)
+    if not fresh:
+        _HASH_MEMO[key] = h.hexdigest()
     return h.hexdigest()
 
 
