@@ -74,7 +74,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(tmp_path):
     clean = _surgical(config, tmp_path / "clean")
     _, err = clean.communicate(timeout=1200)
     total = time.perf_counter() - t0
-    assert clean.returncode in (0, 2), err.decode()[-2000:]  # a finished run, whatever its verdict
+    assert clean.returncode == 0, err.decode()[-2000:]  # the never-saw-them teacher passes (as in test_pipeline_any_model)
 
     rng = random.Random(0)
     chaos = tmp_path / "chaos"
