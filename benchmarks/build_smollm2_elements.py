@@ -900,6 +900,8 @@ map:
   batch_size: 16
   max_length: 64
   exact_top_n: 2
+  exact_heads_top_n: 2           # of 9 per layer; every layer is patched whole as well
+  exact_zero_ablation: false     # mean-ablation only: the spine is chosen from it
   # the student keeps the 26 of 30 layers whose ablation hurts the retain domains most (the map's spine);
   # half depth (15 layers) is at chance everywhere on this model (see the README)
   spine_fraction: 0.85

@@ -36,7 +36,15 @@ class MapConfig(Section):
 
     # ---- exact activation patching
     exact_top_n: int = Field(6, ge=0, description="Top units per layer (by |attribution|) patched for real, "
-                             "for the MLP neurons; every head and every layer is patched as well.")
+                             "for the MLP neurons; the heads (see exact_heads_top_n) and every layer are patched "
+                             "as well.")
+    exact_heads_top_n: int | None = Field(None, ge=0, description="Top heads per layer (by |attribution|) patched "
+                                          "for real; None = every head.")
+    exact_zero_ablation: bool = Field(True, description="Also patch each target with zero-ablation (doubles the "
+                                      "cost; its correlations are reported beside the mean-ablation ones).")
+    exact_prefix_cache_mb: float = Field(1024, ge=0, description="Memory for the clean decoder-layer outputs "
+                                         "replayed before each patch (a patch at layer L then runs layers L..N-1 "
+                                         "only); when the outputs need more, or 0, every patch runs the whole model.")
 
     # ---- layer summary
     recommended_layers: int = Field(2, ge=1, description="How many layers to recommend for a "

@@ -1,33 +1,99 @@
 """Exact activation patching: ablate a unit for real and measure the forget and retain loss.
 
-For the top-N MLP neurons per layer (by |estimated forget effect|), every attention head and every whole
-layer (all its MLP neurons and heads at once), two real ablations: mean-ablation (the unit set to its mean
-activation on retain data, the patch the attribution estimates) and zero-ablation. The Spearman correlation
-between the attribution estimate and the exact effect says how far the linear estimate can be trusted.
+For the top-N MLP neurons per layer (by |estimated forget effect|), the top heads per layer (every head by
+default) and every whole layer (all its MLP neurons and heads at once), real ablations: mean-ablation (the
+unit set to its mean activation on retain data, the patch the attribution estimates) and, unless turned off,
+zero-ablation. The Spearman correlation between the attribution estimate and the exact effect says how far
+the linear estimate can be trusted.
+
+An ablation at layer L cannot change what layers 0..L-1 compute, so ``PrefixReplay`` records every decoder
+layer's clean output once per batch and replays it for the layers before the edit: a patch at layer L costs
+the forward of layers L..N-1 (plus embeddings and head), on average about half a full forward. The replay
+returns the very object the layer returned, so it works for any architecture whose decoder layers are
+called in sequence (Llama, Qwen, Gemma, GPT-2, GPT-NeoX); ``tests/map/test_prefix_replay.py`` checks that
+the losses are unchanged. No library does this for HF models (nnsight and TransformerLens re-run the
+prefix), hence the hand-written code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 
-from ..models import head_dim
+from ..models import decoder_layers, head_dim
 from .attribution import Scores
 from .hooks import edit, head_columns, set_columns
 from .stats import spearman, token_damage_sum
 
 
+class PrefixReplay:
+    """Each decoder layer's clean output on each batch, replayed for the layers before an edit.
+
+    Built once per batch list (one clean forward per batch); ``nbytes`` is what it holds. ``None`` entries
+    in ``replay`` mean "compute as usual"."""
+
+    def __init__(self, model, batches: list[dict]):
+        self.model = model
+        self.layers = decoder_layers(model)
+        self.outputs: list[list] = []
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            for batch in batches:
+                store: list = [None] * len(self.layers)
+                handles = [layer.register_forward_hook(lambda _m, _a, out, i=i: store.__setitem__(i, out))
+                           for i, layer in enumerate(self.layers)]
+                try:
+                    b = {k: v.to(device) for k, v in batch.items()}
+                    self.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
+                finally:
+                    for h in handles:
+                        h.remove()
+                self.outputs.append(store)
+
+    @property
+    def nbytes(self) -> int:
+        def size(x) -> int:
+            if isinstance(x, torch.Tensor):
+                return x.numel() * x.element_size()
+            if isinstance(x, (tuple, list)):
+                return sum(size(y) for y in x)
+            return 0
+        return sum(size(o) for store in self.outputs for o in store)
+
+    @contextlib.contextmanager
+    def replay(self, batch_index: int, first_edited_layer: int) -> Iterator[None]:
+        """Inside the block, layers ``0..first_edited_layer-1`` return their recorded clean output on batch
+        ``batch_index`` instead of computing it."""
+        patched = []
+        try:
+            for i in range(first_edited_layer):
+                layer = self.layers[i]
+                out = self.outputs[batch_index][i]
+                layer.forward = lambda *_a, _out=out, **_k: _out
+                patched.append(layer)
+            yield
+        finally:
+            for layer in patched:
+                del layer.forward  # back to the class's forward
+
+
 @torch.no_grad()
-def mean_loss(model, batches: list[dict], edits: dict | None = None, metric: str = "loss") -> float:
+def mean_loss(model, batches: list[dict], edits: dict | None = None, metric: str = "loss",
+              prefix: PrefixReplay | None = None) -> float:
     """Cross-entropy (or another ``stats.token_damage_sum`` metric) per scored token over ``batches`` with
-    ``edits`` applied (nats)."""
+    ``edits`` applied (nats). With ``prefix`` (recorded on the same ``batches``), the layers before the first
+    edited one are replayed, not recomputed."""
     device = next(model.parameters()).device
+    first = min((layer for _site, layer in (edits or {})), default=0)
     total, n = 0.0, 0
     with edit(model, edits or {}):
-        for batch in batches:
+        for i, batch in enumerate(batches):
             b = {k: v.to(device) for k, v in batch.items()}
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            ctx = prefix.replay(i, first) if prefix is not None else contextlib.nullcontext()
+            with ctx:
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
             loss, count = token_damage_sum(logits, b["labels"], metric)
             total, n = total + float(loss), n + count
     return total / max(n, 1)
@@ -45,16 +111,18 @@ def ablation_edits(scores: Scores, units: dict[tuple[str, int], torch.Tensor], k
     return edits
 
 
-def patch_targets(scores: Scores, top_n: int) -> list[dict]:
-    """The units patched for real: top-N neurons per layer by |forget estimate|, every head, every layer."""
+def patch_targets(scores: Scores, top_n: int, heads_top_n: int | None = None) -> list[dict]:
+    """The units patched for real: top-N neurons per layer by |forget estimate|, the top ``heads_top_n`` heads
+    per layer by |forget estimate| (every head when None), every layer."""
     targets = []
     attr = scores["mlp.attr_forget"]
     for layer in range(attr.shape[0]):
         for u in attr[layer].abs().argsort(descending=True)[:top_n].tolist():
             targets.append({"kind": "neuron", "layer": layer, "unit": u, "units": {("mlp", layer): [u]}})
     heads = scores["heads.attr_forget"]
+    n_heads = heads.shape[1] if heads_top_n is None else min(heads_top_n, heads.shape[1])
     for layer in range(heads.shape[0]):
-        for h in range(heads.shape[1]):
+        for h in sorted(heads[layer].abs().argsort(descending=True)[:n_heads].tolist()):
             targets.append({"kind": "head", "layer": layer, "unit": h, "units": {("heads", layer): [h]}})
         targets.append({"kind": "layer", "layer": layer, "unit": -1, "units": {
             ("mlp", layer): list(range(attr.shape[1])), ("heads", layer): list(range(heads.shape[1]))}})
@@ -69,19 +137,33 @@ def _estimate(scores: Scores, target: dict, which: str, suffix: str) -> float:
 
 
 def exact_patching(model, scores: Scores, batches: dict[str, list[dict]], top_n: int,
-                   progress: Callable[[], None] | None = None, metric: str = "loss") -> dict:
-    """Exact effects of the patch targets and the estimate-vs-exact rank correlations."""
+                   progress: Callable[[], None] | None = None, metric: str = "loss",
+                   heads_top_n: int | None = None, zero_ablation: bool = True,
+                   prefix_cache_mb: float = 1024) -> dict:
+    """Exact effects of the patch targets and the estimate-vs-exact rank correlations.
+
+    The clean layer outputs are replayed for the layers before each edit (``PrefixReplay``) when they fit in
+    ``prefix_cache_mb``; otherwise every patch runs the whole model. Without ``zero_ablation`` the zero-ablation
+    columns are NaN and their correlations None."""
     device = next(model.parameters()).device
     hd = head_dim(model)
+    prefix: dict[str, PrefixReplay | None] = {}
+    for which in ("forget", "retain"):
+        replay = PrefixReplay(model, batches[which]) if prefix_cache_mb > 0 else None
+        prefix[which] = replay if replay is not None and replay.nbytes <= prefix_cache_mb * 2 ** 20 else None
+    kinds = (("mean", ""), ("zero", "_zero")) if zero_ablation else (("mean", ""),)
     rows = []
-    for target in patch_targets(scores, top_n):
+    for target in patch_targets(scores, top_n, heads_top_n):
         row = {k: target[k] for k in ("kind", "layer", "unit")}
-        for kind, suffix in (("mean", ""), ("zero", "_zero")):
+        for kind, suffix in kinds:
             edits = ablation_edits(scores, target["units"], kind, hd, device)
             for which in ("forget", "retain"):
                 row[f"est_{which}{suffix}"] = _estimate(scores, target, which, suffix)
-                row[f"exact_{which}{suffix}"] = mean_loss(model, batches[which], edits, metric) - \
-                    scores.clean_loss[which]
+                row[f"exact_{which}{suffix}"] = mean_loss(model, batches[which], edits, metric,
+                                                          prefix[which]) - scores.clean_loss[which]
+        if not zero_ablation:
+            for which in ("forget", "retain"):
+                row[f"est_{which}_zero"] = row[f"exact_{which}_zero"] = float("nan")
         rows.append(row)
         if progress:
             progress()
@@ -99,7 +181,8 @@ def exact_patching(model, scores: Scores, batches: dict[str, list[dict]], top_n:
         "heads_retain": rho(("head",), "retain"),
         "layers_forget": rho(("layer",), "forget"),
         "layers_retain": rho(("layer",), "retain"),
-        "units_forget_zero_ablation": rho(("neuron", "head"), "forget", "_zero"),
-        "units_retain_zero_ablation": rho(("neuron", "head"), "retain", "_zero"),
+        "units_forget_zero_ablation": rho(("neuron", "head"), "forget", "_zero") if zero_ablation else None,
+        "units_retain_zero_ablation": rho(("neuron", "head"), "retain", "_zero") if zero_ablation else None,
     }
-    return {"rows": rows, "spearman": correlations}
+    return {"rows": rows, "spearman": correlations,
+            "prefix_replay": {w: p is not None for w, p in prefix.items()}}

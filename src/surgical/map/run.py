@@ -220,9 +220,12 @@ def run(cfg: MapConfig, model, tokenizer, forget: list[Example], retain: list[Ex
 
         t0 = time.perf_counter()
         n_layers = len(decoder_layers(model))
-        n_targets = n_layers * (min(cfg.exact_top_n, scores["mlp.score"].shape[1]) + scores["heads.score"].shape[1] + 1)
+        n_heads = scores["heads.score"].shape[1]
+        n_targets = n_layers * (min(cfg.exact_top_n, scores["mlp.score"].shape[1]) + 1 +
+                                (n_heads if cfg.exact_heads_top_n is None else min(cfg.exact_heads_top_n, n_heads)))
         exact = exact_patching(model, scores, data, cfg.exact_top_n, bar.phase("exact patching", n_targets),
-                               metric=cfg.metric)
+                               metric=cfg.metric, heads_top_n=cfg.exact_heads_top_n,
+                               zero_ablation=cfg.exact_zero_ablation, prefix_cache_mb=cfg.exact_prefix_cache_mb)
         timings["exact_patching_s"] = time.perf_counter() - t0
 
         summary = layer_summary(scores, exact["rows"], cfg.recommended_layers, cfg.spine_fraction)
@@ -271,7 +274,8 @@ def run(cfg: MapConfig, model, tokenizer, forget: list[Example], retain: list[Ex
         "layer_summary": summary["layers"],
         "attribution_vs_exact_spearman": exact["spearman"]["units_forget"],
         "attribution_vs_exact": {"spearman": exact["spearman"], "n_patched": len(exact["rows"]),
-                                 "top_n_per_layer": cfg.exact_top_n},
+                                 "top_n_per_layer": cfg.exact_top_n, "heads_top_n_per_layer": cfg.exact_heads_top_n,
+                                 "zero_ablation": cfg.exact_zero_ablation, "prefix_replay": exact["prefix_replay"]},
         "validation": validation,
         "sae": sae_blocks,
         "timings_s": timings,
