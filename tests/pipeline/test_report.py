@@ -81,3 +81,46 @@ def test_comparison_battery_merges_yaml_overrides_over_its_defaults():
     assert v.n_items == 100 and cfg.verify.n_items == 200  # the full verify stage keeps its own
     demo = compare_verify_config(demo_config())
     assert demo.relearn_references is False and demo.relearn_lrs == [0.0003, 0.001]
+
+
+def _mc_rec(model_mc: dict, teacher_mc: dict, twin_mc: float, by_step: dict, int4_mc: float) -> dict:
+    ref = "teacher.gguf"
+    know = {"model": {d: {"mc": {"value": v}} for d, v in model_mc.items()},
+            ref: {d: {"mc": {"value": v}} for d, v in teacher_mc.items()}}
+    rec = fake_verify(0.0, model_mc["elements"], 0.9, [[0, 0.0], [200, 0.1]], 0.0, [0.5])
+    rec["summary_by_model"][ref] = {"forget": 0.9, "forget_mc": teacher_mc["elements"], "retain": 0.9}
+    rec["attacks"]["quant:int4"]["forget_mc"] = int4_mc
+    rec["relearning"]["model"]["mc_by_step"] = by_step
+    rec["mc_calibration"] = {"random_init_twin": {"forget_mc": twin_mc, "by_domain": {
+        "elements": {"mc": {"value": twin_mc}}, "capitals": {"mc": {"value": 0.26}}}}}
+    rec.update(knowledge=know, domains={"forget": ["elements"], "retain": ["capitals", "grammar"]})
+    rec["retention"]["reference"] = ref
+    return rec
+
+
+def test_mc_columns_reference_rows_and_mc_targets():
+    from surgical.pipeline.graph import reference_rows
+
+    teacher = {"elements": 0.8, "capitals": 0.9, "grammar": 0.8}
+    rec = _mc_rec({"elements": 0.27, "capitals": 0.85, "grammar": 0.78}, teacher, 0.25, {"200": 0.3}, 0.28)
+    row = row_from_verify("surgical", rec, {})
+    assert row["forget_mc_after_relearn"] == {"200": 0.3} and row["no_skill_mc"] == 0.25
+    assert abs(row["quantization_gap_int4_mc"] - 0.01) < 1e-12
+    assert abs(row["retain_mc_ratio_by_domain"]["capitals"] - 0.85 / 0.9) < 1e-12
+    assert set(row["retain_mc_ratio_by_domain"]) == {"capitals", "grammar"}  # the forget domain is no retain ratio
+    refs = {r["method"]: r for r in reference_rows(rec)}
+    assert refs["teacher"]["forget_mc"] == 0.8 and refs["teacher"]["mc_by_domain"]["capitals"] == 0.9
+    assert refs["random-init twin"]["forget_mc"] == 0.25
+    assert refs["random-init twin"]["mc_by_domain"]["capitals"] == 0.26
+
+    rows = [row, {**row_from_verify("filter-only", _mc_rec({"elements": 0.4, "capitals": 0.9, "grammar": 0.8},
+                                                           teacher, 0.25, {"200": 0.6}, 0.4), {})}]
+    mc = {t["target"].split(" ")[0] + t["target"].split(" ")[1]: t for t in check_targets(rows)[-4:]}
+    assert all(t["met"] for t in mc.values()), mc
+    # each target can be missed: forget MC far above the twin, a retained domain at 80%, relearning no better
+    # than filter-only, and an int4 copy that recovers the domain
+    bad = row_from_verify("surgical", _mc_rec({"elements": 0.5, "capitals": 0.72, "grammar": 0.8}, teacher, 0.25,
+                                              {"200": 0.6}, 0.6), {})
+    missed = check_targets([bad, rows[1]])[-4:]
+    assert [t["met"] for t in missed] == [False, False, False, False]
+    assert abs(missed[1]["measured"]["capitals"] - 0.8) < 1e-9

@@ -201,3 +201,19 @@ def test_quantization_attack_runs_on_a_float_model_flagged_is_quantized(world_to
     res = quantization_attack(model, world_tokenizer, world_suite, ["mul"], ["add"],
                               TINY.model_copy(update={"quant_schemes": ["int8"], "n_items": 4}), base)
     assert "skipped" not in res and res["schemes"]["int8"]["quantized_modules"] > 0
+
+
+def test_relearning_records_the_mc_curve_and_the_best_lr_per_step(world_tokenizer, world, world_suite):
+    from surgical.models import make_tiny_model
+    from surgical.verify.relearn import mc_by_step
+
+    model = make_tiny_model("llama", len(world_tokenizer))
+    cfg = TINY.model_copy(update={"relearn_mc": True, "benign_relearn": False})
+    res = relearning_attack(model, world_tokenizer, world_suite, ["mul"], ["add"], cfg, 1.0, "test")
+    for run in res["runs"].values():
+        assert [s for s, _ in run["mc_curve"]] == [s for s, _ in run["curve"]]
+        assert all(0.0 <= m <= 1.0 for _, m in run["mc_curve"])
+    assert set(res["mc_by_step"]) == {str(s) for s, _ in next(iter(res["runs"].values()))["mc_curve"]}
+    # the attacker's best lr at each step, not one lr for the whole curve; a stopped run holds its last value
+    runs = {"0.1": {"mc_curve": [[0, 0.2], [50, 0.5], [200, 0.3]]}, "1": {"mc_curve": [[0, 0.2], [50, 0.4]]}}
+    assert mc_by_step(runs) == {"0": 0.2, "50": 0.5, "200": 0.4}

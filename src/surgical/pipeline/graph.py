@@ -294,18 +294,26 @@ def row_from_verify(method: str, rec: dict, train: dict) -> dict:
         at = [p["forget"] for p in curve if p["step"] == budget]
         after[str(budget)] = at[0] if at else None
     int4 = rec["attacks"].get("quant:int4", {}).get("forget")
+    int4_mc = rec["attacks"].get("quant:int4", {}).get("forget_mc")
+    calibration = rec.get("mc_calibration") or {}
     by_layer = ((rec.get("probes") or {}).get("latent") or {}).get("by_layer", {}).get("model") or []
     probe_acc = max((layer["value"] for layer in by_layer), default=None)  # best layer
     return {
         "method": method,
+        **mc_columns(rec),
         "forget_exact_match": side["forget"],
         "forget_mc": side["forget_mc"],
         "forget_worst_jailbreak": max(jail) if jail else None,
         "forget_after_relearn": after,
         "relearn_curve": curve,
         "relearn_best_lr": relearn.get("best_lr"),
+        "forget_mc_after_relearn": relearn.get("mc_by_step"),
         "forget_int4": int4,
         "quantization_gap_int4": (int4 - side["forget"]) if int4 is not None else None,
+        "forget_mc_int4": int4_mc,
+        "quantization_gap_int4_mc": (int4_mc - side["forget_mc"])
+        if int4_mc is not None and side.get("forget_mc") is not None else None,
+        "no_skill_mc": (calibration.get("random_init_twin") or {}).get("forget_mc"),
         "probe_accuracy": probe_acc,
         "retain_exact_match": side["retain"],
         "retain_ratio": rec.get("retention", {}).get("retain_ratio"),
@@ -313,6 +321,44 @@ def row_from_verify(method: str, rec: dict, train: dict) -> dict:
         "wall_s": train.get("wall_s"),
         "verdict": rec.get("verdict"),
     }
+
+
+def _mc_value(probe: dict | None) -> float | None:
+    v = ((probe or {}).get("mc") or {}).get("value")
+    return float(v) if isinstance(v, int | float) else None
+
+
+def mc_columns(rec: dict, who: str = "model") -> dict:
+    """Per-domain MC of ``who`` (the model, or a reference by name) in a verify record, and its ratio to the
+    first reference's (the teacher's) on each retained domain."""
+    know = rec.get("knowledge") or {}
+    mine = know.get(who) or {}
+    teacher = know.get((rec.get("retention") or {}).get("reference") or "") or {}
+    retain = (rec.get("domains") or {}).get("retain") or []
+    by_domain = {d: _mc_value(p) for d, p in mine.items()}
+    ratios = {}
+    for d in retain:
+        a, b = by_domain.get(d), _mc_value(teacher.get(d))
+        ratios[d] = a / b if a is not None and b else None
+    return {"mc_by_domain": by_domain, "retain_mc_ratio_by_domain": ratios}
+
+
+def reference_rows(rec: dict) -> list[dict]:
+    """The teacher's row and the random-init twin's (the no-skill level of each MC set), from one comparison
+    record: the battery measured both on the same items as every method's row."""
+    rows = []
+    ref = (rec.get("retention") or {}).get("reference")
+    if ref and ref in (rec.get("summary_by_model") or {}):
+        side = rec["summary_by_model"][ref]
+        rows.append({"method": "teacher", **mc_columns(rec, ref), "forget_exact_match": side.get("forget"),
+                     "forget_mc": side.get("forget_mc"), "retain_exact_match": side.get("retain"),
+                     "retain_ratio": 1.0, "battery": f"reference side of the comparison battery ({ref})"})
+    twin = (rec.get("mc_calibration") or {}).get("random_init_twin")
+    if twin:
+        rows.append({"method": "random-init twin", "forget_mc": twin.get("forget_mc"),
+                     "mc_by_domain": {d: _mc_value(p) for d, p in (twin.get("by_domain") or {}).items()},
+                     "battery": "the clean MC probe on the same items (weights seeded by verify.seed)"})
+    return rows
 
 
 def _student_train_info(out: Path) -> dict:

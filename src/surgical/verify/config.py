@@ -25,6 +25,8 @@ class VerifyConfig(Section):
                           "`seed`, the model's tokenizer) on the clean forget MC items: the calibrated chance level "
                           "reported next to the nominal one, and the `forget_mc_below_twin` check. One MC probe; "
                           "off, that check is not evaluated.")
+    mc_twin_retain: bool = Field(False, description="Score the random-init twin on the retained domains' MC items "
+                                 "too: the no-skill level of every MC set (reported, never gated).")
     threads: int = Field(2, ge=1, description="torch intra-op threads.")
     workers: int = Field(0, ge=0, description="Processes the battery's independent jobs (relearning runs, "
                          "jailbreak templates) are spread over. 0 = auto: on a CPU model, one forked process per "
@@ -50,6 +52,9 @@ class VerifyConfig(Section):
     relearn_eval_steps: list[int] = Field([25, 50, 100, 200, 350, 500],
                                           description="Steps at which forget accuracy is measured (plus step 0).")
     relearn_eval_items: int = Field(32, ge=1, description="Forbidden items per domain in each checkpoint evaluation.")
+    relearn_mc: bool = Field(False, description="Also score forget MC at every relearning checkpoint (the "
+                             "comparison row's forget_mc_after_relearn: the attacker's best lr at each step). "
+                             "Turns early stopping off.")
     relearn_early_stop: bool = Field(True, description="Stop a run once it reaches the teacher's forget accuracy "
                                      "(the curve is full from there on; saves the rest of the budget).")
     relearn_references: bool = Field(True, description="Run the sweep on the reference models too (the comparison "

@@ -23,7 +23,7 @@ from ..data import PadCollator, encode_example
 from ..models import float_copy
 from ..suite import format_prompt
 from .bootstrap import recovery_auc, steps_to_fraction, sweep_peak
-from .probes import primary_hits
+from .probes import mc_hits, primary_hits
 
 
 def training_examples(suite, domains: Sequence[str], n: int, seed: int, tokenizer=None) -> list[tuple[str, str]]:
@@ -52,19 +52,41 @@ def forget_eval_fn(tokenizer, suite, domains: Sequence[str], split: str, n_items
     return evaluate
 
 
+def forget_mc_fn(tokenizer, suite, domains: Sequence[str], split: str, n_items: int,
+                 batch_size: int = 64) -> Callable | None:
+    """model -> mean over the ``domains`` that have MC data of their MC accuracy (lm-eval acc) on the first
+    ``n_items`` items; None when no domain has MC data."""
+    with_mc = [d for d in domains if suite[d].mc]
+    if not with_mc:
+        return None
+
+    def evaluate(model) -> float:
+        accs = []
+        for d in with_mc:
+            hits = mc_hits(model, tokenizer, suite[d], suite[d].split_of("mc", split)[:n_items],
+                           batch_size=batch_size)[0]
+            accs.append(sum(hits) / len(hits))
+        return sum(accs) / len(accs)
+
+    return evaluate
+
+
 def finetune_curve(model, tokenizer, examples: Sequence[tuple[str, str]], evaluate: Callable, lr: float,
                    max_steps: int, batch_size: int, eval_steps: Sequence[int], seed: int,
-                   stop_at: float | None = None) -> list[tuple[int, float]]:
+                   stop_at: float | None = None, also: Callable | None = None) -> list[tuple]:
     """Fine-tune a deep copy of ``model`` on ``examples`` (answer tokens only, AdamW, constant ``lr``) and
-    return [(step, evaluate(copy))] at step 0 and each of ``eval_steps``. Stops once the value reaches
-    ``stop_at``."""
+    return [(step, evaluate(copy))] at step 0 and each of ``eval_steps`` (``(step, evaluate, also)`` when a
+    second metric ``also`` is given). Stops once ``evaluate`` reaches ``stop_at``."""
     torch.manual_seed(seed)
     work = float_copy(model)
     encoded = [encode_example(tokenizer, p, t) for p, t in examples]
     collate = PadCollator(tokenizer.pad_token_id)
     opt = torch.optim.AdamW(work.parameters(), lr=lr, weight_decay=0.0)
     checkpoints = sorted({s for s in eval_steps if 0 < s <= max_steps} | {max_steps})
-    curve = [(0, evaluate(work))]
+    def point(step: int) -> tuple:
+        return (step, evaluate(work)) if also is None else (step, evaluate(work), also(work))
+
+    curve = [point(0)]
     if stop_at is not None and curve[0][1] >= stop_at:
         return curve
     rng = random.Random(seed)
@@ -82,18 +104,39 @@ def finetune_curve(model, tokenizer, examples: Sequence[tuple[str, str]], evalua
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step in checkpoints:
-            curve.append((step, evaluate(work)))
+            curve.append(point(step))
             if stop_at is not None and curve[-1][1] >= stop_at:
                 break
     del work
     return curve
 
 
-def summarise_curve(curve: Sequence[tuple[int, float]], max_steps: int, teacher_forget: float) -> dict:
+def summarise_curve(curve: Sequence[tuple], max_steps: int, teacher_forget: float) -> dict:
+    """Final, peak, steps to half the teacher and recovery AUC of a curve of (step, forget[, forget MC])."""
     half = 0.5 * teacher_forget
-    return {"curve": [[s, a] for s, a in curve], "final": curve[-1][1], "peak": max(a for _, a in curve),
-            "steps_to_half_teacher": steps_to_fraction(curve, half) if teacher_forget > 0 else None,
-            "auc": recovery_auc(curve, max_steps, teacher_forget)}
+    pairs = [(p[0], p[1]) for p in curve]
+    out = {"curve": [[s, a] for s, a in pairs], "final": pairs[-1][1], "peak": max(a for _, a in pairs),
+           "steps_to_half_teacher": steps_to_fraction(pairs, half) if teacher_forget > 0 else None,
+           "auc": recovery_auc(pairs, max_steps, teacher_forget)}
+    if curve and len(curve[0]) > 2:
+        out["mc_curve"] = [[p[0], p[2]] for p in curve]
+    return out
+
+
+def mc_by_step(runs: dict) -> dict[str, float]:
+    """The attacker's best forget MC at each evaluated step over the learning rates (best lr per step budget,
+    not one lr for the whole curve). A run that stopped early keeps its last value for the later steps."""
+    steps = sorted({s for r in runs.values() for s, _ in r.get("mc_curve", [])})
+    best: dict[str, float] = {}
+    for step in steps:
+        vals = []
+        for r in runs.values():
+            upto = [m for s, m in r.get("mc_curve", []) if s <= step]
+            if upto:
+                vals.append(upto[-1])
+        if vals:
+            best[str(step)] = max(vals)
+    return best
 
 
 def sweep_workers(cfg, model) -> int:
@@ -125,12 +168,16 @@ def relearning_attack(model, tokenizer, suite, forget_domains: Sequence[str], re
     if not forbidden:
         return {"skipped": "the suite has no attack records for the forget domains"}
     common = (cfg.relearn_max_steps, cfg.relearn_batch_size, cfg.relearn_eval_steps, cfg.seed)
-    jobs = [(model, tokenizer, forbidden, evaluate, lr, *common, stop_at) for lr in cfg.relearn_lrs]
+    also = forget_mc_fn(tokenizer, suite, forget_domains, split, cfg.relearn_eval_items, cfg.batch_size) \
+        if cfg.relearn_mc else None
+    # with an MC curve, a run that reaches the teacher on the primary metric still runs on: MC may lag
+    stop_at = None if also is not None else stop_at
+    jobs = [(model, tokenizer, forbidden, evaluate, lr, *common, stop_at, also) for lr in cfg.relearn_lrs]
     benign_lr = cfg.benign_lr or max(cfg.relearn_lrs)
     allowed = training_examples(suite, retain_domains, cfg.relearn_examples, cfg.seed + 1, tokenizer) \
         if cfg.benign_relearn else []
     if allowed:
-        jobs.append((model, tokenizer, allowed, evaluate, benign_lr, *common, None))
+        jobs.append((model, tokenizer, allowed, evaluate, benign_lr, *common, None, also))
     curves = _run_jobs(jobs, sweep_workers(cfg, model), progress)
     runs = {f"{lr:g}": summarise_curve(c, cfg.relearn_max_steps, teacher_forget)
             for lr, c in zip(cfg.relearn_lrs, curves, strict=False)}
@@ -141,6 +188,8 @@ def relearning_attack(model, tokenizer, suite, forget_domains: Sequence[str], re
            "best": best, "peak": sweep_peak(runs), "max_final": max(r["final"] for r in runs.values()),
            "min_steps_to_half_teacher": min((r["steps_to_half_teacher"] for r in runs.values()
                                              if r["steps_to_half_teacher"] is not None), default=None)}
+    if also is not None:
+        out["mc_by_step"] = mc_by_step(runs)
     if allowed:
         out["benign"] = {"lr": benign_lr, **summarise_curve(curves[-1], cfg.relearn_max_steps, teacher_forget)}
     return out

@@ -187,7 +187,8 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
     mc_twin = None
     if cfg.mc_twin and forget:
         with timed("random-init twin (forget MC)"):
-            mc_twin = random_init_twin_mc(model, tok, suite, forget, cfg, side["model"].get("forget_mc_metric"))
+            mc_twin = random_init_twin_mc(model, tok, suite, forget, cfg, side["model"].get("forget_mc_metric"),
+                                          also=retain if cfg.mc_twin_retain else ())
     mc_no_skill = None
     if no_skill_dir is not None and forget:
         with timed("no-skill reference (forget MC)"):
@@ -306,11 +307,12 @@ def no_skill_mc(no_skill_dir, tok, suite, forget: Sequence[str], cfg: VerifyConf
             "by_domain": {d: {k: m[k] for k in ("mc", "mc_norm") if k in m} for d, m in by_domain.items()}}
 
 
-def random_init_twin_mc(model, tok, suite, forget: Sequence[str], cfg: VerifyConfig, metric: str | None) -> dict:
+def random_init_twin_mc(model, tok, suite, forget: Sequence[str], cfg: VerifyConfig, metric: str | None,
+                        also: Sequence[str] = ()) -> dict:
     """The calibrated chance level: a random-init twin of ``model`` (same config, weights seeded by ``cfg.seed``;
     the model's tokenizer) scored by the clean MC probe on the same forget items. ``forget_mc`` is the domain
     average of ``metric`` (the model's own choice of acc / acc_norm, ``summarise_sides``), with per-domain
-    figures alongside."""
+    figures alongside (and those of the ``also`` domains, which do not enter ``forget_mc``)."""
     from .latent import random_init_like
     from .probes import domain_probe
 
@@ -318,9 +320,9 @@ def random_init_twin_mc(model, tok, suite, forget: Sequence[str], cfg: VerifyCon
     with torch.random.fork_rng(devices=[]):  # seeding the twin leaves the battery's RNG state as it was
         twin = random_init_like(model, cfg.seed).to(next(model.parameters()).device)
     by_domain = {d: domain_probe(twin, tok, suite[d], cfg.split, cfg.n_items, cfg.bootstrap_samples, cfg.seed,
-                                 cfg.batch_size, em=False, ppl=False) for d in forget}
+                                 cfg.batch_size, em=False, ppl=False) for d in [*forget, *also]}
     del twin
-    vals = [m[metric]["value"] for m in by_domain.values() if metric in m]
+    vals = [m[metric]["value"] for d, m in by_domain.items() if metric in m and d in forget]
     return {"forget_mc": sum(vals) / len(vals) if vals else float("nan"), "metric": metric, "seed": cfg.seed,
             "by_domain": {d: {k: m[k] for k in ("mc", "mc_norm") if k in m} for d, m in by_domain.items()}}
 
