@@ -65,6 +65,9 @@ def test_load_gguf_smollm2():
     with torch.no_grad():
         logits = model(ids).logits
     assert torch.isfinite(logits).all()
+    # dequantized to float32, so not flagged quantized: distill's float deep copy and a saved student work
+    assert not model.is_quantized and getattr(model.config, "quantization_config", None) is None
+    assert models.float_copy(model).dtype == torch.float32
 
 
 def test_loaded_models_generate_with_the_kv_cache(tmp_path, world_tokenizer):

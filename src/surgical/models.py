@@ -109,6 +109,7 @@ def load_model(
     try:
         if src.kind == "gguf":
             model = AutoModelForCausalLM.from_pretrained(src.path, gguf_file=src.gguf_file, **kwargs)
+            _unflag_dequantized_gguf(model)
         elif src.kind == "dir":
             model = AutoModelForCausalLM.from_pretrained(src.path, **kwargs)
         else:
@@ -125,6 +126,17 @@ def load_model(
         raise ModelLoadError(f"{spec}: cannot load model ({type(exc).__name__}: {_first_line(exc)}); the weights "
                              "file may be truncated or corrupt") from None
     return enable_kv_cache(model.to(device).eval())
+
+
+def _unflag_dequantized_gguf(model) -> None:
+    """transformers dequantizes a GGUF to the requested float dtype but leaves the model flagged quantized
+    (``is_quantized``, a GGUF ``hf_quantizer``, ``config.quantization_config``): ``.float()`` and deep-copied
+    float students then refuse to work, and a saved student would carry a GGUF quantization config. The weights
+    are plain float tensors, so the flags are dropped."""
+    model.is_quantized = False
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
 
 
 def _first_line(exc: BaseException) -> str:
