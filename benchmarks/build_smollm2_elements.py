@@ -918,15 +918,17 @@ generate:
   demo_per_domain: 100
 distill:
   student_init: teacher_layers       # layers from the map's spine (keep_layers unset)
+  cut_forget_neurons: 32             # per kept layer: the map's top forget neurons are cut (surgery)
   teacher_logits: cache
   cache_top_k: 16
-  max_steps: 300
+  # sized for 2 CPU cores: one KD step of the 26-layer student at 8 x 64 tokens takes ~4-7 s here
+  max_steps: 40
   batch_size: 8
-  max_length: 128
+  max_length: 64
   lr: 1.0e-4
-  warmup_steps: 20
+  warmup_steps: 4
   eval_every: 0
-  threads: 1
+  threads: 2
 verify:
   n_items: 50
   bootstrap_samples: 200
@@ -939,12 +941,14 @@ verify:
   relearn_eval_steps: [25, 50]
   relearn_eval_items: 16
   relearn_batch_size: 8
+  relearn_mc: true
+  mc_twin_retain: true
   benign_relearn: false
-  quant_schemes: [int8]
+  quant_schemes: [int8, int4]
   probe_train_items: 27
   probe_test_items: 27
   ablation_items: 16
-  threads: 1
+  threads: 2
 baselines:
   plain_kd: false
   filter_only: false
