@@ -70,3 +70,14 @@ def test_exact_patching_options(world, data):
     assert all(math.isnan(r["exact_forget_zero"]) for r in lean["rows"])
     assert lean["spearman"]["units_forget_zero_ablation"] is None
     assert len(full["rows"]) == n_layers * (2 + n_heads + 1)
+
+
+def test_the_memory_cap_stops_recording(world, data):
+    """Over the cap the replay holds nothing and says so; exact patching then runs full forwards."""
+    model = make_tiny_model("llama", len(world.tokenizer), seed=0)
+    full = PrefixReplay(model, data["forget"])
+    capped = PrefixReplay(model, data["forget"], max_bytes=full.nbytes / 2)
+    assert full.complete and not capped.complete and capped.nbytes == 0
+    scores = compute_scores(model, data, fire_threshold=0.5)
+    tiny_cap = exact_patching(model, scores, data, top_n=1, prefix_cache_mb=full.nbytes / 2 / 2 ** 20)
+    assert tiny_cap["prefix_replay"] == {"forget": False, "retain": False}

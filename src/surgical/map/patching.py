@@ -31,16 +31,21 @@ from .stats import spearman, token_damage_sum
 class PrefixReplay:
     """Each decoder layer's clean output on each batch, replayed for the layers before an edit.
 
-    Built once per batch list (one clean forward per batch); ``nbytes`` is what it holds. ``None`` entries
-    in ``replay`` mean "compute as usual"."""
+    Built once per batch list (one clean forward per batch); ``nbytes`` is what it holds. Recording stops, and
+    ``complete`` is False with nothing held, as soon as the outputs pass ``max_bytes``: the cap bounds the memory
+    used, not only what is kept."""
 
-    def __init__(self, model, batches: list[dict]):
+    def __init__(self, model, batches: list[dict], max_bytes: float = float("inf")):
         self.model = model
         self.layers = decoder_layers(model)
         self.outputs: list[list] = []
+        self.complete = True
         device = next(model.parameters()).device
         with torch.no_grad():
             for batch in batches:
+                if self.nbytes > max_bytes:
+                    self.outputs, self.complete = [], False
+                    return
                 store: list = [None] * len(self.layers)
                 handles = [layer.register_forward_hook(lambda _m, _a, out, i=i: store.__setitem__(i, out))
                            for i, layer in enumerate(self.layers)]
@@ -51,6 +56,8 @@ class PrefixReplay:
                     for h in handles:
                         h.remove()
                 self.outputs.append(store)
+        if self.nbytes > max_bytes:
+            self.outputs, self.complete = [], False
 
     @property
     def nbytes(self) -> int:
@@ -149,8 +156,8 @@ def exact_patching(model, scores: Scores, batches: dict[str, list[dict]], top_n:
     hd = head_dim(model)
     prefix: dict[str, PrefixReplay | None] = {}
     for which in ("forget", "retain"):
-        replay = PrefixReplay(model, batches[which]) if prefix_cache_mb > 0 else None
-        prefix[which] = replay if replay is not None and replay.nbytes <= prefix_cache_mb * 2 ** 20 else None
+        replay = PrefixReplay(model, batches[which], prefix_cache_mb * 2 ** 20) if prefix_cache_mb > 0 else None
+        prefix[which] = replay if replay is not None and replay.complete else None
     kinds = (("mean", ""), ("zero", "_zero")) if zero_ablation else (("mean", ""),)
     rows = []
     for target in patch_targets(scores, top_n, heads_top_n):

@@ -148,6 +148,15 @@ def _flat(row: dict) -> dict:
     return r
 
 
+def _style(ax, ylabel: str, title: str) -> None:
+    ax.set_xlabel("relearning steps on forbidden data")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+
+
 def relearning_plot_png(rows: list[dict]) -> bytes | None:
     """All methods' relearning curves (best learning rate) on one plot, as PNG bytes."""
     import matplotlib
@@ -167,12 +176,7 @@ def relearning_plot_png(rows: list[dict]) -> bytes | None:
         if curve:
             ax.plot([p["step"] for p in curve], [p["forget"] for p in curve], marker="o", label=name,
                     linewidth=2.5 if name == "surgical" else 1.2)
-    ax.set_xlabel("relearning steps on forbidden data")
-    ax.set_ylabel("forget exact-match")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("Relearning: forget exact-match (best lr by AUC)", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    _style(ax, "forget exact-match", "Relearning: forget exact-match (best lr by AUC)")
     if have_mc:
         ax = axes[0][1]
         for name, curve in mc:
@@ -182,12 +186,7 @@ def relearning_plot_png(rows: list[dict]) -> bytes | None:
         twin = next((r.get("forget_mc") for r in rows if r["method"] == "random-init twin"), None)
         if twin is not None:
             ax.axhline(twin, color="grey", linestyle="--", label="random-init twin")
-        ax.set_xlabel("relearning steps on forbidden data")
-        ax.set_ylabel("forget MC")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title("Relearning: forget MC (attacker's best lr at each step)", fontsize=10)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
+        _style(ax, "forget MC", "Relearning: forget MC (attacker's best lr at each step)")
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
