@@ -31,11 +31,29 @@ def cache_bytes_per_token(k: int) -> int:
     return 2 * k + 4 * k + 4
 
 
+def data_parallel() -> tuple[int, int, object]:
+    """(rank, world size, barrier) of this process: under ``accelerate launch`` / ``torchrun`` (``WORLD_SIZE`` > 1)
+    the process group is brought up through accelerate's ``PartialState`` (gloo on CPU, nccl on GPU); otherwise
+    (0, 1, a no-op)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, lambda: None
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True, CPU ranks each think they are alone
+    return state.process_index, state.num_processes, state.wait_for_everyone
+
+
 @torch.no_grad()
 def cache_logits(teacher, encoded: list[dict], out_dir: str | Path, k: int, temperature: float = 1.0,
                  gold_sha256: str = "", forbidden_sha256: str = "", batch_size: int = 64, shard_examples: int = 8192,
-                 pad_id: int = 0, progress=None) -> dict:
-    """Run ``teacher`` over every encoded example and write its top-k logits per position. Returns cache.json."""
+                 pad_id: int = 0, progress=None, rank: int = 0, world_size: int = 1, barrier=None) -> dict | None:
+    """Run ``teacher`` over every encoded example and write its top-k logits per position. Returns cache.json.
+
+    Data-parallel: with ``world_size`` > 1, rank r writes shards r, r + W, r + 2W, ... (a shard is
+    ``shard_examples`` consecutive examples, so every shard file is the one a single process writes); after
+    ``barrier`` rank 0 writes cache.json and returns it, the other ranks return None."""
     teacher.eval()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -43,8 +61,10 @@ def cache_logits(teacher, encoded: list[dict], out_dir: str | Path, k: int, temp
     k = min(k, vocab)
     device = next(teacher.parameters()).device
     t0 = time.perf_counter()
-    shards, n_tokens = [], 0
-    for shard_start in range(0, len(encoded), shard_examples):
+    starts = list(range(0, len(encoded), shard_examples))
+    for s_i, shard_start in enumerate(starts):
+        if s_i % world_size != rank:
+            continue
         chunk = encoded[shard_start : shard_start + shard_examples]
         values, indices, others, offsets = [], [], [], [0]
         for b in range(0, len(chunk), batch_size):
@@ -64,25 +84,37 @@ def cache_logits(teacher, encoded: list[dict], out_dir: str | Path, k: int, temp
                 offsets.append(offsets[-1] + len(r))
             if progress is not None:
                 progress(len(rows))
-        name = f"shard-{len(shards):05d}.safetensors"
         tensors = {"values": torch.cat(values), "indices": torch.cat(indices), "other": torch.cat(others).float(),
                    "offsets": torch.tensor(offsets, dtype=torch.long)}
         from safetensors.torch import save_file
 
-        with atomic_path(out_dir / name) as tmp:
+        with atomic_path(out_dir / _shard_name(s_i)) as tmp:
             save_file(tensors, str(tmp))
-        shards.append({"file": name, "first_example": shard_start, "n_examples": len(chunk)})
-        n_tokens += offsets[-1]
+    if barrier is not None:
+        barrier()
+    if rank != 0:
+        return None
+    shards = [{"file": _shard_name(s_i), "first_example": start, "n_examples": len(encoded[start : start + shard_examples])}
+              for s_i, start in enumerate(starts)]
+    missing = [s["file"] for s in shards if not (out_dir / s["file"]).exists()]
+    if missing:
+        raise CacheError(f"{out_dir}: shard(s) {missing} were not written (did every rank run?)")
     meta = {
-        "k": k, "temperature": temperature, "vocab_size": vocab, "n_examples": len(encoded), "n_tokens": n_tokens,
+        "k": k, "temperature": temperature, "vocab_size": vocab, "n_examples": len(encoded),
+        "n_tokens": sum(len(e["input_ids"]) for e in encoded),
         "gold_sha256": gold_sha256, "forbidden_sha256": forbidden_sha256, "shards": shards,
         "bytes_per_token": cache_bytes_per_token(k),
         "full_logits_bytes_per_token_fp32": 4 * vocab, "full_logits_bytes_per_token_fp16": 2 * vocab,
         "total_bytes": sum((out_dir / s["file"]).stat().st_size for s in shards),
+        "world_size": world_size,
         "wall_s": round(time.perf_counter() - t0, 3),
     }
     write_json(out_dir / "cache.json", meta)
     return meta
+
+
+def _shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
 
 
 class TopKCache:

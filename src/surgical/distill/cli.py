@@ -109,6 +109,8 @@ def distill(
     except (DataError, ModelLoadError, TokenizerMismatchError, CacheError, SuiteError, FileNotFoundError,
             ValueError) as exc:
         _fail(str(exc))
+    if not result.record:  # a rank other than 0 of a distributed run: rank 0 reports
+        return
     summary = _summary(result.record)
     if as_json:
         print(json.dumps(summary))
@@ -152,13 +154,15 @@ def cache_logits_cmd(
     forbidden: Path | None = typer.Option(None, "--forbidden", help="Forbidden JSONL (cached too, for 'away')."),
     out_dir: Path = typer.Option(Path("runs/distill/logits-cache"), "--out", help="Cache directory."),
     top_k: int | None = typer.Option(None, "--top-k", help="Logits kept per token (default distill.cache_top_k)."),
+    shard_examples: int = typer.Option(8192, "--shard-examples", min=1, help="Examples per shard file (the unit "
+                                       "of work of each rank under accelerate launch / torchrun)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a distill field (temperature, max_length...)."),
     as_json: bool = typer.Option(False, "--json", help="Print cache.json."),
 ) -> None:
     """Store the teacher's top-k logits per token (fp16 values, int32 ids, an 'other' bucket) in safetensors
     shards; point distill at it with --set teacher_logits=cache --set cache_dir=DIR."""
     from ..models import ModelLoadError, load_model, load_tokenizer
-    from .cache import cache_logits
+    from .cache import cache_logits, data_parallel
     from .data import DataError
     from .run import data_keys, encode_all, load_inputs
 
@@ -181,8 +185,18 @@ def cache_logits_cmd(
         _fail(str(exc))
     gold_key, forb_key = data_keys(dcfg, gold_hash, forb_hash)
     encoded = encode_all(dcfg, tok, gold_recs, forb_recs)
+    import os
+
+    import torch
+
+    rank, world, barrier = data_parallel()  # under accelerate launch / torchrun: shards per rank
+    if world > 1 and torch.cuda.is_available():
+        model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}")
     meta = cache_logits(model, encoded, out_dir, top_k or dcfg.cache_top_k, dcfg.temperature, gold_key, forb_key,
-                        pad_id=tok.pad_token_id)
+                        pad_id=tok.pad_token_id, shard_examples=shard_examples, rank=rank, world_size=world,
+                        barrier=barrier)
+    if meta is None:  # not rank 0: rank 0 wrote cache.json
+        return
     if as_json:
         print(json.dumps(meta))
         return

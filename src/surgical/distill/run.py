@@ -165,6 +165,7 @@ class SuiteEvalCallback(TrainerCallback):
     def __init__(self, suite, tokenizer, every: int, limit: int, tokens_at_step, domains):
         self.suite, self.tok, self.every, self.limit = suite, tokenizer, every, limit
         self.tokens_at_step, self.domains, self.history = tokens_at_step, list(domains), []
+        self.collective = False  # a sharded student (FSDP, ZeRO-3): every rank runs the forwards, rank 0 records
 
     def _eval(self, model, step: int) -> None:
         was_training = model.training
@@ -175,8 +176,10 @@ class SuiteEvalCallback(TrainerCallback):
                              **{d: round(headline(v), 4) for d, v in m.items() if headline(v) is not None}})
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero and state.global_step % self.every == 0:
+        if (state.is_world_process_zero or self.collective) and state.global_step % self.every == 0:
             self._eval(model, state.global_step)
+            if not state.is_world_process_zero:
+                self.history.clear()
 
 
 
@@ -194,7 +197,7 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
     from transformers import TrainingArguments, set_seed
 
     from ..models import load_model, load_tokenizer, num_layers
-    from .cache import TopKCache, cache_logits
+    from .cache import TopKCache, cache_logits, data_parallel
     from .penalties import random_directions
     from .plots import plot_curves
     from .trainer import ALIGN_ATTR, DistillTrainer
@@ -250,9 +253,13 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
     use_teacher = cfg.preset != "oracle"
     if cfg.teacher_logits == "cache" and use_teacher:
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "logits-cache"
-        if not (cache_dir / "cache.json").exists():
+        if not (cache_dir / "cache.json").exists():  # under a launcher each rank writes its share of the shards
+            rank, world, barrier = data_parallel()
+            if torch.cuda.is_available():
+                teacher_model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}")
             cache_logits(teacher_model, encoded, cache_dir, cfg.cache_top_k, cfg.temperature, gold_key, forb_key,
-                         pad_id=tok.pad_token_id)
+                         pad_id=tok.pad_token_id, rank=rank, world_size=world, barrier=barrier)
+            barrier()  # the other ranks wait for rank 0's cache.json
         cache = TopKCache(cache_dir, gold_key, forb_key if forb_recs else None, temperature=cfg.temperature)
         cache_meta = cache.meta
 
@@ -286,7 +293,7 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
         logging_steps=cfg.logging_steps, save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500, save_total_limit=2 if cfg.save_steps else None, report_to=[],
         seed=cfg.seed, data_seed=cfg.seed, use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-        remove_unused_columns=False, disable_tqdm=quiet, ddp_backend="gloo" if world_size > 1 else None,
+        remove_unused_columns=False, disable_tqdm=quiet, ddp_backend="gloo" if world_size > 1 and not torch.cuda.is_available() else None,
         ddp_find_unused_parameters=bool(proj_layers) or None,
     )
     trainer = DistillTrainer(
@@ -295,6 +302,8 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
         teacher=teacher_model if use_teacher else None, align_pairs=align_pairs, rmu_pairs=rmu_pairs,
         directions=directions,
     )
+    for cb in callbacks:
+        cb.collective = trainer.sharded
     if quiet:
         from transformers import PrinterCallback
 
@@ -302,6 +311,8 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(last) if last else None)
     train_s = time.perf_counter() - t0
+    if trainer.sharded:  # gather the shards (a collective: every rank), then rank 0 goes on with plain models
+        student, teacher_model = _unsharded(trainer, student, teacher, teacher_model)
     if not trainer.is_world_process_zero():
         return DistillResult(out_dir, out_dir / "student", {})
 
@@ -325,6 +336,9 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
         "eval_history": callbacks[0].history if callbacks else [],
         "cache": cache_meta,
         "resumed_from": str(last) if last else None,
+        "distributed": {"type": str(trainer.accelerator.distributed_type), "world_size": world_size,
+                        "student_sharded": trainer.sharded, "teacher_placement": trainer.teacher_placement,
+                        "parameter_elements": trainer.shard_report},
     }
     if suite is not None and evaluate:
         student.eval()
@@ -359,6 +373,24 @@ def _inputs(teacher, gold, forbidden, map_path) -> dict:
 def _last_checkpoint(work: Path) -> Path | None:
     ckpts = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1])) if work.exists() else []
     return ckpts[-1] if ckpts else None
+
+
+def _unsharded(trainer, student, teacher_path, teacher_model):
+    """After a sharded run: on rank 0, a plain student built from the gathered full state dict, and the teacher
+    re-read from disk (its shards stay where they are); on the other ranks, the inputs unchanged."""
+    from transformers import AutoModelForCausalLM
+
+    from ..models import load_model
+    from .sharding import full_state_dict
+    from .trainer import ALIGN_ATTR
+
+    sd = full_state_dict(trainer.model_wrapped, trainer.accelerator)
+    if sd is None:
+        return student, teacher_model
+    plain = AutoModelForCausalLM.from_config(student.config)
+    plain.load_state_dict({k: v for k, v in sd.items() if not k.startswith(ALIGN_ATTR + ".")}, strict=True)
+    teacher_plain = load_model(teacher_path) if teacher_model is not None else None
+    return plain.eval(), teacher_plain
 
 
 def _save_student(student, tok, dest: Path) -> Path:

@@ -20,6 +20,7 @@ from ..models import decoder_layers, layer_output
 from .config import DistillConfig
 from .losses import hidden_mse, kd_loss, kd_loss_topk, linear_warmup, masked_ce, reduce_masked
 from .penalties import away_term, maxent_term, refusal_term, representation_terms
+from .sharding import enable_cpu_fsdp, prepare_teacher
 
 ALIGN_ATTR = "surgical_align"  # where the learned projections live on the student during training
 
@@ -52,14 +53,25 @@ class DistillTrainer(Trainer):
         self.dcfg, self.teacher = dcfg, teacher
         self.align_pairs, self.rmu_pairs = list(align_pairs), list(rmu_pairs)
         self.directions = directions or {}
-        if self.teacher is not None:
-            self.teacher.to(self.args.device).eval()
-            for p in self.teacher.parameters():
-                p.requires_grad_(False)
+        self.teacher_placement = None
+        if self.teacher is not None:  # the student's plan applied to the teacher (sharding.py)
+            self.teacher, self.teacher_placement = prepare_teacher(self.teacher, self.accelerator)
         # Our loss is already a per-micro-batch mean; let Trainer divide it by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self._term_sums: dict[str, float] = defaultdict(float)
         self._term_count = 0
+        self.shard_report: dict | None = None
+
+    def create_accelerator_and_postprocess(self):
+        super().create_accelerator_and_postprocess()
+        if enable_cpu_fsdp(self.accelerator):  # `accelerate launch --use_fsdp --cpu`: FSDP2 over gloo, not DDP
+            self.is_fsdp_enabled = True
+
+    @property
+    def sharded(self) -> bool:
+        """The student's parameters are split across ranks (FSDP, ZeRO-3): every forward is a collective."""
+        ds = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        return self.is_fsdp_enabled or (ds is not None and ds.zero_stage == 3)
 
     def _get_train_sampler(self, train_dataset=None):
         # The stream is already shuffled and laid out batch by batch (fixed gold/forbidden ratio per batch).
@@ -75,6 +87,8 @@ class DistillTrainer(Trainer):
         refusal = {k: inputs.pop(k) for k in ("refusal_input_ids", "refusal_attention_mask", "refusal_labels")
                    if k in inputs}
         ids, attn = inputs["input_ids"], inputs["attention_mask"]
+        if self.shard_report is None:
+            self.shard_report = self._gather_shard_report(model)
         student = self.accelerator.unwrap_model(model)
         forms = set(c.penalty_forms)
         want_rmu = "representation" in forms and bool(self.rmu_pairs)
@@ -86,7 +100,7 @@ class DistillTrainer(Trainer):
         t_logits, t_hidden = None, {}
         need_teacher_logits = not cached and (c.kd_weight > 0 or "away" in forms)
         if self.teacher is not None and (need_teacher_logits or t_layers):
-            with torch.no_grad(), capture_layers(self.teacher, t_layers) as t_hidden:
+            with torch.no_grad(), capture_layers(getattr(self.teacher, "module", self.teacher), t_layers) as t_hidden:
                 t_logits = self.teacher(input_ids=ids, attention_mask=attn).logits
 
         s_logits, targets = logits[:, :-1], labels[:, 1:]
@@ -142,6 +156,23 @@ class DistillTrainer(Trainer):
         self._term_sums["penalty_weight"] += w
         self._term_count += 1
         return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _gather_shard_report(self, model) -> dict:
+        """Parameter elements each rank holds, of the student (as prepared) and of the teacher: the evidence that
+        both are sharded (each rank about total / world size) or replicated. A collective in a distributed run, made
+        once, on the first step (when the student has been prepared)."""
+        import torch.distributed as dist
+
+        from .sharding import local_numel
+
+        mine = {"student": local_numel(model)}
+        if self.teacher is not None:
+            mine["teacher"] = local_numel(self.teacher)
+        ranks = [mine]
+        if dist.is_available() and dist.is_initialized():
+            ranks = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, mine)
+        return {name: {"total": ranks[0][name][1], "per_rank": [r[name][0] for r in ranks]} for name in mine}
 
     def _forward_kl(self, s_logits, t_logits, cached):
         kw = dict(kind="forward_kl", temperature=self.dcfg.temperature, reduction="none")
