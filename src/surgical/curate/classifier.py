@@ -85,10 +85,16 @@ class MiniLMEmbedder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         return _encode_sorted(texts, self.batch_size, self._encode_batch, width=384)
 
+    def to(self, device: str | torch.device) -> MiniLMEmbedder:
+        """Run the model on ``device`` (a Ray classifier actor with a GPU); embeddings still come back on the CPU."""
+        self.model.to(device)
+        return self
+
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        enc = enc.to(self.model.device)
         hidden = self.model(**enc).last_hidden_state
-        return torch.nn.functional.normalize(_mean_pool(hidden, enc["attention_mask"]), dim=-1)
+        return torch.nn.functional.normalize(_mean_pool(hidden, enc["attention_mask"]), dim=-1).cpu()
 
 
 class TeacherEmbedder:
@@ -113,10 +119,16 @@ class TeacherEmbedder:
 
         return _encode_sorted(texts, self.batch_size, self._encode_batch, width=hidden_size(self.model))
 
+    def to(self, device: str | torch.device) -> TeacherEmbedder:
+        """Run the model on ``device``; embeddings still come back on the CPU."""
+        self.model.to(device)
+        return self
+
     def _encode_batch(self, texts: list[str]) -> torch.Tensor:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        enc = enc.to(self.model.device)
         hs = self.model(**enc, output_hidden_states=True).hidden_states[self.layer].float()
-        return torch.nn.functional.normalize(_mean_pool(hs, enc["attention_mask"]), dim=-1)
+        return torch.nn.functional.normalize(_mean_pool(hs, enc["attention_mask"]), dim=-1).cpu()
 
 
 class PolicyClassifier:

@@ -14,7 +14,11 @@ out = Console()
 
 
 def _fail(msg: str) -> None:
-    console.print(f"[red]error:[/red] {msg}", soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: a message may hold brackets (pip install 'surgical[scale]', a saved dataset's [split]) that rich
+    # would otherwise take for markup and drop
+    console.print(f"[red]error:[/red] {escape(msg)}", soft_wrap=True)
     raise typer.Exit(1)
 
 
@@ -31,7 +35,8 @@ def register(app: typer.Typer) -> None:
     @app.command("curate")
     def curate(
         out_dir: Path = typer.Option(..., "--out", help="Directory for gold/quarantine/borderline JSONL and curate.json."),
-        input_path: Path | None = typer.Option(None, "--input", help="Corpus: JSONL, parquet, text or a saved HF dataset."),
+        input_path: list[Path] | None = typer.Option(None, "--input", help="Corpus: JSONL, parquet, text or a saved HF "
+                                                     "dataset; repeat it for several files (shards), read in order."),
         policy: Path | None = typer.Option(None, "--policy", help="Policy YAML (default: the demo policy)."),
         demo: bool = typer.Option(False, "--demo", help="Curate the arithmetic world's corpus with the demo policy."),
         text_field: str | None = typer.Option(None, "--text-field", help="Record field holding the text."),
@@ -40,6 +45,10 @@ def register(app: typer.Typer) -> None:
                                           "not only blocklist-escalated ones."),
         num_proc: int | None = typer.Option(None, "--num-proc", min=1, help="Worker processes for stage 1."),
         batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Documents per streamed batch."),
+        engine: str | None = typer.Option(None, "--engine", help="local (this process; the default) or ray "
+                                          "(Ray Data: each input file a shard; needs the 'scale' extra)."),
+        ray_address: str | None = typer.Option(None, "--ray-address", help="With --engine ray: join the Ray "
+                                               "cluster at this address instead of starting one with --num-proc CPUs."),
         config: Path | None = typer.Option(None, "--config", help="Pipeline YAML whose curate section to use."),
         quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
         as_json: bool = typer.Option(False, "--json", help="Print curate.json's headline figures as JSON."),
@@ -47,23 +56,30 @@ def register(app: typer.Typer) -> None:
         """Two-stage policy filter (blocklist -> classifier) with dedup: gold / quarantine / borderline."""
         from ..config import ConfigError
         from .classifier import ClassifierConfigError, EmbedderLoadError
+        from .ray_engine import RayEngineError
         from .run import run, run_demo
 
-        if not demo and input_path is None:
+        if not demo and not input_path:
             _fail("give --input FILE (with --policy) or --demo")
+        if engine is not None and engine not in ("local", "ray"):
+            _fail(f"--engine {engine!r}: expected 'local' or 'ray'")
         pcfg = _pipeline_cfg(config)
         overrides = {k: v for k, v in {"text_field": text_field, "num_proc": num_proc, "batch_size": batch_size,
-                                       "classify": "all" if classify_all else None}.items() if v is not None}
+                                       "classify": "all" if classify_all else None, "engine": engine,
+                                       "ray_address": ray_address}.items() if v is not None}
         cfg = pcfg.curate.model_copy(update=overrides)
+        if ray_address and cfg.engine != "ray":
+            _fail("--ray-address needs --engine ray")
         pcfg = pcfg.model_copy(update={"curate": cfg})
         try:
             if demo:
                 result = run_demo(out_dir, pcfg, quiet=quiet, policy_path=policy)
             else:
-                result = run(cfg, input_path, out_dir, policy_path=policy, eval_path=eval_path, quiet=quiet)
+                corpus = input_path[0] if len(input_path) == 1 else input_path
+                result = run(cfg, corpus, out_dir, policy_path=policy, eval_path=eval_path, quiet=quiet)
         except ConfigError as exc:
             _fail(str(exc))
-        except (EmbedderLoadError, ClassifierConfigError, FileNotFoundError, ValueError) as exc:
+        except (EmbedderLoadError, ClassifierConfigError, RayEngineError, FileNotFoundError, ValueError) as exc:
             _fail(str(exc))
         _print_curate(result.report, as_json)
         print(result.out_dir)
@@ -119,9 +135,9 @@ def register(app: typer.Typer) -> None:
 
 def _print_curate(report: dict, as_json: bool) -> None:
     keys = ("forbidden_recall", "overfilter_rate", "precision", "f1", "throughput_docs_per_s",
-            "throughput_docs_per_s_by_stage", "counts", "measured_on")
+            "throughput_docs_per_s_by_stage", "counts", "measured_on", "engine")
     if as_json:
-        print(json.dumps({k: report[k] for k in keys}, default=str))
+        print(json.dumps({k: report[k] for k in keys if k in report}, default=str))
         return
 
     def ci(m):
@@ -133,6 +149,7 @@ def _print_curate(report: dict, as_json: bool) -> None:
     t.add_row("forbidden recall", ci(report["forbidden_recall"]))
     t.add_row("over-filtering", ci(report["overfilter_rate"]))
     t.add_row("precision / F1", f"{report['precision']:.4f} / {report['f1']:.4f}")
+    t.add_row("engine", str(report.get("engine", "local")))
     for k, v in report["counts"]["by_decision"].items():
         t.add_row(f"records -> {k}", str(v))
     for k, v in report["throughput_docs_per_s_by_stage"].items():

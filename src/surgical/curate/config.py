@@ -63,6 +63,35 @@ class CurateConfig(Section):
     eval_file: str = Field("", description="Labelled held-out JSONL for recall/over-filtering (never trained on). "
                            "Empty: the labelled input records minus classifier exemplars.")
     world_split: Literal["train", "val", "test"] = Field("train", description="World split the demo corpus uses.")
+    engine: Literal["local", "ray"] = Field(
+        "local", description="Where curate runs: 'local' (this process, stage 1 in num_proc worker processes) or "
+        "'ray' (a Ray Data pipeline: each input file a shard, stage 1 in parallel tasks, the classifier on actors; "
+        "needs the 'scale' extra). Both write byte-identical gold/quarantine/borderline/heldout files."
+    )
+    ray_address: str = Field(
+        "", description="engine='ray': address of a Ray cluster to join (e.g. 'ray://head:10001' or 'auto'); empty "
+        "= start an in-process Ray with num_proc CPUs (shut down at the end). Input files must be readable at the "
+        "same path on every node."
+    )
+    ray_classifier_actors: int = Field(
+        0, ge=0, description="engine='ray': classifier actors, each with its own copy of the classifier (1 CPU, "
+        "ray_num_gpus_per_actor GPUs each). 0 = one per Ray CPU, or per ray_num_gpus_per_actor GPUs of the "
+        "cluster; never more than the batches to classify."
+    )
+    ray_num_gpus_per_actor: float = Field(
+        0.0, ge=0, description="engine='ray': GPUs each classifier actor reserves (0 = CPU actors). With a GPU the "
+        "embedder runs on it; its floats can differ from the CPU's in the last bits, so byte identity with the "
+        "local engine is guaranteed for CPU actors only."
+    )
+    ray_rows_per_task: int = Field(
+        2048, ge=1, description="engine='ray': records per stage-1 task (read rows are re-blocked to this many so "
+        "one big shard still runs on every worker). Results do not depend on it."
+    )
+    classifier_factory: str = Field(
+        "", description="Advanced: 'module:function' called as function(policy, cfg) to build the stage-2 "
+        "classifier instead of the embedding + logistic heads (both engines; the Ray actors import it, so the "
+        "module must be importable there). Empty = the default classifier."
+    )
 
     @model_validator(mode="after")
     def _overlap_below_window(self):

@@ -6,6 +6,11 @@ dedup -> stage 2 (classifier on escalated records) -> decision. Quarantined reco
 and their signatures indexed; the others go to a candidates file on disk. Pass 2 streams the candidates
 and quarantines any that is a near-copy of a quarantined record, so forget items cannot leak into gold
 as near-duplicates, whatever their order. Memory is one batch plus the dedup index (see dedup.py).
+
+Two engines produce the batches: the local one here (``curate``: this process, stage 1 in worker processes) and
+the Ray one (``ray_engine.curate_ray``: Ray Data tasks and classifier actors). Both decide with
+``Curator.finish_batch`` and hand their batches to ``write_curated``, which does everything after the decisions,
+so their output files are the same bytes.
 """
 
 from __future__ import annotations
@@ -124,6 +129,48 @@ def scored_text(rec: dict, text_field: str = "text") -> str | None:
     return "\n".join(parts) if parts else None
 
 
+def build_classifier(policy: Policy, cfg: CurateConfig):
+    """The stage-2 classifier a config names: ``cfg.classifier_factory`` (``module:function``, called with
+    ``(policy, cfg)``) when set, else the embedding (``make_embedder``) under a logistic head per forbidden domain.
+    Both engines build it here: the Ray engine's classifier actors call this too, so they score with the same
+    classifier as the in-process engine."""
+    if cfg.classifier_factory:
+        return load_factory(cfg.classifier_factory)(policy, cfg)
+    from .classifier import PolicyClassifier, make_embedder
+
+    embedder = make_embedder(cfg.classifier, cfg.classifier_model, cfg.classifier_layer,
+                             batch_size=min(cfg.batch_size, 128))
+    return PolicyClassifier(policy, embedder, c=cfg.classifier_c)
+
+
+def load_factory(spec: str):
+    """The callable ``module:function`` (or ``module.function``) names; a ValueError naming it otherwise."""
+    import importlib
+
+    mod, sep, name = spec.partition(":") if ":" in spec else spec.rpartition(".")
+    if not mod or not name or not sep:
+        raise ValueError(f"curate.classifier_factory {spec!r}: expected 'module:function'")
+    try:
+        fn = getattr(importlib.import_module(mod), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"curate.classifier_factory {spec!r}: {type(exc).__name__}: {exc}") from None
+    if not callable(fn):
+        raise ValueError(f"curate.classifier_factory {spec!r} is not callable")
+    return fn
+
+
+def needs_classifier(row: tuple, classify_all: bool) -> bool:
+    """Whether a record with this stage-1 row goes to the classifier: escalated (or every record with
+    ``classify='all'``) and not already decided by stage 1."""
+    _, esc, _, _, dec = row
+    return bool(esc or classify_all) and not dec
+
+
+def error_text(exc: BaseException) -> str:
+    """How a classifier failure is written into ``curate.detail``."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 class Curator:
     """A policy's filter: scores batches of texts (stage 1 and 2) and keeps the run's counters."""
 
@@ -131,14 +178,8 @@ class Curator:
         self.policy, self.cfg = policy, cfg
         self.blocklist = Blocklist(policy)
         self.thresholds = {d.name: d.classifier_threshold for d in policy.forbidden}
-        if classifier is None:
-            from .classifier import PolicyClassifier, make_embedder
-
-            embedder = make_embedder(cfg.classifier, cfg.classifier_model, cfg.classifier_layer,
-                                     batch_size=min(cfg.batch_size, 128))
-            classifier = PolicyClassifier(policy, embedder, c=cfg.classifier_c)
-        self.classifier = classifier
-        self.training_keys = {normalise(t) for t in getattr(classifier, "training_texts", ())}
+        self.classifier = build_classifier(policy, cfg) if classifier is None else classifier
+        self.training_keys = {normalise(t) for t in getattr(self.classifier, "training_texts", ())}
         self.seconds = Counter()
         self.n_classified = 0
         self.n_windows = 0
@@ -176,26 +217,45 @@ class Curator:
             return exc
         finally:
             self.seconds["classifier"] += time.perf_counter() - t0
-        self.n_classified += len(windows)
-        self.n_windows += len(flat)
+        self.count_scored(len(windows), len(flat))
         return rows
+
+    def count_scored(self, n_texts: int, n_windows: int) -> None:
+        """Count a batch the classifier scored (here, or in a Ray actor)."""
+        self.n_classified += n_texts
+        self.n_windows += n_windows
 
     def decide_batch(self, stage1: list[tuple], texts: list[str], classify_all: bool) -> list[dict]:
         """The curate block of each text given its stage-1 results."""
-        to_score = [i for i, (_, esc, _, _, dec) in enumerate(stage1) if (esc or classify_all) and not dec]
-        cap, size, overlap = self.cfg.max_windows, self.cfg.max_chars, self.cfg.window_overlap
+        to_score = [i for i, row in enumerate(stage1) if needs_classifier(row, classify_all)]
+        size, overlap = self.cfg.max_chars, self.cfg.window_overlap
         norms = {i: normalize(texts[i]) for i in to_score}
         blocks = {}
         for i in to_score:  # counted before any window is cut: a huge document costs no memory
-            n = n_windows(len(norms[i]), size, overlap)
-            if cap and n > cap:
-                blocks[i] = failed("too_long", f"the classifier would need {n} windows of {size} characters "
-                                   f"(max_windows={cap}); not scored in part", {"blocklist_hits": stage1[i][0]})
+            block = self.too_long(n_windows(len(norms[i]), size, overlap), stage1[i][0])
+            if block is not None:
+                blocks[i] = block
         to_score = [i for i in to_score if i not in blocks]
         scored = self.classify_windows([char_windows(norms[i], size, overlap) for i in to_score])
+        return self.finish_batch(stage1, blocks, to_score, scored)
+
+    def too_long(self, n: int, hits: dict) -> dict | None:
+        """The fail-closed block of a document whose classifier would need ``n`` windows, if over ``max_windows``."""
+        cap, size = self.cfg.max_windows, self.cfg.max_chars
+        if cap and n > cap:
+            return failed("too_long", f"the classifier would need {n} windows of {size} characters "
+                          f"(max_windows={cap}); not scored in part", {"blocklist_hits": hits})
+        return None
+
+    def finish_batch(self, stage1: list[tuple], blocks: dict[int, dict], to_score: list[int],
+                     scored: list[dict] | Exception | str) -> list[dict]:
+        """The curate block of each record of a batch: ``blocks`` (too long), or the decision from its stage-1 row and
+        ``scored`` (the classifier's result for the records ``to_score``: probabilities, or the exception it raised,
+        or that exception's text as a Ray actor reports it): a failed batch is quarantined (fail closed)."""
+        blocks = dict(blocks)
         probs: dict[int, dict] = {}
-        if isinstance(scored, Exception):
-            err = f"{type(scored).__name__}: {scored}"
+        if isinstance(scored, (Exception, str)):
+            err = scored if isinstance(scored, str) else error_text(scored)
             blocks.update({i: failed("classifier_error", err, {"blocklist_hits": stage1[i][0]}) for i in to_score})
         else:
             probs = dict(zip(to_score, scored, strict=True))
@@ -266,124 +326,108 @@ def _progress(quiet: bool):
                     _RateColumn(), TimeElapsedColumn(), console=Console(stderr=True), disable=quiet)
 
 
-# ---------------------------------------------------------------- the recipe
+# ---------------------------------------------------------------- the recipe: what both engines share
 
 
-def curate(
-    records: Iterable[tuple[str, dict | ReadError]],
-    out_dir: str | Path,
-    policy: Policy,
-    cfg: CurateConfig | None = None,
-    classifier=None,
-    eval_records: list[dict] | None = None,
-    total: int | None = None,
-    quiet: bool = True,
-    inputs: dict | None = None,
-) -> CurateResult:
-    """Curate a stream of ``(where, record)`` into ``out_dir``; returns the report (also curate.json)."""
-    cfg = cfg or CurateConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    curator = Curator(policy, cfg, classifier)
-    t_setup = time.perf_counter() - t_start
+def check_record(where: str, rec: dict | ReadError, text_field: str) -> str | tuple[dict, dict, str | None]:
+    """The text the filter scores for a readable record, or, for one that fails closed (unreadable, a text field
+    that is not a string, no text at all), ``(what quarantine.jsonl gets, its curate block, its scored_text)``."""
+    tf = text_field
+    if isinstance(rec, ReadError):
+        return {"raw": rec.raw}, {**failed("unreadable", rec.msg), "source": where}, None
+    if tf in rec and not isinstance(rec[tf], str):
+        return rec, {**failed("missing_text_field", f"field {tf!r} is not a string"), "source": where}, \
+            scored_text(rec, tf)
+    text = scored_text(rec, tf)
+    if text is None:
+        why = (f"field {tf!r} is empty and no other content field has text" if tf in rec else
+               f"field {tf!r} is missing (and no {'/'.join(CONTENT_FIELDS)} field has text)")
+        return rec, {**failed("empty_text" if tf in rec else "missing_text_field", why), "source": where}, None
+    return text
+
+
+def exact_dedup(stage1: list[tuple], seen: set[bytes]) -> list[int]:
+    """Indices of the rows whose exact key was not seen before (in order), adding their keys to ``seen``: exact
+    dedup runs before the classifier, so duplicates are dropped, never scored twice."""
+    fresh = []
+    for i, (_, _, key, _, _) in enumerate(stage1):
+        if key is not None and key in seen:
+            continue
+        if key is not None:
+            seen.add(key)
+        fresh.append(i)
+    return fresh
+
+
+@dataclass
+class DecidedBatch:
+    """One batch of ``batch_size`` records read, after stage 1, exact dedup and stage 2: what an engine hands to
+    ``write_curated``. ``rejected`` failed closed before stage 1 (record as written, block, scored text);
+    ``items`` are the records left after exact dedup (where, record, stage-1 row, scored text) with ``blocks``,
+    their curate blocks; ``n_classified`` of them were scored by the classifier."""
+
+    n_read: int
+    rejected: list[tuple[dict, dict, str | None]]
+    n_dup: int
+    items: list[tuple[str, dict, tuple, str]]
+    blocks: list[dict]
+    n_classified: int
+
+
+def write_curated(batches: Iterable[DecidedBatch], out: Path, policy: Policy, cfg: CurateConfig, curator: Curator,
+                  *, t_start: float, t_setup: float, progress, task, eval_records: list[dict] | None = None,
+                  inputs: dict | None = None, engine: dict | None = None) -> CurateResult:
+    """Everything after the decisions, for both engines: quarantine and near-dedup of each batch in read order, the
+    holdout split and the candidates file (pass 1), pass 2 (kept near-copies of quarantined records are
+    quarantined), the held-out evaluation, curate.json and curate.md. ``batches`` may be lazy (the local engine
+    computes each batch when asked); ``progress`` advances ``task`` by each batch's records."""
     tf = cfg.text_field
     counts = {"read": 0, "by_decision": Counter(), "by_reason": Counter(), "by_domain": {},
               "by_stage": Counter()}
     corpus_conf = Confusion()
     q_index = LSHIndex(cfg.minhash_perm, cfg.minhash_bands, cfg.near_dup_jaccard)
     kept_index = LSHIndex(cfg.minhash_perm, cfg.minhash_bands, cfg.near_dup_jaccard)
-    seen: set[bytes] = set()
     holdout = set(cfg.holdout_domains)
 
-    def tally(rec: dict, block: dict) -> None:
+    def tally(rec: dict, block: dict, text: str | None) -> None:
         dec = block["decision"]
         counts["by_decision"][dec] += 1
         counts["by_reason"][block["reason"]] += 1
         dom = str(rec.get("domain") or block.get("domain") or "unlabelled")
         counts["by_domain"].setdefault(dom, Counter())[dec] += 1
-        label, text = rec.get(cfg.label_field), scored_text(rec, tf)
+        label = rec.get(cfg.label_field)
         if label in ("forbidden", "allowed") and isinstance(text, str) and normalise(text) not in curator.training_keys:
             corpus_conf.add(label == "forbidden", dec != GOLD and dec != HELDOUT, dom)
 
-    pool = None
-    if cfg.num_proc > 1:
-        pool = mp.get_context("spawn").Pool(cfg.num_proc, initializer=_init_worker,
-                                            initargs=(curator.blocklist, cfg.minhash_perm, cfg.shingle_words, cfg.dedup))
-    else:
-        _init_worker(curator.blocklist, cfg.minhash_perm, cfg.shingle_words, cfg.dedup)
     cand_path = out / ".candidates.jsonl.tmp"
     with contextlib.ExitStack() as stack:
-        if pool is not None:
-            stack.callback(pool.terminate)
         q_tmp = stack.enter_context(atomic_path(out / OUTPUT_FILES[QUARANTINE]))
         q_fh = stack.enter_context(open(q_tmp, "w", encoding="utf-8"))
         cand_fh = stack.enter_context(open(cand_path, "w", encoding="utf-8"))
         stack.callback(lambda: cand_path.unlink(missing_ok=True))
-        progress = stack.enter_context(_progress(quiet))
-        task = progress.add_task("curate", total=total)
 
-        def quarantine(rec: dict, block: dict, sig=None) -> None:
-            tally(rec, block)
+        def quarantine(rec: dict, block: dict, text: str | None, sig=None) -> None:
+            tally(rec, block, text)
             q_fh.write(json.dumps({**rec, "curate": block}, ensure_ascii=False, default=str) + "\n")
             if sig is not None:
                 q_index.add(sig)
 
-        for batch in _batched(records, cfg.batch_size):
-            counts["read"] += len(batch)
-            ok: list[tuple[str, dict]] = []
-            for where, rec in batch:  # fail closed on anything unreadable
-                if isinstance(rec, ReadError):
-                    quarantine({"raw": rec.raw}, {**failed("unreadable", rec.msg), "source": where})
-                    continue
-                if tf in rec and not isinstance(rec[tf], str):
-                    quarantine(rec, {**failed("missing_text_field", f"field {tf!r} is not a string"), "source": where})
-                    continue
-                text = scored_text(rec, tf)
-                if text is None:
-                    why = (f"field {tf!r} is empty and no other content field has text" if tf in rec else
-                           f"field {tf!r} is missing (and no {'/'.join(CONTENT_FIELDS)} field has text)")
-                    quarantine(rec, {**failed("empty_text" if tf in rec else "missing_text_field", why),
-                                     "source": where})
-                else:
-                    ok.append((where, rec, text))
-            texts = [t for _, _, t in ok]
-            ok = [(where, rec) for where, rec, _ in ok]
-            t0 = time.perf_counter()
-            if pool is not None and texts:
-                step = -(-len(texts) // cfg.num_proc)
-                parts = pool.map(_stage1, [texts[i : i + step] for i in range(0, len(texts), step)])
-                stage1 = [x for p in parts for x in p[0]]
-                curator.seconds["blocklist_cpu"] += sum(p[1] for p in parts)
-                curator.seconds["minhash_cpu"] += sum(p[2] for p in parts)
-            else:
-                stage1, s_bl, s_mh = _stage1(texts)
-                curator.seconds["blocklist_cpu"] += s_bl
-                curator.seconds["minhash_cpu"] += s_mh
-            curator.seconds["stage1_wall"] += time.perf_counter() - t0
-            # exact dedup before the classifier: duplicates are dropped, never scored twice
-            fresh = []
-            for i, (_, _, key, _, _) in enumerate(stage1):
-                if key is not None and key in seen:
-                    counts["by_stage"]["dedup_exact_dropped"] += 1
-                    continue
-                if key is not None:
-                    seen.add(key)
-                fresh.append(i)
-            stage1 = [stage1[i] for i in fresh]
-            ok = [ok[i] for i in fresh]
-            texts = [texts[i] for i in fresh]
+        for batch in batches:
+            counts["read"] += batch.n_read
+            for rec, block, text in batch.rejected:  # failed closed before stage 1
+                quarantine(rec, block, text)
+            if batch.n_dup:
+                counts["by_stage"]["dedup_exact_dropped"] += batch.n_dup
+            stage1 = [row for _, _, row, _ in batch.items]
             counts["by_stage"]["stage1_escalated"] += sum(bool(s[1]) for s in stage1)
             counts["by_stage"]["stage1_decisive"] += sum(bool(s[4]) for s in stage1)
-            n_before = curator.n_classified
-            blocks = curator.decide_batch(stage1, texts, cfg.classify == "all")
-            counts["by_stage"]["stage2_classified"] += curator.n_classified - n_before
+            counts["by_stage"]["stage2_classified"] += batch.n_classified
             counts["by_stage"]["stage2_windows"] = curator.n_windows
             t0 = time.perf_counter()
-            for (where, rec), (_, _, _, sig, _), block in zip(ok, stage1, blocks, strict=True):
+            for (where, rec, (_, _, _, sig, _), text), block in zip(batch.items, batch.blocks, strict=True):
                 block["source"] = where
                 if block["decision"] == QUARANTINE:
-                    quarantine(rec, block, sig)
+                    quarantine(rec, block, text, sig)
                     continue
                 if sig is not None and kept_index.query(sig):
                     counts["by_stage"]["dedup_near_dropped"] += 1
@@ -396,7 +440,7 @@ def curate(
                                           "sig": sig.tobytes().hex() if sig is not None else None},
                                          ensure_ascii=False, default=str) + "\n")
             curator.seconds["dedup"] += time.perf_counter() - t0
-            progress.update(task, advance=len(batch))
+            progress.update(task, advance=batch.n_read)
         cand_fh.close()
 
         # pass 2: a kept record that is a near-copy of a quarantined one is quarantined too
@@ -416,21 +460,21 @@ def curate(
                         counts["by_stage"]["dedup_near_quarantined"] += 1
                         quarantine(rec, {**block, "decision": QUARANTINE, "rule": "dedup:near_copy_of_quarantined",
                                          "reason": "near_duplicate_of_quarantined",
-                                         "scores": {**block["scores"], "near_dup_jaccard": round(near[0][1], 4)}})
+                                         "scores": {**block["scores"], "near_dup_jaccard": round(near[0][1], 4)}},
+                                   scored_text(rec, tf))
                         continue
-                tally(rec, block)
+                tally(rec, block, scored_text(rec, tf))
                 handles[block["decision"]].write(json.dumps({**rec, "curate": block}, ensure_ascii=False,
                                                             default=str) + "\n")
         curator.seconds["dedup"] += time.perf_counter() - t0
         for h in handles.values():
             h.close()
         q_fh.close()
-    if pool is not None:
-        pool.close()
     wall = time.perf_counter() - t_start - t_setup
 
     heldout_eval = curator.evaluate(eval_records, tf) if eval_records else None
-    report = _report(cfg, policy, counts, corpus_conf.metrics(), heldout_eval, curator, wall, t_setup, inputs)
+    report = _report(cfg, policy, counts, corpus_conf.metrics(), heldout_eval, curator, wall, t_setup, inputs,
+                     engine or {"engine": "local", "num_proc": cfg.num_proc})
     files = {dec: str(out / name) for dec, name in OUTPUT_FILES.items()}
     write_json(out / "curate.json", report)
     write_text(out / "curate.md", render_markdown(report))
@@ -438,11 +482,89 @@ def curate(
     return CurateResult(out, report, files)
 
 
+# ---------------------------------------------------------------- the local (in-process) engine
+
+
+def curate(
+    records: Iterable[tuple[str, dict | ReadError]],
+    out_dir: str | Path,
+    policy: Policy,
+    cfg: CurateConfig | None = None,
+    classifier=None,
+    eval_records: list[dict] | None = None,
+    total: int | None = None,
+    quiet: bool = True,
+    inputs: dict | None = None,
+) -> CurateResult:
+    """Curate a stream of ``(where, record)`` into ``out_dir`` in this process (stage 1 in ``num_proc`` worker
+    processes); returns the report (also curate.json). The Ray engine reads files: ``run`` with ``engine='ray'``."""
+    cfg = cfg or CurateConfig()
+    if cfg.engine != "local":
+        raise ValueError(f"curate() is the local engine; engine={cfg.engine!r} reads corpus files: call "
+                         "surgical.curate.run.run(cfg, paths, out)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    curator = Curator(policy, cfg, classifier)
+    t_setup = time.perf_counter() - t_start
+    pool = None
+    if cfg.num_proc > 1:
+        pool = mp.get_context("spawn").Pool(cfg.num_proc, initializer=_init_worker,
+                                            initargs=(curator.blocklist, cfg.minhash_perm, cfg.shingle_words, cfg.dedup))
+    else:
+        _init_worker(curator.blocklist, cfg.minhash_perm, cfg.shingle_words, cfg.dedup)
+    with contextlib.ExitStack() as stack:
+        if pool is not None:
+            stack.callback(pool.terminate)
+        progress = stack.enter_context(_progress(quiet))
+        task = progress.add_task("curate", total=total)
+        result = write_curated(_local_batches(records, cfg, curator, pool), out, policy, cfg, curator,
+                               t_start=t_start, t_setup=t_setup, progress=progress, task=task,
+                               eval_records=eval_records, inputs=inputs)
+        if pool is not None:
+            pool.close()
+    return result
+
+
+def _local_batches(records: Iterable[tuple[str, dict | ReadError]], cfg: CurateConfig, curator: Curator,
+                   pool) -> Iterator[DecidedBatch]:
+    """Pass 1 of the local engine, one batch at a time: read, fail closed on what cannot be scored, stage 1 (in the
+    pool's worker processes when there is one), exact dedup, stage 2."""
+    seen: set[bytes] = set()
+    for batch in _batched(records, cfg.batch_size):
+        rejected, ok = [], []
+        for where, rec in batch:  # fail closed on anything unreadable
+            checked = check_record(where, rec, cfg.text_field)
+            if isinstance(checked, str):
+                ok.append((where, rec, checked))
+            else:
+                rejected.append(checked)
+        texts = [t for _, _, t in ok]
+        t0 = time.perf_counter()
+        if pool is not None and texts:
+            step = -(-len(texts) // cfg.num_proc)
+            parts = pool.map(_stage1, [texts[i : i + step] for i in range(0, len(texts), step)])
+            stage1 = [x for p in parts for x in p[0]]
+            curator.seconds["blocklist_cpu"] += sum(p[1] for p in parts)
+            curator.seconds["minhash_cpu"] += sum(p[2] for p in parts)
+        else:
+            stage1, s_bl, s_mh = _stage1(texts)
+            curator.seconds["blocklist_cpu"] += s_bl
+            curator.seconds["minhash_cpu"] += s_mh
+        curator.seconds["stage1_wall"] += time.perf_counter() - t0
+        fresh = exact_dedup(stage1, seen)
+        items = [(ok[i][0], ok[i][1], stage1[i], ok[i][2]) for i in fresh]
+        n_before = curator.n_classified
+        blocks = curator.decide_batch([it[2] for it in items], [it[3] for it in items], cfg.classify == "all")
+        yield DecidedBatch(len(batch), rejected, len(stage1) - len(fresh), items, blocks,
+                           curator.n_classified - n_before)
+
+
 def _rate(n: int, seconds: float) -> float | None:
     return round(n / seconds, 1) if seconds > 0 else None
 
 
-def _report(cfg, policy, counts, corpus_metrics, heldout_eval, curator, wall, t_setup, inputs) -> dict:
+def _report(cfg, policy, counts, corpus_metrics, heldout_eval, curator, wall, t_setup, inputs, engine) -> dict:
     n_read = counts["read"]
     headline = heldout_eval["two_stage"] if heldout_eval else corpus_metrics
     s = curator.seconds
@@ -452,6 +574,7 @@ def _report(cfg, policy, counts, corpus_metrics, heldout_eval, curator, wall, t_
         "precision": headline["precision"],
         "f1": headline["f1"],
         "measured_on": "held-out labelled set (eval)" if heldout_eval else "labelled input records minus exemplars",
+        **engine,
         "counts": {
             "read": n_read,
             "by_decision": dict(counts["by_decision"]),
@@ -495,7 +618,7 @@ def render_markdown(report: dict) -> str:
     """curate.md: the report a person reads."""
     c = report["counts"]
     lines = [f"# curate report: policy `{report['policy']['name']}`", "",
-             f"Measured on: {report['measured_on']}.", "",
+             f"Measured on: {report['measured_on']}. Engine: {report.get('engine', 'local')}.", "",
              "| metric | value [95% Wilson CI] |", "|---|---|",
              f"| forbidden recall | {_fmt_ci(report['forbidden_recall'])} |",
              f"| over-filtering of allowed | {_fmt_ci(report['overfilter_rate'])} |",
@@ -531,7 +654,8 @@ def _count_lines(path: str | Path) -> int:
 def run(cfg: CurateConfig, input_path: str | Path | list, out_dir: str | Path, policy_path: str | Path | None = None,
         eval_path: str | Path | None = None, classifier=None, quiet: bool = True) -> CurateResult:
     """Curate a corpus (JSONL, parquet, text or a saved HF dataset; or a list of such files, streamed one after
-    the other) with a policy YAML."""
+    the other) with a policy YAML, on the engine ``cfg.engine`` names: ``local`` (this process) or ``ray`` (Ray Data,
+    each file a shard; same output files, byte for byte: see ray_engine.py)."""
     import itertools
 
     from ..policy import demo_policy_path
@@ -545,13 +669,18 @@ def run(cfg: CurateConfig, input_path: str | Path | list, out_dir: str | Path, p
     if not paths:
         raise ValueError("curate: no corpus file given")
     fmts = [detect_format(p) for p in paths]
-    stream = itertools.chain.from_iterable(iter_records(p, cfg.text_field, cfg.text_unit, fmt=f)
-                                           for p, f in zip(paths, fmts, strict=True))
     total = sum(_count_lines(p) for p in paths) if all(f == "jsonl" for f in fmts) and not quiet else None
     corpus_inputs = {"corpus": paths[0]} if len(paths) == 1 else {f"corpus[{i}]": p for i, p in enumerate(paths)}
+    inputs = {**corpus_inputs, "policy": policy_path, **({"eval": eval_path} if eval_path else {})}
+    if cfg.engine == "ray":
+        from .ray_engine import curate_ray
+
+        return curate_ray(paths, fmts, out_dir, policy, cfg, classifier=classifier, eval_records=eval_records,
+                          total=total, quiet=quiet, inputs=inputs)
+    stream = itertools.chain.from_iterable(iter_records(p, cfg.text_field, cfg.text_unit, fmt=f)
+                                           for p, f in zip(paths, fmts, strict=True))
     return curate(stream, out_dir, policy, cfg, classifier=classifier, eval_records=eval_records, quiet=quiet,
-                  total=total,
-                  inputs={**corpus_inputs, "policy": policy_path, **({"eval": eval_path} if eval_path else {})})
+                  total=total, inputs=inputs)
 
 
 def run_demo(out_dir: str | Path, pipeline_cfg=None, classifier=None, quiet: bool = True,
