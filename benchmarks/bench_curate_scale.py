@@ -5,7 +5,7 @@ For each corpus, four runs with the default filter (MiniLM + logistic heads, cla
   * ray_1, ray_2: ``engine: ray`` on an in-process Ray with 1 and 2 CPUs (as many classifier actors, 1 torch thread
     each); every run starts and shuts down its own Ray, as the CLI does.
 Corpora: the demo corpus (the world's train split, demo config, 30,790 records) and a synthetic one of 100,000
-records (``surgical.curate.corpus.synthetic_corpus``: world problems, made-up facts, long documents, exact and
+records (``surgical.demo.synthetic.synthetic_corpus``: world problems, made-up facts, long documents, exact and
 near duplicates; benign content only), each written as 4 JSONL shards read in order by both engines.
 
 docs/s is curate's own figure (``throughput_docs_per_s`` in curate.json: records read / wall seconds, without the
@@ -99,7 +99,7 @@ def main() -> None:
         args.synthetic, args.demo_docs = 5_000, 3_000
 
     from surgical.config import demo_config
-    from surgical.curate.corpus import synthetic_corpus
+    from surgical.demo.synthetic import synthetic_corpus
     from surgical.world.corpus import world_corpus
 
     demo = world_corpus(demo_config().world, split="train")

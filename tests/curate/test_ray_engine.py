@@ -214,7 +214,7 @@ def test_gpu_actors_without_a_gpu_is_an_error_not_a_hang(tmp_path, ray_local):
 
 @pytest.mark.slow
 def test_engines_identical_on_a_synthetic_100k_corpus(tmp_path, ray_local, cached_minilm):
-    from surgical.curate.corpus import synthetic_corpus
+    from surgical.demo.synthetic import synthetic_corpus
 
     recs = synthetic_corpus(100_000, seed=0)
     paths = [tmp_path / f"syn-{i}.jsonl" for i in range(4)]

@@ -47,7 +47,7 @@ class PrefixReplay:
                     self.outputs, self.complete = [], False
                     return
                 store: list = [None] * len(self.layers)
-                handles = [layer.register_forward_hook(lambda _m, _a, out, i=i: store.__setitem__(i, out))
+                handles = [layer.register_forward_hook(lambda _m, _a, out, i=i, store=store: store.__setitem__(i, out))
                            for i, layer in enumerate(self.layers)]
                 try:
                     b = {k: v.to(device) for k, v in batch.items()}

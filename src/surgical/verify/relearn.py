@@ -83,10 +83,10 @@ def finetune_curve(model, tokenizer, examples: Sequence[tuple[str, str]], evalua
     collate = PadCollator(tokenizer.pad_token_id)
     opt = torch.optim.AdamW(work.parameters(), lr=lr, weight_decay=0.0)
     checkpoints = sorted({s for s in eval_steps if 0 < s <= max_steps} | {max_steps})
-    def point(step: int) -> tuple:
-        return (step, evaluate(work)) if also is None else (step, evaluate(work), also(work))
+    def point(step: int, m) -> tuple:  # m passed in, not closed over: `del work` below frees the copy
+        return (step, evaluate(m)) if also is None else (step, evaluate(m), also(m))
 
-    curve = [point(0)]
+    curve = [point(0, work)]
     if stop_at is not None and curve[0][1] >= stop_at:
         return curve
     rng = random.Random(seed)
@@ -104,7 +104,7 @@ def finetune_curve(model, tokenizer, examples: Sequence[tuple[str, str]], evalua
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step in checkpoints:
-            curve.append(point(step))
+            curve.append(point(step, work))
             if stop_at is not None and curve[-1][1] >= stop_at:
                 break
     del work
