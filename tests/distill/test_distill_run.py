@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from surgical.demo import distill_records as world_records
 from surgical.distill.config import DistillConfig
 from surgical.distill.run import run, suite_metrics
 from surgical.io import write_jsonl
@@ -14,17 +13,6 @@ from surgical.models import make_tiny_model
 
 TINY = dict(student_hidden_size=16, student_heads=2, student_intermediate_size=32, batch_size=8, logging_steps=2,
             threads=1, eval_every=0, warmup_steps=0)
-
-
-@pytest.fixture(scope="module")
-def files(world, tmp_path_factory):
-    d = tmp_path_factory.mktemp("distill")
-    tok = world.tokenizer
-    make_tiny_model("llama", len(tok), layers=2, seed=2).save_pretrained(d / "teacher")
-    tok.save_pretrained(d / "teacher")
-    write_jsonl(d / "gold.jsonl", world_records(world, ("add", "sub"))[::200])
-    write_jsonl(d / "forbidden.jsonl", world_records(world, ("mul", "div"))[::40])
-    return d
 
 
 @pytest.mark.parametrize("preset", ["surgical", "plain-kd", "filter-only", "oracle"])

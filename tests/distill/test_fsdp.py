@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from surgical.demo import distill_records as world_records
-from surgical.io import write_jsonl
 from surgical.models import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,17 +18,6 @@ CONFIGS = ROOT / "configs" / "accelerate"
 EXE = Path(sys.executable).parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SETS = ["max_steps=3", "batch_size=8", "student_hidden_size=16", "threads=1", "logging_steps=1"]
-
-
-@pytest.fixture(scope="module")
-def files(world, tmp_path_factory):
-    d = tmp_path_factory.mktemp("scale")
-    tok = world.tokenizer
-    make_tiny_model("llama", len(tok), layers=2, seed=2).save_pretrained(d / "teacher")
-    tok.save_pretrained(d / "teacher")
-    write_jsonl(d / "gold.jsonl", world_records(world, ("add", "sub"))[::200])
-    write_jsonl(d / "forbidden.jsonl", world_records(world, ("mul", "div"))[::40])
-    return d
 
 
 def _distill_args(files, out, sets):
