@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from surgical.models import make_tiny_model
-from surgical.scoring import context_length, continuation_logprobs, greedy_generate
+from surgical.scoring import context_length, continuation_logprobs, greedy_generate, mc_predictions
 
 PROMPTS = ["12+7:", "905*3:", "1+1:", "4410/7:", "99-98:", "3*3:"]
 
@@ -56,3 +56,65 @@ def test_first_line_stops_at_the_newline(world_tokenizer):
     cut = greedy_generate(model, world_tokenizer, PROMPTS, max_new_tokens=20, first_line=True)
     assert sum("\n" in f for f in full) >= 3  # the case this test is about does occur
     assert cut == [f.split("\n", 1)[0] for f in full]
+
+
+MC_RECORDS = [
+    {"question": "12+7:", "choices": ["19", "18", "1 so 9", "190"], "gold": 0},
+    {"question": "905*3:", "choices": ["2715", "5"], "gold": 0},
+    {"question": "1+1:", "choices": ["2", "11", "3=3 so 3", "0", "22"], "gold": 0},
+    {"question": "4410/7:", "choices": ["630", "63"], "gold": 1},
+]
+
+
+def _pairwise_equals_shared(model, tok, records=MC_RECORDS, batch_size=3):
+    shared = mc_predictions(model, tok, records, batch_size=batch_size, target_delimiter=" ")
+    pairwise = mc_predictions(model, tok, records, batch_size=batch_size, target_delimiter=" ", shared_context=False)
+    for s, p in zip(shared, pairwise, strict=True):
+        assert s["logprobs"] == pytest.approx(p["logprobs"], abs=1e-4)
+        assert (s["pred"], s["pred_norm"]) == (p["pred"], p["pred_norm"])
+
+
+def test_shared_context_mc_equals_pairwise_scoring(tiny_model, world_tokenizer):
+    """One context pass with the KV cache repeated per choice gives the pairwise log-likelihoods (every family:
+    left padding with explicit position ids, absolute positions for GPT-2, partial rotary for NeoX)."""
+    _pairwise_equals_shared(tiny_model, world_tokenizer)
+    _pairwise_equals_shared(tiny_model, world_tokenizer, batch_size=1)
+
+
+def test_shared_context_mc_on_gemma3_sliding_window(world_tokenizer):
+    """Gemma-3's hybrid (sliding-window + global) cache is repeated per choice like any other."""
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(world_tokenizer), hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, intermediate_size=64,
+                           max_position_embeddings=256, sliding_window=4, layer_types=["sliding_attention",
+                                                                                       "full_attention"])
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    _pairwise_equals_shared(model, world_tokenizer)
+
+
+def test_shared_context_falls_back_where_the_window_is_too_short(world_tokenizer):
+    """A question + choice longer than the model's window is cut per pair, exactly as the pairwise path does."""
+    model = make_tiny_model("llama", len(world_tokenizer), max_positions=16)
+    recs = [{"question": "1+2=3\n" * 6 + "45+5:", "choices": ["50", "5 so 0"], "gold": 0}] + MC_RECORDS[:2]
+    _pairwise_equals_shared(model, world_tokenizer, recs)
+
+
+def test_shared_context_mc_memory_is_per_scored_token(world_tokenizer, monkeypatch):
+    """The context pass asks the model for the last position's logits only (logits_to_keep=1)."""
+    model = make_tiny_model("llama", len(world_tokenizer))
+    seen = []
+    real = model.forward
+
+    def spy(*a, **kw):
+        res = real(*a, **kw)
+        seen.append(tuple(res.logits.shape))
+        return res
+
+    monkeypatch.setattr(model, "forward", spy)
+    recs = [{"question": "123456789+123456789:", "choices": ["246913578", "1"], "gold": 0}]
+    mc_predictions(model, world_tokenizer, recs)
+    assert seen[0][1] == 1  # the context pass: one position, not the context's length
+    assert seen[1][1] == max(len(world_tokenizer(c, add_special_tokens=False)["input_ids"])
+                             for c in recs[0]["choices"]) - 1

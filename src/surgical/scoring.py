@@ -73,22 +73,119 @@ def continuation_logprobs(
     return out  # type: ignore[return-value]
 
 
+def _accepts(model, name: str) -> bool:
+    """Whether the model class's forward takes ``name`` (the class's: hooks and wrappers replace the instance's
+    forward with a ``(*args, **kwargs)`` one)."""
+    import inspect
+
+    try:
+        return name in inspect.signature(type(model).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@torch.no_grad()
+def shared_context_logprobs(
+    model, tokenizer, contexts: Sequence[str], choices: Sequence[Sequence[str]], batch_size: int = 64
+) -> list[list[tuple[float, int]]]:
+    """``continuation_logprobs`` of every (context, choice) pair, with each context run once for all its choices.
+
+    The contexts of a batch run left-padded (explicit position ids, so every row starts at position 0) with the
+    KV cache on; the cache is then repeated once per choice (``Cache.reorder_cache``) and only the choices'
+    tokens run, right-padded, on top of it. Logits are taken only where a continuation token is scored
+    (``logits_to_keep`` on the context pass, the choice tokens but the last on the second), so memory is
+    O(scored tokens x vocabulary), not O(batch tokens x vocabulary). An MC item with 4 choices costs one context
+    pass instead of four. Same token sequences as the pairwise path (context and choice tokenized apart, like
+    lm-eval); a record whose context + longest choice exceeds the model's window, or whose context is empty,
+    goes through ``continuation_logprobs`` (its left-cut is per pair). Returns, per context, one
+    (log-probability, token count) per choice."""
+    model.eval()
+    device = _device(model)
+    max_len = context_length(model)
+    out: list[list[tuple[float, int]] | None] = [None] * len(contexts)
+    if not contexts:
+        return []
+    ctx_ids = prompt_ids_batch(tokenizer, contexts)
+    flat = [c for cs in choices for c in cs]
+    flat_ids = iter(tokenizer(flat, add_special_tokens=False)["input_ids"] if flat else [])
+    cho_ids = [[next(flat_ids) for _ in cs] for cs in choices]
+    fallback = [i for i in range(len(contexts)) if not ctx_ids[i] or not cho_ids[i]
+                or min(len(k) for k in cho_ids[i]) == 0
+                or len(ctx_ids[i]) + max(len(k) for k in cho_ids[i]) > max_len]
+    if fallback:
+        pairs = [(contexts[i], c) for i in fallback for c in choices[i]]
+        scores = iter(continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size))
+        for i in fallback:
+            out[i] = [next(scores) for _ in choices[i]]
+    keep_arg = _accepts(model, "logits_to_keep")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    todo = [i for i in _by_length([len(c) for c in ctx_ids]) if out[i] is None]
+    for start in range(0, len(todo), batch_size):
+        idx = todo[start : start + batch_size]
+        width = max(len(ctx_ids[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):  # left padding: every context ends at the last column
+            ids[row, width - len(ctx_ids[i]) :] = torch.tensor(ctx_ids[i])
+            mask[row, width - len(ctx_ids[i]) :] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        kw = {"logits_to_keep": 1} if keep_arg else {}
+        res = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                    use_cache=True, **kw)
+        first = torch.log_softmax(res.logits[:, -1].float(), dim=-1)  # [rows, V]: each choice's first token
+        owner = [row for row, i in enumerate(idx) for _ in cho_ids[i]]
+        conts = [k for i in idx for k in cho_ids[i]]
+        lp = first[torch.tensor(owner), torch.tensor([k[0] for k in conts])].tolist()
+        k_width = max(len(k) for k in conts)
+        if k_width > 1:  # the choices' own tokens but the last predict the rest
+            steps = k_width - 1
+            cache = res.past_key_values
+            cache.reorder_cache(torch.tensor(owner, device=device))
+            c_ids = torch.full((len(conts), steps), pad, dtype=torch.long)
+            c_mask = torch.zeros((len(conts), steps), dtype=torch.long)
+            for r, k in enumerate(conts):
+                c_ids[r, : len(k) - 1] = torch.tensor(k[:-1], dtype=torch.long)
+                c_mask[r, : len(k) - 1] = 1
+            full_mask = torch.cat([mask[owner], c_mask], dim=1)
+            c_pos = pos[owner, -1:] + 1 + torch.arange(steps)[None, :]
+            logits = model(input_ids=c_ids.to(device), attention_mask=full_mask.to(device),
+                           position_ids=c_pos.to(device), past_key_values=cache, use_cache=True).logits
+            for r, k in enumerate(conts):
+                if len(k) > 1:
+                    at = logits[r, : len(k) - 1].float()
+                    tgt = torch.tensor(k[1:], device=at.device)
+                    lp[r] += float((at.gather(1, tgt[:, None])[:, 0] - torch.logsumexp(at, -1)).sum())
+            del cache
+        r = 0
+        for i in idx:
+            out[i] = []
+            for k in cho_ids[i]:
+                out[i].append((lp[r], len(k)))
+                r += 1
+    return out  # type: ignore[return-value]
+
+
 def mc_predictions(
-    model, tokenizer, records: Sequence[dict], batch_size: int = 64, target_delimiter: str = ""
+    model, tokenizer, records: Sequence[dict], batch_size: int = 64, target_delimiter: str = "",
+    shared_context: bool = True,
 ) -> list[dict]:
     """For each MC record (question, choices, gold): the chosen index by summed and by
-    length-normalised log-likelihood, and whether each is right."""
-    pairs, owners = [], []
-    for r_i, r in enumerate(records):
-        for c in r["choices"]:
-            pairs.append((r["question"], target_delimiter + str(c)))
-            owners.append(r_i)
-    scores = continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size)
-    per_record: list[list[tuple[float, float]]] = [[] for _ in records]
-    for (_ctx, cont), owner, (lp, _n) in zip(pairs, owners, scores, strict=True):
-        per_record[owner].append((lp, lp / max(1, len(cont.encode("utf-8")))))
+    length-normalised log-likelihood, and whether each is right.
+
+    ``shared_context`` (default) runs each question once for all its choices (``shared_context_logprobs``);
+    False scores every (question, choice) pair as its own sequence, as lm-eval does (same log-likelihoods up to
+    float rounding, about choices-times more compute; kept as the benchmark's baseline)."""
+    conts = [[target_delimiter + str(c) for c in r["choices"]] for r in records]
+    if shared_context:
+        scores = shared_context_logprobs(model, tokenizer, [r["question"] for r in records], conts,
+                                         batch_size=batch_size)
+    else:
+        flat = iter(continuation_logprobs(model, tokenizer, [(r["question"], c) for r, cs in zip(records, conts)
+                                                             for c in cs], batch_size=batch_size))
+        scores = [[next(flat) for _ in cs] for cs in conts]
     out = []
-    for r, s in zip(records, per_record, strict=True):
+    for r, cs, sc in zip(records, conts, scores, strict=True):
+        s = [(lp, lp / max(1, len(c.encode("utf-8")))) for c, (lp, _n) in zip(cs, sc, strict=True)]
         pred = max(range(len(s)), key=lambda j: s[j][0])
         pred_norm = max(range(len(s)), key=lambda j: s[j][1])
         out.append({"pred": pred, "pred_norm": pred_norm, "correct": pred == r["gold"],
