@@ -180,8 +180,8 @@ def mc_predictions(
         scores = shared_context_logprobs(model, tokenizer, [r["question"] for r in records], conts,
                                          batch_size=batch_size)
     else:
-        flat = iter(continuation_logprobs(model, tokenizer, [(r["question"], c) for r, cs in zip(records, conts)
-                                                             for c in cs], batch_size=batch_size))
+        pairs = [(r["question"], c) for r, cs in zip(records, conts, strict=True) for c in cs]
+        flat = iter(continuation_logprobs(model, tokenizer, pairs, batch_size=batch_size))
         scores = [[next(flat) for _ in cs] for cs in conts]
     out = []
     for r, cs, sc in zip(records, conts, scores, strict=True):
