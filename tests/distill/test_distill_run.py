@@ -8,7 +8,7 @@ import torch
 
 from surgical.distill.config import DistillConfig
 from surgical.distill.run import run, suite_metrics
-from surgical.io import write_jsonl
+from surgical.io import sha256_path, write_jsonl
 from surgical.models import make_tiny_model
 
 TINY = dict(student_hidden_size=16, student_heads=2, student_intermediate_size=32, batch_size=8, logging_steps=2,
@@ -118,12 +118,14 @@ def _cli(*args):
     return CliRunner().invoke(app, list(args))
 
 
-def test_cli_cache_then_distill_and_errors(files, tmp_path):
+def test_cli_cache_then_distill_and_errors(files, world, tmp_path):
     r = _cli("distill", "cache-logits", "--teacher", str(files / "teacher"), "--gold", str(files / "gold.jsonl"),
              "--forbidden", str(files / "forbidden.jsonl"), "--out", str(tmp_path / "cache"), "--json")
     assert r.exit_code == 0, r.output
     meta = json.loads(r.stdout)
-    assert meta["k"] == 16 and meta["bytes_per_token"] == 100
+    # the world's vocabulary fits uint16 ids: 16 x (2 + 2) + 4 bytes per token
+    assert meta["k"] == 16 and meta["bytes_per_token"] == 68 and meta["index_dtype"] == "uint16"
+    assert meta["teacher_sha256"] == sha256_path(files / "teacher")
     (tmp_path / "p.yaml").write_text("distill:\n  max_steps: 2\n  batch_size: 4\n  student_hidden_size: 16\n")
     r = _cli("distill", "--config", str(tmp_path / "p.yaml"), "--teacher", str(files / "teacher"),
              "--gold", str(files / "gold.jsonl"), "--forbidden", str(files / "forbidden.jsonl"),
@@ -132,6 +134,21 @@ def test_cli_cache_then_distill_and_errors(files, tmp_path):
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.strip().splitlines()[-1])["steps"] == 2
     assert (tmp_path / "out" / "student" / "config.json").exists()
+    # the same cache dir under another teacher (UNDO's unlearned teacher, say) is refused, not silently reused
+    other = tmp_path / "other-teacher"
+    make_tiny_model("llama", len(world.tokenizer), layers=2, seed=7).save_pretrained(other)
+    world.tokenizer.save_pretrained(other)
+    r = _cli("distill", "--config", str(tmp_path / "p.yaml"), "--teacher", str(other),
+             "--gold", str(files / "gold.jsonl"), "--forbidden", str(files / "forbidden.jsonl"),
+             "--out", str(tmp_path / "out2"), "--quiet",
+             "--set", "teacher_logits=cache", "--set", f"cache_dir={tmp_path / 'cache'}")
+    assert r.exit_code == 1 and "another teacher" in r.output and "Traceback" not in r.output, r.output
+    # and so is another k
+    r = _cli("distill", "--config", str(tmp_path / "p.yaml"), "--teacher", str(files / "teacher"),
+             "--gold", str(files / "gold.jsonl"), "--forbidden", str(files / "forbidden.jsonl"),
+             "--out", str(tmp_path / "out3"), "--quiet", "--set", "cache_top_k=8",
+             "--set", "teacher_logits=cache", "--set", f"cache_dir={tmp_path / 'cache'}")
+    assert r.exit_code == 1 and "cache_top_k=8" in r.output, r.output
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "1+1:", "completion": " 2"}\n{"oops": 1}\n')
     r = _cli("distill", "--teacher", str(files / "teacher"), "--gold", str(bad), "--out", str(tmp_path / "o"))

@@ -159,12 +159,12 @@ def cache_logits_cmd(
     overrides: list[str] = typer.Option([], "--set", help="Override a distill field (temperature, max_length...)."),
     as_json: bool = typer.Option(False, "--json", help="Print cache.json."),
 ) -> None:
-    """Store the teacher's top-k logits per token (fp16 values, int32 ids, an 'other' bucket) in safetensors
-    shards; point distill at it with --set teacher_logits=cache --set cache_dir=DIR."""
+    """Store the teacher's top-k logits per token (fp16 or u8 values, uint16/int32 ids, an 'other' bucket) in
+    safetensors shards, keyed by the teacher's hash and the data's; point distill at it with --set teacher_logits=cache --set cache_dir=DIR."""
     from ..models import ModelLoadError, load_model, load_tokenizer
     from .cache import cache_logits, data_parallel
     from .data import DataError
-    from .run import data_keys, encode_all, load_inputs
+    from .run import data_keys, encode_all, load_inputs, teacher_identity
 
     pcfg = _load(config)
     dcfg = _section(pcfg, _overrides(overrides))
@@ -194,7 +194,7 @@ def cache_logits_cmd(
         model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}")
     meta = cache_logits(model, encoded, out_dir, top_k or dcfg.cache_top_k, dcfg.temperature, gold_key, forb_key,
                         pad_id=tok.pad_token_id, shard_examples=shard_examples, rank=rank, world_size=world,
-                        barrier=barrier)
+                        barrier=barrier, teacher_sha256=teacher_identity(teacher), value_format=dcfg.cache_values)
     if meta is None:  # not rank 0: rank 0 wrote cache.json
         return
     if as_json:

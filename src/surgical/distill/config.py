@@ -71,6 +71,10 @@ class DistillConfig(Section):
     )
     cache_dir: str | None = Field(None, description="Top-k cache directory (default OUT/logits-cache).")
     cache_top_k: int = Field(16, ge=1, description="Teacher logits kept per token in the cache.")
+    cache_values: Literal["fp16", "u8"] = Field(
+        "fp16", description="How the cache stores the top-k logits: fp16, or u8 steps below the top-1 logit with a "
+        "per-token fp16 step (k + 2 bytes instead of 2k; see docs/distill.md for the KD-loss error)."
+    )
 
     # ---- Safety Divergence Penalty
     penalty_forms: list[PenaltyForm] = Field(

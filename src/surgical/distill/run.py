@@ -63,6 +63,13 @@ def encode_all(cfg: DistillConfig, tok, gold_recs: list[dict], forb_recs: list[d
     return encoded
 
 
+def teacher_identity(teacher) -> str:
+    """The teacher's content hash (an HF dir's files or a GGUF file's bytes, memoised by path/size/mtime): the
+    key that ties a logits cache, a checkpoint and the recorded teacher metrics to these exact weights."""
+    path = Path(teacher)
+    return sha256_path(path) if path.exists() else sha256_json({"teacher": str(teacher)})
+
+
 def data_keys(cfg: DistillConfig, gold_hash: str, forb_hash: str) -> tuple[str, str]:
     """Cache keys of the gold and forbidden parts of the data, under this config's encoding."""
     enc = {"kd_tokens": cfg.kd_tokens, "max_length": cfg.max_length}
@@ -251,6 +258,7 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
 
     cache, cache_meta = None, None
     use_teacher = cfg.preset != "oracle"
+    teacher_sha = teacher_identity(teacher)
     if cfg.teacher_logits == "cache" and use_teacher:
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "logits-cache"
         if not (cache_dir / "cache.json").exists():  # under a launcher each rank writes its share of the shards
@@ -258,9 +266,11 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
             if torch.cuda.is_available():
                 teacher_model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}")
             cache_logits(teacher_model, encoded, cache_dir, cfg.cache_top_k, cfg.temperature, gold_key, forb_key,
-                         pad_id=tok.pad_token_id, rank=rank, world_size=world, barrier=barrier)
+                         pad_id=tok.pad_token_id, rank=rank, world_size=world, barrier=barrier,
+                         teacher_sha256=teacher_sha, value_format=cfg.cache_values)
             barrier()  # the other ranks wait for rank 0's cache.json
-        cache = TopKCache(cache_dir, gold_key, forb_key if forb_recs else None, temperature=cfg.temperature)
+        cache = TopKCache(cache_dir, gold_key, forb_key if forb_recs else None, temperature=cfg.temperature,
+                          teacher_sha256=teacher_sha, k=cfg.cache_top_k, value_format=cfg.cache_values)
         cache_meta = cache.meta
 
     n_t, n_s = num_layers(teacher_model), num_layers(student)
@@ -324,7 +334,7 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
         "config": cfg.model_dump(),
         "student": info.to_dict(),
         "teacher": str(teacher),
-        "teacher_sha256": sha256_path(Path(teacher)) if Path(teacher).is_dir() else None,
+        "teacher_sha256": teacher_sha,
         "data": {"gold_sha256": gold_hash, "forbidden_sha256": forb_hash, "n_gold": len(gold_recs),
                  "n_forbidden": len(forb_recs), "forbidden_as_kd": forbidden_as_kd},
         "layers": {"align_pairs": align_pairs, "rmu_pairs": rmu_pairs},
