@@ -214,8 +214,14 @@ def stage_verify(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
 
     res = verify_run(inputs["distill"] / "student", load_policy(policy_of(inputs)), suite_of(inputs), out_dir,
                      reference_dirs=[teacher_of(inputs)], cfg=cfg.verify, policy_path=policy_of(inputs),
-                     no_skill_dir=no_skill_model(inputs))
+                     no_skill_dir=no_skill_model(inputs), reference_cache_dir=reference_cache(out_dir))
     return Result({"verdict": res.verdict, "exit_code": res.exit_code, "checks": res.record.get("checks")})
+
+
+def reference_cache(stage_dir: Path) -> Path:
+    """RUN_DIR/reference-cache: the teacher's battery measurements, shared by every battery of the run (and of
+    later runs in the same directory) with the same teacher, battery config and suite (verify.run.ReferenceMemo)."""
+    return Path(stage_dir).parent / "reference-cache"
 
 
 def no_skill_model(inputs: Inputs) -> Path | None:
@@ -251,7 +257,8 @@ def stage_verify_quantized(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -
     from ..verify.run import verify_summary
 
     summary = verify_summary(inputs["quantize"] / "model", out_dir, policy_of(inputs), suite_of(inputs),
-                             [teacher_of(inputs)], quantized_verify_config(cfg), no_skill_dir=no_skill_model(inputs))
+                             [teacher_of(inputs)], quantized_verify_config(cfg), no_skill_dir=no_skill_model(inputs),
+                             reference_cache_dir=reference_cache(out_dir))
     write_json(out_dir / "summary.json", summary)
     return Result(summary)
 
@@ -276,7 +283,7 @@ def comparison_row(method: str, model_dir: Path, cfg: PipelineConfig, inputs: In
 
     res = verify_run(model_dir, load_policy(policy_of(inputs)), suite_of(inputs), out_dir / "verify",
                      reference_dirs=[teacher_of(inputs)], cfg=compare_verify_config(cfg),
-                     policy_path=policy_of(inputs))
+                     policy_path=policy_of(inputs), reference_cache_dir=reference_cache(out_dir))
     return row_from_verify(method, res.record, train)
 
 

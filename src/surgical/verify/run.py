@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from ..io import provenance, write_json
+from ..io import provenance, read_json, sha256_json, sha256_path, write_json
 from .config import VerifyConfig
 from .parallel import auto_workers
 
@@ -109,15 +109,71 @@ def _ref_names(reference_dirs: Sequence[str | Path]) -> list[str]:
     return names
 
 
+class ReferenceMemo:
+    """The battery's measurements of a reference model, kept as JSON files keyed by (the reference's content
+    hash, the part, the battery config, the suite's data hash, the forget/retain/cross domains, surgical's version)
+    and reused by every later battery with the same key: the pipeline's comparison rows all measure the same
+    teacher, and before this each row measured it again. Without a directory it computes every time.
+
+    Every value goes through JSON whether it was computed or read, so a battery that reuses a measurement sees
+    exactly what the battery that made it saw. An unreadable file is computed again and rewritten (atomically)."""
+
+    def __init__(self, directory: str | Path | None, context: dict):
+        self.dir = Path(directory) if directory is not None else None
+        self.context = context
+        self.hits: list[str] = []
+        self.misses: list[str] = []
+
+    def get(self, ref_dir: str | Path, part: str, compute: Callable[[], object], **extra) -> object:
+        import json
+
+        if self.dir is None:
+            return compute()
+        from .. import __version__
+
+        key = sha256_json({"reference": sha256_path(ref_dir), "part": part, **self.context, **extra,
+                           "surgical_version": __version__})
+        path = self.dir / f"{part}-{key[:32]}.json"
+        if path.exists():
+            try:
+                rec = read_json(path)
+                if rec.get("key") == key:
+                    self.hits.append(part)
+                    return rec["result"]
+            except (ValueError, OSError, KeyError):
+                pass  # unreadable: computed again and rewritten below
+        self.misses.append(part)
+        result = json.loads(json.dumps(compute(), default=_json_value))
+        if isinstance(result, dict) and "error" in result:
+            return result  # a failed measurement is never kept: the next battery tries again
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"key": key, "part": part, "reference": str(ref_dir), "result": result})
+        return result
+
+
+def _json_value(obj):
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
 def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dirs: Sequence[str | Path] = (),
         cfg: VerifyConfig | None = None, jailbreak_dirs: Sequence[str | Path] = (),
         show_generations: bool = False, policy_path: str | Path | None = None,
-        log: Callable[[str], None] | None = None, no_skill_dir: str | Path | None = None) -> VerifyResult:
+        log: Callable[[str], None] | None = None, no_skill_dir: str | Path | None = None,
+        reference_cache_dir: str | Path | None = None) -> VerifyResult:
     """Run the battery on ``model_dir`` against ``policy`` (a Policy) with the eval data of ``suite`` (a Suite or
     a suite YAML path); the first reference is the teacher the retain ratio and the relearning target are
     measured against. ``no_skill_dir``: a model trained like the student but never on the forget domains (the
     pipeline's oracle); its clean forget MC on the same items is the calibrated level both forget MC checks are
-    judged against (``mc_calibration.no_skill_reference``)."""
+    judged against (``mc_calibration.no_skill_reference``). ``reference_cache_dir``: where the references'
+    measurements are kept and reused across batteries (``ReferenceMemo``); None measures them every time."""
     from ..suite import Suite, SuiteError, load_suite
     from . import incontext, jailbreaks, latent, probes, quant_attack
     from .report import write_reports
@@ -155,8 +211,12 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
 
     model, tok = _load(model_dir)
     check_finite_weights(model, model_dir)
-    refs = {}
-    for n, d in zip(_ref_names(reference_dirs), reference_dirs, strict=True):
+    refs, ref_dirs = {}, dict(zip(_ref_names(reference_dirs), reference_dirs, strict=True))
+    # what every reference measurement depends on besides the reference; each part adds the arguments its
+    # computation receives (and nothing else of cfg reaches it), so batteries with other settings elsewhere share it
+    memo = ReferenceMemo(reference_cache_dir, {"suite": suite.data_hash, "forget": list(forget),
+                                               "retain": list(retain), "cross": list(cross)})
+    for n, d in ref_dirs.items():
         ref_model, ref_tok = _load(d)
         check_finite_weights(ref_model, f"reference {d}")
         if not _same_tokenizer(tok, ref_tok):
@@ -179,7 +239,8 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
         return res
 
     with timed("knowledge probes"):
-        baseline = {"model": baseline_of(model), **{n: baseline_of(r) for n, r in refs.items()}}
+        baseline = {"model": baseline_of(model),
+                    **{n: memo.get(ref_dirs[n], "knowledge", lambda r=r: baseline_of(r), args=pk) for n, r in refs.items()}}
     side = {n: jailbreaks.summarise_sides({"forget": {d: b[d] for d in forget}, "retain": {d: b[d] for d in retain}})
             for n, b in baseline.items()}
     attacks = {"none": side["model"]}
@@ -203,9 +264,15 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
         attacks[f"jailbreak:{fam}"] = attack_summary(res)
 
     with timed("in-context use"):
-        in_context = {n: incontext.in_context_use(m, tok, suite, forget, cfg.split, cfg.in_context_items,
-                                                  cfg.bootstrap_samples, cfg.seed, cfg.batch_size)
-                      for n, m in {"model": model, **refs}.items()}
+        ic_args = [cfg.split, cfg.in_context_items, cfg.bootstrap_samples, cfg.seed, cfg.batch_size]
+
+        def in_context_of(m):
+            return incontext.in_context_use(m, tok, suite, forget, cfg.split, cfg.in_context_items,
+                                            cfg.bootstrap_samples, cfg.seed, cfg.batch_size)
+
+        in_context = {"model": in_context_of(model),
+                      **{n: memo.get(ref_dirs[n], "in_context", lambda r=r: in_context_of(r), args=ic_args)
+                         for n, r in refs.items()}}
 
     with timed("quantization attack"):
         quant = quant_attack.quantization_attack(model, tok, suite, forget, retain, cfg, baseline["model"])
@@ -219,9 +286,10 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
     with timed("latent probes"):
         ref_hits = None
         if refs:
-            first = next(iter(refs.values()))
-            ref_hits = {d: probes.primary_hits(first, tok, suite[d], "val", cfg.ablation_items, cfg.batch_size)
-                        for d in forget}
+            first_name, first = next(iter(refs.items()))
+            ref_hits = memo.get(ref_dirs[first_name], "primary_hits", lambda: {
+                d: probes.primary_hits(first, tok, suite[d], "val", cfg.ablation_items, cfg.batch_size)
+                for d in forget}, args=[cfg.ablation_items, cfg.batch_size])
         ablation = latent.direction_ablation_attack(model, tok, suite, forget, retain, cfg, ref_hits)
         attacks["direction_ablation"] = attack_summary(ablation)
         latent_res = latent.latent_report(model, tok, suite, forget, retain, cfg, refs)
@@ -229,7 +297,7 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
     relearning = None
     if cfg.relearn:
         with timed("relearning attack"):
-            relearning = _relearning(model, refs, tok, suite, forget, retain, cfg)
+            relearning = _relearning(model, refs, tok, suite, forget, retain, cfg, memo, ref_dirs)
 
     retain_score = side["model"]["retain"]
     retention = {"retain": {d: baseline["model"][d]["primary"] for d in retain},
@@ -278,6 +346,8 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
         "template_alphabet_issues": alphabet_issues,
         "generations_redacted": not show_generations,
         "timings_s": timings,
+        "reference_cache": {"dir": str(memo.dir) if memo.dir is not None else None, "reused": memo.hits,
+                            "measured": memo.misses},
         "provenance": provenance(cfg, inputs={"model": model_dir, "policy": policy_path,
                                               **{f"reference:{n}": d for n, d in
                                                  zip(_ref_names(reference_dirs), reference_dirs, strict=True)}},
@@ -327,7 +397,8 @@ def random_init_twin_mc(model, tok, suite, forget: Sequence[str], cfg: VerifyCon
             "by_domain": {d: {k: m[k] for k in ("mc", "mc_norm") if k in m} for d, m in by_domain.items()}}
 
 
-def _relearning(model, refs: dict, tok, suite, forget, retain, cfg) -> dict:
+def _relearning(model, refs: dict, tok, suite, forget, retain, cfg, memo: ReferenceMemo | None = None,
+                ref_dirs: dict | None = None) -> dict:
     """The relearning attack on the model (and the references): {name: result}. An attack that raises is
     recorded as ``{"error": ...}`` (the verdict's relearning check is then not evaluated, and the verdict
     cannot pass while it gates), so the rest of the battery is kept."""
@@ -339,18 +410,29 @@ def _relearning(model, refs: dict, tok, suite, forget, retain, cfg) -> dict:
         except Exception as exc:  # noqa: BLE001 - recorded; the verdict does not pass on it
             return {"error": f"{type(exc).__name__}: {exc}"}
 
+    memo = memo or ReferenceMemo(None, {})
+    ref_dirs = ref_dirs or {}
     teacher_forget = 1.0
+    first_sha = None
     if refs:
-        first = next(iter(refs.values()))
+        first_name, first = next(iter(refs.items()))
         try:
-            teacher_forget = relearn.forget_eval_fn(tok, suite, forget, cfg.split, cfg.relearn_eval_items,
-                                                    cfg.batch_size)(first)
+            teacher_forget = memo.get(ref_dirs.get(first_name, first_name), "relearn_teacher_forget",
+                                      lambda: relearn.forget_eval_fn(tok, suite, forget, cfg.split,
+                                                                     cfg.relearn_eval_items, cfg.batch_size)(first),
+                                      args=[cfg.split, cfg.relearn_eval_items, cfg.batch_size])
         except Exception as exc:  # noqa: BLE001 - recorded, as above
             return {"model": {"error": f"the teacher's forget accuracy: {type(exc).__name__}: {exc}"}}
+        first_sha = sha256_path(ref_dirs[first_name]) if memo.dir is not None and first_name in ref_dirs else None
     out = {"model": attack(model, cfg, teacher_forget)}
     ref_cfg = cfg.model_copy(update={"benign_relearn": False})
     for n, r in (refs.items() if cfg.relearn_references else ()):
-        out[n] = attack(r, ref_cfg, teacher_forget)
+        if n in ref_dirs:  # the attack on a reference is measured against the first reference's level: keyed by it
+            out[n] = memo.get(ref_dirs[n], "relearn", lambda r=r: attack(r, ref_cfg, teacher_forget),
+                              teacher=first_sha, teacher_forget=teacher_forget,
+                              battery=ref_cfg.model_dump(mode="json"))
+        else:
+            out[n] = attack(r, ref_cfg, teacher_forget)
     return out
 
 
@@ -360,7 +442,8 @@ def attack_summary(res: dict) -> dict:
 
 
 def verify_summary(model_dir: Path, out_dir: Path, policy_path: str | Path, suite, references: Sequence[str | Path],
-                   cfg: VerifyConfig | None = None, no_skill_dir: str | Path | None = None) -> dict:
+                   cfg: VerifyConfig | None = None, no_skill_dir: str | Path | None = None,
+                   reference_cache_dir: str | Path | None = None) -> dict:
     """Run the battery and reduce it to the summary the quantize stage records; never raises, so a verify
     error cannot lose the model it checks (the error is recorded, and the verdict is then 'error'). Otherwise the
     verdict is run()'s, passed through as it is: 'pass', 'fail' or 'incomplete' (with the gating checks that
@@ -369,7 +452,7 @@ def verify_summary(model_dir: Path, out_dir: Path, policy_path: str | Path, suit
 
     try:
         result = run(model_dir, load_policy(policy_path), suite, out_dir, reference_dirs=list(references), cfg=cfg,
-                     policy_path=policy_path, no_skill_dir=no_skill_dir)
+                     policy_path=policy_path, no_skill_dir=no_skill_dir, reference_cache_dir=reference_cache_dir)
     except Exception as exc:  # noqa: BLE001 - recorded in quantize.json and the model card
         return {"status": "error", "verdict": "error", "error": f"{type(exc).__name__}: {exc}"}
     rec = result.record
