@@ -159,11 +159,13 @@ def _register_stages() -> None:
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Run directory."),
     quiet: bool = typer.Option(False, "--quiet"),
+    jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Run up to N independent stages at once, each in its "
+                             "own process with cores // N threads (docs/pipeline.md)."),
 ) -> None:
     """Run the whole method on the embedded arithmetic world: every stage, the baselines, the report."""
     from .pipeline.graph import run_demo
 
-    code = run_demo(out_dir, quiet=quiet)
+    code = run_demo(out_dir, quiet=quiet, jobs=jobs)
     raise typer.Exit(code)
 
 

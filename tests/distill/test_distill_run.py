@@ -318,3 +318,38 @@ def test_distill_never_overwrites_a_student_dir_it_did_not_make(files, tmp_path)
     assert (tmp_path / "student" / MARK).exists()
     run(cfg, files / "teacher", files / "gold.jsonl", out_dir=tmp_path, quiet=True)  # its own: replaced
     assert not list(tmp_path.glob(".student.*"))
+
+
+def test_cache_root_shares_one_cache_per_teacher_and_data(files, world, tmp_path):
+    """cache_root: two students of one teacher on the same data read one cache (built by the first run); a second
+    teacher (UNDO's unlearned one, say) and other data each get their own subdirectory; a cached student equals
+    the online one when k covers the vocabulary (the bucket loss is then the full KL)."""
+    root = tmp_path / "shared"
+    common = dict(TINY, max_steps=3, teacher_logits="cache", cache_root=str(root), cache_top_k=4096)
+    gold, forb = files / "gold.jsonl", files / "forbidden.jsonl"
+    run(DistillConfig(**common), files / "teacher", gold, forb, out_dir=tmp_path / "a", quiet=True)
+    run(DistillConfig(**common), files / "teacher", gold, forb, out_dir=tmp_path / "b", quiet=True,
+        preset="plain-kd")
+    a, b = (json.loads((tmp_path / d / "distill.json").read_text())["cache"] for d in "ab")
+    assert a["dir"] == b["dir"] and Path(a["dir"]).parent == root
+    assert a["built_by_this_run"] and not b["built_by_this_run"]
+    assert a["k"] == len(world.tokenizer)  # k clipped to the vocabulary: exact
+    other = tmp_path / "other-teacher"
+    make_tiny_model("llama", len(world.tokenizer), layers=2, seed=7).save_pretrained(other)
+    world.tokenizer.save_pretrained(other)
+    run(DistillConfig(**common), other, gold, forb, out_dir=tmp_path / "c", quiet=True)
+    c = json.loads((tmp_path / "c" / "distill.json").read_text())["cache"]
+    assert c["dir"] != a["dir"] and c["built_by_this_run"] and c["teacher_sha256"] == sha256_path(other)
+    short = tmp_path / "gold-short.jsonl"
+    short.write_text("".join(gold.read_text().splitlines(keepends=True)[:5]))
+    run(DistillConfig(**common), files / "teacher", short, forb, out_dir=tmp_path / "d", quiet=True)
+    d = json.loads((tmp_path / "d" / "distill.json").read_text())["cache"]
+    assert d["dir"] not in (a["dir"], c["dir"])
+    assert len([p for p in root.iterdir() if p.is_dir()]) == 3
+    # with k = V the cached student is the online one (same seed, same stream)
+    run(DistillConfig(**{**common, "teacher_logits": "online"}), files / "teacher", gold, forb,
+        out_dir=tmp_path / "online", quiet=True)
+    from surgical.models import load_model
+
+    sa, so = (load_model(tmp_path / d / "student").state_dict() for d in ("a", "online"))
+    assert max(float((sa[k] - so[k]).abs().max()) for k in sa) < 5e-3

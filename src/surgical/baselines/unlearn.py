@@ -311,7 +311,8 @@ def unlearn(model_dir: str | Path, method: Literal["graddiff", "maxent", "rmu"],
         raise ValueError("unlearning needs non-empty forget and retain records")
     cfg = cfg or UnlearnConfig()
     check_replaceable(out_dir)  # before any work: never over a directory surgical did not make
-    torch.set_num_threads(cfg.threads)
+    from ..threads import set_threads
+    set_threads(cfg.threads)
     set_seed(cfg.seed)
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     tokenizer = load_tokenizer(model_dir)

@@ -230,7 +230,8 @@ def run(cfg: GenerateConfig, model_dir: str | Path, prompts_path: str | Path, ou
     (else ``cfg.constitution``): a YAML, 'demo' or 'none'/empty (no rewriting)."""
     from ..models import load_model, load_tokenizer
 
-    torch.set_num_threads(cfg.threads)
+    from ..threads import set_threads
+    set_threads(cfg.threads)
     c_file = constitution_file(constitution_path if constitution_path is not None else cfg.constitution)
     constitution = load_constitution(c_file) if c_file is not None else None
     prompts = read_prompts(prompts_path, cfg.prompt_field)

@@ -508,8 +508,11 @@ def curate(
     curator = Curator(policy, cfg, classifier)
     t_setup = time.perf_counter() - t_start
     pool = None
-    if cfg.num_proc > 1:
-        pool = mp.get_context("spawn").Pool(cfg.num_proc, initializer=_init_worker,
+    from ..threads import capped
+
+    num_proc = capped(cfg.num_proc)  # a parallel pipeline stage keeps to its share of the cores
+    if num_proc > 1:
+        pool = mp.get_context("spawn").Pool(num_proc, initializer=_init_worker,
                                             initargs=(curator.blocklist, cfg.minhash_perm, cfg.shingle_words, cfg.dedup))
     else:
         _init_worker(curator.blocklist, cfg.minhash_perm, cfg.shingle_words, cfg.dedup)
@@ -542,7 +545,7 @@ def _local_batches(records: Iterable[tuple[str, dict | ReadError]], cfg: CurateC
         texts = [t for _, _, t in ok]
         t0 = time.perf_counter()
         if pool is not None and texts:
-            step = -(-len(texts) // cfg.num_proc)
+            step = -(-len(texts) // num_proc)
             parts = pool.map(_stage1, [texts[i : i + step] for i in range(0, len(texts), step)])
             stage1 = [x for p in parts for x in p[0]]
             curator.seconds["blocklist_cpu"] += sum(p[1] for p in parts)

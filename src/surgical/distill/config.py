@@ -69,7 +69,13 @@ class DistillConfig(Section):
     teacher_logits: Literal["online", "cache"] = Field(
         "online", description="online = teacher forward in each step; cache = read a top-k logits cache."
     )
-    cache_dir: str | None = Field(None, description="Top-k cache directory (default OUT/logits-cache).")
+    cache_dir: str | None = Field(None, description="Top-k cache directory (default OUT/logits-cache, or a "
+                                  "subdirectory of cache_root).")
+    cache_root: str | None = Field(
+        None, description="A directory of caches shared by several runs (the pipeline's RUN_DIR/teacher-logits): "
+        "each (teacher hash, data hashes, k, temperature, value format) gets its own subdirectory, built once under "
+        "a file lock and read by every later run with the same key. cache_dir, when given, wins."
+    )
     cache_top_k: int = Field(16, ge=1, description="Teacher logits kept per token in the cache.")
     cache_values: Literal["fp16", "u8"] = Field(
         "fp16", description="How the cache stores the top-k logits: fp16, or u8 steps below the top-1 logit with a "

@@ -8,6 +8,7 @@ arithmetic world (through ``surgical.demo``, the only place that knows it).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -74,6 +75,42 @@ def data_keys(cfg: DistillConfig, gold_hash: str, forb_hash: str) -> tuple[str, 
     """Cache keys of the gold and forbidden parts of the data, under this config's encoding."""
     enc = {"kd_tokens": cfg.kd_tokens, "max_length": cfg.max_length}
     return sha256_json({"gold": gold_hash, **enc}), (sha256_json({"forbidden": forb_hash, **enc}) if forb_hash else "")
+
+
+def logits_cache_dir(cfg: DistillConfig, out_dir: Path, teacher_sha: str, gold_key: str, forb_key: str,
+                     teacher_model) -> Path:
+    """Where this run's logits cache lives: ``cache_dir``; else, with ``cache_root``, the subdirectory of this
+    run's key (teacher hash, data keys, effective k, temperature, value format), so runs that share a teacher and
+    data share one cache and no run reads another's; else OUT/logits-cache."""
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir)
+    if not cfg.cache_root:
+        return Path(out_dir) / "logits-cache"
+    vocab = teacher_model.get_output_embeddings().weight.shape[0]
+    key = sha256_json({"teacher_sha256": teacher_sha, "gold": gold_key, "forbidden": forb_key,
+                       "k": min(cfg.cache_top_k, vocab), "temperature": cfg.temperature,
+                       "values": cfg.cache_values})
+    return Path(cfg.cache_root) / key[:20]
+
+
+@contextlib.contextmanager
+def cache_build_lock(cache_dir: Path, enabled: bool = True):
+    """An exclusive lock on ``<cache_dir>.lock`` (POSIX flock; a no-op where fcntl is missing): a second process
+    building the same cache waits, then finds cache.json and reads it."""
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        fcntl = None
+    if not enabled or fcntl is None:
+        yield
+        return
+    with open(cache_dir.with_name(cache_dir.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _build_student(cfg: DistillConfig, teacher, teacher_tok, map_data: dict):
@@ -218,7 +255,8 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
         if unknown:
             raise ValueError(f"domain(s) {sorted(unknown)} not in suite {suite.name!r}")
     t_start = time.perf_counter()
-    torch.set_num_threads(cfg.threads)
+    from ..threads import set_threads
+    set_threads(cfg.threads)
     set_seed(cfg.seed)
     from ..outputs import check_replaceable, ensure_out_dir
 
@@ -260,18 +298,23 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
     use_teacher = cfg.preset != "oracle"
     teacher_sha = teacher_identity(teacher)
     if cfg.teacher_logits == "cache" and use_teacher:
-        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out_dir / "logits-cache"
-        if not (cache_dir / "cache.json").exists():  # under a launcher each rank writes its share of the shards
-            rank, world, barrier = data_parallel()
-            if torch.cuda.is_available():
-                teacher_model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}")
-            cache_logits(teacher_model, encoded, cache_dir, cfg.cache_top_k, cfg.temperature, gold_key, forb_key,
-                         pad_id=tok.pad_token_id, rank=rank, world_size=world, barrier=barrier,
-                         teacher_sha256=teacher_sha, value_format=cfg.cache_values)
-            barrier()  # the other ranks wait for rank 0's cache.json
+        cache_dir = logits_cache_dir(cfg, out_dir, teacher_sha, gold_key, forb_key, teacher_model)
+        built = False
+        # parallel pipeline stages sharing cache_root build a cache once (not under a launcher: its ranks build
+        # one cache together, meeting at a barrier that a lock held by one rank would block)
+        with cache_build_lock(cache_dir, enabled=world_size == 1):
+            if not (cache_dir / "cache.json").exists():
+                built = True  # under a launcher each rank writes its share of the shards
+                rank, world, barrier = data_parallel()
+                if torch.cuda.is_available():
+                    teacher_model.to(f"cuda:{int(os.environ.get('LOCAL_RANK', rank))}")
+                cache_logits(teacher_model, encoded, cache_dir, cfg.cache_top_k, cfg.temperature, gold_key,
+                             forb_key, pad_id=tok.pad_token_id, rank=rank, world_size=world, barrier=barrier,
+                             teacher_sha256=teacher_sha, value_format=cfg.cache_values)
+                barrier()  # the other ranks wait for rank 0's cache.json
         cache = TopKCache(cache_dir, gold_key, forb_key if forb_recs else None, temperature=cfg.temperature,
                           teacher_sha256=teacher_sha, k=cfg.cache_top_k, value_format=cfg.cache_values)
-        cache_meta = cache.meta
+        cache_meta = {**cache.meta, "dir": str(cache_dir), "built_by_this_run": built}
 
     n_t, n_s = num_layers(teacher_model), num_layers(student)
     kept = info.kept_layers

@@ -202,7 +202,8 @@ def run(cfg: MapConfig, model, tokenizer, forget: list[Example], retain: list[Ex
     from .validate import validate_neurons
 
     t_start = time.perf_counter()
-    torch.set_num_threads(cfg.threads)
+    from ..threads import set_threads
+    set_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out_dir = Path(out_dir)
     model = model.to(cfg.device).eval()

@@ -32,6 +32,8 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Re-run every stage, cached or not."),
         status: bool = typer.Option(False, "--status", help="Print which stages are done and exit."),
         quiet: bool = typer.Option(False, "--quiet"),
+        jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Run up to N independent stages at once, each in "
+                                 "its own process with cores // N threads (docs/pipeline.md)."),
     ) -> None:
         """Run a pipeline YAML stage by stage; unchanged stages are skipped, interrupted runs resume.
         Exit 0 when the final verdict passes, 2 when it fails, 3 when it is incomplete (a check could not run, or
@@ -52,7 +54,7 @@ def register(app: typer.Typer) -> None:
                 print(f"{name}\t{st}")
             return
         try:
-            runner.run(from_stage=from_stage, only=only, force=force, quiet=quiet)
+            runner.run(from_stage=from_stage, only=only, force=force, quiet=quiet, jobs=jobs)
         except PipelineError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from None

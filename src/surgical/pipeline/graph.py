@@ -194,10 +194,18 @@ def _distill(cfg: PipelineConfig, inputs: Inputs, out: Path, preset: str, gold, 
     from ..distill.run import run as distill_run
 
     d = data_of(inputs)
-    dcfg = cfg.distill.model_copy(update=overrides or {})
+    shared = {"cache_root": str(teacher_logits_root(inputs))} if cfg.distill.teacher_logits == "cache" else {}
+    dcfg = cfg.distill.model_copy(update={**shared, **(overrides or {})})
     return distill_run(dcfg, teacher or teacher_of(inputs), gold, forbidden, map_path=map_path, out_dir=out,
                        preset=preset, suite=d["suite"], eval_domains=d["forget_domains"] + d["retain_domains"],
                        retain_domains=d["retain_domains"], quiet=inputs.quiet, resume="auto")
+
+
+def teacher_logits_root(inputs: Inputs) -> Path:
+    """RUN_DIR/teacher-logits: the top-k teacher-logit caches of the run's KD students (``teacher_logits: cache``),
+    one per (teacher hash, data, k, temperature, value format), so the students that share a teacher and data
+    (the student, plain-kd) read one cache, and UNDO's student (another teacher) gets its own."""
+    return Path(inputs.run_dir) / "teacher-logits"
 
 
 def stage_distill(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:
@@ -546,23 +554,24 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
 
 
 def make_runner(cfg: PipelineConfig, run_dir: str | Path | None = None, console: Console | None = None) -> Runner:
-    return Runner(build_stages(cfg), run_dir or cfg.run_dir, cfg, console=console)
+    return Runner(build_stages(cfg), run_dir or cfg.run_dir, cfg, console=console, rebuild=build_stages)
 
 
 def run_pipeline(config_path: str | Path | None, run_dir: str | Path | None = None, from_stage: str | None = None,
-                 only: str | None = None, force: bool = False, quiet: bool = False) -> dict:
-    """Run a pipeline YAML (default: the demo config) stage by stage with caching."""
+                 only: str | None = None, force: bool = False, quiet: bool = False, jobs: int = 1) -> dict:
+    """Run a pipeline YAML (default: the demo config) stage by stage with caching; ``jobs`` > 1 runs
+    independent stages in parallel processes (Runner.run_parallel)."""
     cfg = load_config(config_path) if config_path else demo_config()
     runner = make_runner(cfg, run_dir, console=Console(stderr=True, quiet=quiet))
-    return runner.run(from_stage=from_stage, only=only, force=force, quiet=quiet)
+    return runner.run(from_stage=from_stage, only=only, force=force, quiet=quiet, jobs=jobs)
 
 
-def run_demo(out_dir: str | Path = "runs/demo", quiet: bool = False) -> int:
+def run_demo(out_dir: str | Path = "runs/demo", quiet: bool = False, jobs: int = 1) -> int:
     """`surgical demo`: the whole method on the arithmetic world; prints the headline table and the report."""
     from .report import print_headline
 
     t0 = time.perf_counter()
-    results = run_pipeline(None, run_dir=out_dir, quiet=quiet)
+    results = run_pipeline(None, run_dir=out_dir, quiet=quiet, jobs=jobs)
     wall = time.perf_counter() - t0
     print_headline(Path(out_dir), Console(width=170), wall_s=wall)
     if not results:

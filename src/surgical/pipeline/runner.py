@@ -10,6 +10,9 @@ re-runs that one (stages that checkpoint internally, like distill, resume from t
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .. import __version__
 from ..io import read_json, sha256_json, sha256_path, write_json
+from ..threads import ENV as THREAD_ENV
 
 MARKER = ".done.json"
 
@@ -85,10 +89,14 @@ def _dir_hash(d: Path) -> str:
 
 
 class Runner:
-    """Runs ``stages`` (in the given order, which must respect deps) under ``run_dir``."""
+    """Runs ``stages`` (in the given order, which must respect deps) under ``run_dir``. ``rebuild(config)``, a
+    module-level function that returns the same stages, lets ``run(jobs=N)`` run them in spawned processes (a
+    stage's function may be a closure, which cannot be sent to another process; its name can)."""
 
-    def __init__(self, stages: list[Stage], run_dir: str | Path, config: Any, console: Console | None = None):
+    def __init__(self, stages: list[Stage], run_dir: str | Path, config: Any, console: Console | None = None,
+                 rebuild: Callable[[Any], list[Stage]] | None = None):
         self.stages = stages
+        self.rebuild = rebuild
         self.by_name = {s.name: s for s in stages}
         self.run_dir = Path(run_dir)
         self.config = config
@@ -129,8 +137,12 @@ class Runner:
         return {s.name: ("done" if self.is_done(s, rerun_checks=False) else "pending") for s in self.stages}
 
     def run(self, from_stage: str | None = None, only: str | None = None, force: bool = False,
-            quiet: bool = False) -> dict[str, dict]:
-        """Run the stages; returns {stage: {"status": "ran"|"cached", "summary": ..., "wall_s": ...}}."""
+            quiet: bool = False, jobs: int = 1) -> dict[str, dict]:
+        """Run the stages; returns {stage: {"status": "ran"|"cached", "summary": ..., "wall_s": ...}}.
+        ``jobs`` > 1 runs up to that many independent stages at once, each in its own process with an equal
+        share of the cores (see ``run_parallel``)."""
+        if jobs > 1 and not only:
+            return self.run_parallel(jobs, from_stage=from_stage, force=force, quiet=quiet)
         from ..outputs import OutputError, ensure_out_dir
 
         try:
@@ -166,13 +178,13 @@ class Runner:
                 progress.advance(task)
         return results
 
-    def _run_one(self, stage: Stage, quiet: bool) -> dict:
+    def _run_one(self, stage: Stage, quiet: bool, key: str | None = None) -> dict:
         out = self.out_dir(stage.name)
         out.mkdir(parents=True, exist_ok=True)
         marker = out / MARKER
         if marker.exists():
             marker.unlink()  # a stale marker must never survive a re-run that fails half-way
-        key = self.key(stage)  # computed before the stage writes its own output
+        key = key or self.key(stage)  # computed before the stage writes its own output
         inputs = Inputs({d: self.out_dir(d) for d in stage.deps}, self.run_dir, quiet)
         t0 = time.perf_counter()
         try:
@@ -186,3 +198,133 @@ class Runner:
                             "outputs_sha256": _dir_hash(out), "finished_unix_s": round(time.time(), 3)})
         self.console.print(f"[green]{stage.name}[/green]: done in {wall:.1f} s")
         return {"status": "ran", "summary": summary, "wall_s": round(wall, 2)}
+
+    # ------------------------------------------------------------ parallel stages
+
+    def run_parallel(self, jobs: int, from_stage: str | None = None, force: bool = False,
+                     quiet: bool = False) -> dict[str, dict]:
+        """Run the stages with up to ``jobs`` at once: a stage starts when every stage it depends on is done, in
+        the stages' order among those ready. Each runs in a fresh spawned process with ``SURGICAL_MAX_THREADS``
+        = cores // jobs (surgical.threads caps every stage's torch threads and worker processes at it), so the
+        stages share the machine without oversubscribing it. Cache keys, markers and outputs are what a serial
+        run writes (the key is computed here, from the config as given). A failing stage stops new starts; the
+        stages already running finish and keep their markers, then the failure is raised as StageFailed.
+        The stages' own progress bars are off (several processes cannot share one terminal); this process shows
+        which stages are running."""
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        from ..outputs import OutputError, ensure_out_dir
+
+        if self.rebuild is None:
+            raise PipelineError("jobs > 1 needs a runner made with rebuild= (make_runner does this)")
+        try:
+            ensure_out_dir(self.run_dir)
+        except OutputError as exc:
+            raise PipelineError(f"run_dir: {exc}") from None
+        if from_stage is not None and from_stage not in self.by_name:
+            raise PipelineError(f"--from {from_stage!r}: no such stage; stages are {', '.join(self.by_name)}")
+        names = [s.name for s in self.stages]
+        forced_from = names.index(from_stage) if from_stage else None
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        results: dict[str, dict] = {}
+        pending = list(self.stages)
+        running: dict[Any, Stage] = {}
+        failure: tuple[str, BaseException] | None = None
+        ctx = mp.get_context("spawn")
+        with Progress(TextColumn("[bold]pipeline"), BarColumn(), TextColumn("{task.completed}/{task.total} stages"),
+                      TextColumn("{task.description}"), TimeElapsedColumn(), console=self.console,
+                      disable=quiet) as progress, \
+                ProcessPoolExecutor(jobs, mp_context=ctx, **_fresh_process_per_task()) as pool:
+            task = progress.add_task("", total=len(pending))
+            while pending or running:
+                self._start_ready(pending, running, results, jobs, force, forced_from, names, pool, threads,
+                                  progress, task, failure is None)
+                progress.update(task, description="running " + ", ".join(s.name for s in running.values()))
+                if not running:
+                    if failure is not None or not pending:
+                        break
+                    stuck = ", ".join(s.name for s in pending)
+                    raise PipelineError(f"stages {stuck} wait on stages that never ran")
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    stage = running.pop(fut)
+                    try:
+                        outcome = fut.result()
+                    except Exception as exc:  # the child died (killed, out of memory: BrokenProcessPool) or
+                        outcome = {"error": exc}  # failed before its stage ran; no marker was written
+                    if "error" in outcome:
+                        if failure is None:
+                            failure = (stage.name, outcome["error"])
+                        continue
+                    results[stage.name] = outcome
+                    self.console.print(f"[green]{stage.name}[/green]: done in {outcome['wall_s']:.1f} s")
+                    progress.advance(task)
+                progress.update(task, description="running " + ", ".join(s.name for s in running.values()))
+        if failure is not None:
+            name, exc = failure
+            raise StageFailed(name, exc) from exc
+        return {n: results[n] for n in names if n in results}
+
+    def _start_ready(self, pending: list[Stage], running: dict, results: dict, jobs: int, force: bool,
+                     forced_from: int | None, names: list[str], pool, threads: int, progress, task,
+                     may_start: bool) -> None:
+        """Skip every ready stage that is cached and start ready ones while a slot is free, in stage order
+        (a cached stage can make later ones ready, so the scan repeats until nothing changes)."""
+        changed = True
+        while changed:
+            changed = False
+            for stage in list(pending):
+                if any(d not in results for d in stage.deps):
+                    continue
+                idx = names.index(stage.name)
+                must_run = force or (forced_from is not None and idx >= forced_from)
+                if not must_run and self.is_done(stage):
+                    pending.remove(stage)
+                    marker = read_json(self.out_dir(stage.name) / MARKER)
+                    results[stage.name] = {"status": "cached", "summary": marker.get("summary", {}),
+                                           "wall_s": marker.get("wall_s", 0.0)}
+                    self.console.print(f"[dim]{stage.name}: unchanged config and inputs, skipped (cached)[/dim]")
+                    progress.advance(task)
+                    changed = True
+                    break
+                if not may_start or len(running) >= jobs:
+                    continue
+                pending.remove(stage)
+                fut = pool.submit(_run_stage_in_child, self.rebuild, self.config, str(self.run_dir), stage.name,
+                                  self.key(stage), threads)
+                running[fut] = stage
+
+
+def _fresh_process_per_task() -> dict:
+    """A new process for every stage where Python can (3.11+): nothing a stage loaded stays in memory for the
+    next one."""
+    import sys
+
+    return {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
+
+
+def _run_stage_in_child(rebuild: Callable[[Any], list[Stage]], config: Any, run_dir: str, name: str, key: str,
+                        threads: int) -> dict:
+    """One stage in a spawned process, its threads capped (surgical.threads); returns _run_one's record, or
+    {"error": exc} (the exception itself when it pickles, so the CLI still tells bad input from a bug)."""
+    os.environ[THREAD_ENV] = str(threads)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    runner = Runner(rebuild(config), run_dir, config, console=Console(stderr=True, quiet=True), rebuild=rebuild)
+    try:
+        return runner._run_one(runner.by_name[name], quiet=True, key=key)
+    except StageFailed as failed:
+        exc = failed.__cause__ or failed
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:
+            import traceback
+
+            exc = RuntimeError(f"{type(exc).__name__}: {exc}\n{''.join(traceback.format_exception(exc))}")
+        return {"error": exc}

@@ -59,7 +59,8 @@ def measure_here(model_dir: str | Path, new_tokens: int = 32, batch: int = 8, pr
     prompts (KV cache). Meant to run in a fresh process (``measure``), so peak RSS is this model's own."""
     import resource
 
-    torch.set_num_threads(threads)
+    from ..threads import set_threads
+    set_threads(threads)
     rss_before = _rss_bytes()
     model = load_quantized(model_dir)
     vocab = model.config.vocab_size

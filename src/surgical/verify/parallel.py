@@ -23,10 +23,12 @@ def _call(i: int, threads: int):
 def auto_workers(configured: int, threads: int, model) -> int:
     """``configured`` when > 0; else ("auto") one worker per torch thread for a CPU model where fork exists,
     each then running with one thread; else 1 (serial)."""
+    from ..threads import capped
+
     if configured:
-        return configured
+        return capped(configured)  # a parallel pipeline stage gets its share of the cores, processes included
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    return max(1, threads) if on_cpu and "fork" in mp.get_all_start_methods() else 1
+    return capped(max(1, threads)) if on_cpu and "fork" in mp.get_all_start_methods() else 1
 
 
 def fork_map(job: Callable[[int], object], n: int, workers: int, progress=None) -> list:

@@ -186,7 +186,8 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
             suite = load_suite(suite)
         except SuiteError as exc:
             raise VerifyInputError(str(exc)) from None
-    torch.set_num_threads(cfg.threads)
+    from ..threads import set_threads
+    set_threads(cfg.threads)
     out_dir = Path(out_dir)
     forget, retain, cross = policy_domains(policy, suite)
     families = jailbreaks.load_families(jailbreak_dirs)

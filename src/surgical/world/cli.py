@@ -89,7 +89,8 @@ def register(app: typer.Typer) -> None:
         from .teacher import evaluate_world
 
         cfg = _load_cfg(config)
-        torch.set_num_threads(cfg.teacher.threads)
+        from ..threads import set_threads
+        set_threads(cfg.teacher.threads)
         wb = build_world(cfg.world)
         try:
             model = load_model(model_dir)

@@ -86,7 +86,8 @@ def train_teacher(world: WorldConfig, cfg: TeacherConfig, out_dir: str | Path, q
     from datasets import Dataset
     from transformers import LlamaForCausalLM, Trainer, TrainingArguments, set_seed
 
-    torch.set_num_threads(cfg.threads)
+    from ..threads import set_threads
+    set_threads(cfg.threads)
     out_dir = Path(out_dir)
     wb = build_world(world)
     tokenizer = wb.tokenizer
