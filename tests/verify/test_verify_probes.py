@@ -217,3 +217,30 @@ def test_relearning_records_the_mc_curve_and_the_best_lr_per_step(world_tokenize
     # the attacker's best lr at each step, not one lr for the whole curve; a stopped run holds its last value
     runs = {"0.1": {"mc_curve": [[0, 0.2], [50, 0.5], [200, 0.3]]}, "1": {"mc_curve": [[0, 0.2], [50, 0.4]]}}
     assert mc_by_step(runs) == {"0": 0.2, "50": 0.5, "200": 0.4}
+
+
+def test_relearning_sweep_measures_step_zero_once(world_tokenizer, world_suite, monkeypatch):
+    """Step 0 is the same model for every learning rate and for the benign run: measured once per sweep, and
+    every curve starts from that point."""
+    from surgical.models import make_tiny_model
+    from surgical.verify import relearn
+
+    calls = []
+    real = relearn.forget_eval_fn
+
+    def counting(*args, **kwargs):
+        evaluate = real(*args, **kwargs)
+
+        def wrapped(m):
+            calls.append(1)
+            return evaluate(m)
+        return wrapped
+
+    monkeypatch.setattr(relearn, "forget_eval_fn", counting)
+    model = make_tiny_model("llama", len(world_tokenizer))
+    cfg = TINY.model_copy(update={"workers": 1, "benign_relearn": True})
+    res = relearning_attack(model, world_tokenizer, world_suite, ["mul"], ["add"], cfg, 1.0, "test")
+    runs = [*res["runs"].values(), res["benign"]]
+    checkpoints = len({s for s in cfg.relearn_eval_steps if 0 < s <= cfg.relearn_max_steps} | {cfg.relearn_max_steps})
+    assert len(calls) == 1 + len(runs) * checkpoints  # not (1 + checkpoints) per run
+    assert len({tuple(r["curve"][0]) for r in runs}) == 1 and all(r["curve"][0][0] == 0 for r in runs)

@@ -543,7 +543,10 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         Stage("verify-quantized", stage_verify_quantized, deps=["data", "teacher", "quantize", *oracle],
               config_of=lambda c: (c.verify, c.baselines.compare_verify)),
     ]
-    for m in ["surgical"] + [b for b in enabled_baselines(cfg) if b != "oracle"]:
+    # UNDO's row first: it trains two models and is the longest stage, so with --jobs it starts as soon as it can
+    # (the report orders the rows itself)
+    rows = ["surgical"] + [b for b in enabled_baselines(cfg) if b != "oracle"]
+    for m in sorted(rows, key=lambda m: m != "undo"):
         stages.append(compare_stage(m))
     if cfg.baselines.cross_domain and not files:
         stages.append(Stage("cross-domain", stage_cross_domain, deps=["data", "teacher", "curate"],

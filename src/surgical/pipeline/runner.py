@@ -209,8 +209,8 @@ class Runner:
         stages share the machine without oversubscribing it. Cache keys, markers and outputs are what a serial
         run writes (the key is computed here, from the config as given). A failing stage stops new starts; the
         stages already running finish and keep their markers, then the failure is raised as StageFailed.
-        The stages' own progress bars are off (several processes cannot share one terminal); this process shows
-        which stages are running."""
+        The stages' own progress bars are off (several processes cannot share one terminal): each stage's output
+        goes to RUN_DIR/logs/<stage>.log, and this process shows which stages are running."""
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
         from ..outputs import OutputError, ensure_out_dir
@@ -262,6 +262,7 @@ class Runner:
                 progress.update(task, description="running " + ", ".join(s.name for s in running.values()))
         if failure is not None:
             name, exc = failure
+            self.console.print(f"[dim]{name}: its output is in {self.run_dir / 'logs' / (name + '.log')}[/dim]")
             raise StageFailed(name, exc) from exc
         return {n: results[n] for n in names if n in results}
 
@@ -307,6 +308,11 @@ def _run_stage_in_child(rebuild: Callable[[Any], list[Stage]], config: Any, run_
                         threads: int) -> dict:
     """One stage in a spawned process, its threads capped (surgical.threads); returns _run_one's record, or
     {"error": exc} (the exception itself when it pickles, so the CLI still tells bad input from a bug)."""
+    log = Path(run_dir) / "logs" / f"{name}.log"  # outside the stage's dir: its content is not in any key
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:  # this process's output (libraries' bars and logs) goes to the stage's log
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
     os.environ[THREAD_ENV] = str(threads)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)

@@ -73,10 +73,12 @@ def forget_mc_fn(tokenizer, suite, domains: Sequence[str], split: str, n_items: 
 
 def finetune_curve(model, tokenizer, examples: Sequence[tuple[str, str]], evaluate: Callable, lr: float,
                    max_steps: int, batch_size: int, eval_steps: Sequence[int], seed: int,
-                   stop_at: float | None = None, also: Callable | None = None) -> list[tuple]:
+                   stop_at: float | None = None, also: Callable | None = None,
+                   start: tuple | None = None) -> list[tuple]:
     """Fine-tune a deep copy of ``model`` on ``examples`` (answer tokens only, AdamW, constant ``lr``) and
     return [(step, evaluate(copy))] at step 0 and each of ``eval_steps`` (``(step, evaluate, also)`` when a
-    second metric ``also`` is given). Stops once ``evaluate`` reaches ``stop_at``."""
+    second metric ``also`` is given). Stops once ``evaluate`` reaches ``stop_at``. ``start``, the step-0 point
+    already measured on this model (``step_zero``), is used as it is: a sweep measures it once, not per lr."""
     torch.manual_seed(seed)
     work = float_copy(model)
     encoded = [encode_example(tokenizer, p, t) for p, t in examples]
@@ -86,7 +88,7 @@ def finetune_curve(model, tokenizer, examples: Sequence[tuple[str, str]], evalua
     def point(step: int, m) -> tuple:  # m passed in, not closed over: `del work` below frees the copy
         return (step, evaluate(m)) if also is None else (step, evaluate(m), also(m))
 
-    curve = [point(0, work)]
+    curve = [tuple(start) if start is not None else point(0, work)]
     if stop_at is not None and curve[0][1] >= stop_at:
         return curve
     rng = random.Random(seed)
@@ -109,6 +111,16 @@ def finetune_curve(model, tokenizer, examples: Sequence[tuple[str, str]], evalua
                 break
     del work
     return curve
+
+
+def step_zero(model, evaluate: Callable, also: Callable | None = None) -> tuple:
+    """The curve's step-0 point, ``(0, evaluate[, also])`` on the float copy every run starts from: the same for
+    every learning rate of a sweep (and for the benign run, which uses the same metric), so it is measured once."""
+    work = float_copy(model)
+    try:
+        return (0, evaluate(work)) if also is None else (0, evaluate(work), also(work))
+    finally:
+        del work
 
 
 def summarise_curve(curve: Sequence[tuple], max_steps: int, teacher_forget: float) -> dict:
@@ -172,12 +184,13 @@ def relearning_attack(model, tokenizer, suite, forget_domains: Sequence[str], re
         if cfg.relearn_mc else None
     # with an MC curve, a run that reaches the teacher on the primary metric still runs on: MC may lag
     stop_at = None if also is not None else stop_at
-    jobs = [(model, tokenizer, forbidden, evaluate, lr, *common, stop_at, also) for lr in cfg.relearn_lrs]
+    start = step_zero(model, evaluate, also)
+    jobs = [(model, tokenizer, forbidden, evaluate, lr, *common, stop_at, also, start) for lr in cfg.relearn_lrs]
     benign_lr = cfg.benign_lr or max(cfg.relearn_lrs)
     allowed = training_examples(suite, retain_domains, cfg.relearn_examples, cfg.seed + 1, tokenizer) \
         if cfg.benign_relearn else []
     if allowed:
-        jobs.append((model, tokenizer, allowed, evaluate, benign_lr, *common, None, also))
+        jobs.append((model, tokenizer, allowed, evaluate, benign_lr, *common, None, also, start))
     curves = _run_jobs(jobs, sweep_workers(cfg, model), progress)
     runs = {f"{lr:g}": summarise_curve(c, cfg.relearn_max_steps, teacher_forget)
             for lr, c in zip(cfg.relearn_lrs, curves, strict=False)}
