@@ -353,3 +353,49 @@ def test_cache_root_shares_one_cache_per_teacher_and_data(files, world, tmp_path
 
     sa, so = (load_model(tmp_path / d / "student").state_dict() for d in ("a", "online"))
     assert max(float((sa[k] - so[k]).abs().max()) for k in sa) < 5e-3
+
+
+def test_teacher_metrics_are_measured_once_per_run_dir(files, tmp_path, monkeypatch):
+    """With cache_root (the pipeline's), a student in another process reads the teacher's test metrics from
+    the run's memo instead of measuring the same teacher again; the record is the same."""
+    from surgical.distill import run as run_mod
+
+    suite = write_small_suite(tmp_path / "suite")
+    cfg = DistillConfig(**{**TINY, "max_steps": 1, "cache_root": str(tmp_path / "shared")})
+    first = run(cfg, files / "teacher", files / "gold.jsonl", out_dir=tmp_path / "a", suite=suite, quiet=True)
+    assert len(list((tmp_path / "shared").glob("teacher-metrics-*.json"))) == 1
+    run_mod._TEACHER_METRICS.clear()  # as in a fresh process
+    measured = []
+    real = run_mod.suite_metrics
+    monkeypatch.setattr(run_mod, "suite_metrics", lambda model, *a, **k: measured.append(model) or real(model, *a, **k))
+    second = run(cfg, files / "teacher", files / "gold.jsonl", out_dir=tmp_path / "b", suite=suite, quiet=True)
+    assert len(measured) == 1  # the student only
+    assert second.record["teacher_test_metrics"] == first.record["teacher_test_metrics"]
+    run_mod._TEACHER_METRICS.clear()
+    measured.clear()
+    run(cfg.model_copy(update={"cache_root": None}), files / "teacher", files / "gold.jsonl", out_dir=tmp_path / "c",
+        suite=suite, quiet=True)
+    assert len(measured) == 2  # no memo dir: the teacher is measured in this process
+
+
+@pytest.mark.parametrize(("margin", "active"), [(0.0, 0.0), (1e6, 1.0)])
+def test_penalty_activity_is_recorded(files, tmp_path, margin, active):
+    """distill.json's penalty_activity: the away hinge is active on no forbidden token at margin 0 (and then its
+    gradient is exactly 0) and on every one at a huge margin; maxent has a gradient on every forbidden token of
+    a non-uniform student; the figures are in the logged curves too."""
+    cfg = DistillConfig(**{**TINY, "max_steps": 4, "forbidden_ratio": 0.5, "penalty_forms": ["away", "maxent"],
+                           "away_margin": margin, "term_grad_every": 2, "logging_steps": 2})
+    run(cfg, files / "teacher", files / "gold.jsonl", files / "forbidden.jsonl", out_dir=tmp_path, quiet=True)
+    rec = json.loads((tmp_path / "distill.json").read_text())
+    act = rec["penalty_activity"]
+    assert set(act) >= {"away", "maxent"}
+    assert act["away"]["active_fraction"] == active and act["away"]["active_fraction_batches"] == 4
+    assert act["maxent"]["active_fraction"] == 1.0
+    assert act["away"]["grad_norm_ratio_vs_kd_batches"] == 2  # steps 1 and 3 (0-based)
+    if active:
+        assert act["away"]["grad_norm_ratio_vs_kd"] > 0
+    else:
+        assert act["away"]["grad_norm_ratio_vs_kd"] == 0.0
+    assert act["maxent"]["grad_norm_ratio_vs_kd"] > 0
+    logged = {k for c in rec["curves"] for k in c}
+    assert {"active_away", "active_maxent", "gradratio_away", "gradratio_maxent"} <= logged

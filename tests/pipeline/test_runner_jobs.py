@@ -21,6 +21,14 @@ def _stage(name: str):
             raise ValueError(f"{name}: bad field 'x'")
         t0 = time.time()
         time.sleep(cfg.get("sleep", 0.0))
+        if cfg.get("meet") and name in ("b", "c"):  # b and c each wait for the other to have started
+            (inputs.run_dir / f"started-{name}").touch()
+            other = inputs.run_dir / f"started-{'c' if name == 'b' else 'b'}"
+            deadline = time.time() + 120
+            while not other.exists():
+                if time.time() > deadline:
+                    raise RuntimeError(f"{name}: the other independent stage never started alongside it")
+                time.sleep(0.05)
         values = {d: read_json(p / "out.json")["value"] for d, p in inputs.dirs.items()}
         value = cfg["base"] + sum(values.values())
         write_json(out_dir / "out.json", {"value": value})
@@ -45,16 +53,20 @@ def _proc(run_dir, name):
 
 
 def test_independent_stages_run_at_once_with_the_serial_runs_markers(tmp_path):
-    cfg = Cfg(base=1, sleep=1.5)
+    cfg = Cfg(base=1, meet=True)
     par = Runner(build(cfg), tmp_path / "par", cfg, rebuild=build)
-    res = par.run(quiet=True, jobs=2)
+    res = par.run(quiet=True, jobs=2)  # b and c wait for each other: a serial run would fail here
     assert list(res) == ["a", "b", "c", "d"] and {v["status"] for v in res.values()} == {"ran"}
     b, c = _proc(tmp_path / "par", "b"), _proc(tmp_path / "par", "c")
     assert b["start"] < c["end"] and c["start"] < b["end"], "b and c did not overlap"
     assert len({_proc(tmp_path / "par", n)["pid"] for n in "abcd"} | {os.getpid()}) == 5  # a process each
-    assert b["cap"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert b["cap"] == c["cap"] == str(max(1, (os.cpu_count() or 1) // 2))
+    # a stage that runs alone (nothing else running or ready) gets every core
+    assert _proc(tmp_path / "par", "a")["cap"] == _proc(tmp_path / "par", "d")["cap"] == str(os.cpu_count() or 1)
+    assert res["b"]["threads"] == max(1, (os.cpu_count() or 1) // 2) and res["a"]["threads"] == (os.cpu_count() or 1)
     assert _proc(tmp_path / "par", "a")["end"] <= b["start"]  # a dependency finishes before its dependents
     assert max(b["end"], c["end"]) <= _proc(tmp_path / "par", "d")["start"]
+    cfg = Cfg(base=1)  # a serial run cannot meet; "meet" is not in any stage key, so the markers still match
     ser = Runner(build(cfg), tmp_path / "ser", cfg)
     sres = ser.run(quiet=True)
     assert {n: v["summary"] for n, v in sres.items()} == {n: v["summary"] for n, v in res.items()}

@@ -112,5 +112,9 @@ class DistillConfig(Section):
     eval_every: int = Field(100, ge=0, description="World runs: val add/sub exact-match every N steps (0 = off).")
     eval_limit: int = Field(100, ge=10, description="Val problems per domain in the periodic evaluation.")
     logging_steps: int = Field(10, ge=1)
+    term_grad_every: int = Field(
+        100, ge=0, description="Every this many steps, measure each loss term's gradient norm relative to KD's (an "
+        "extra backward per term on that step; logged as gradratio_<term>, summarised in distill.json's "
+        "penalty_activity). 0 = off. Single-process runs only.")
     seed: int = Field(0)
     threads: int = Field(2, ge=1, description="torch intra-op threads.")

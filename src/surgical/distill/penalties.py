@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .losses import away_hinge, hidden_mse, masked_ce, maxent_penalty, rmu_forget_loss
+from .losses import away_hinge, hidden_mse, masked_ce, maxent_penalty, reduce_masked, rmu_forget_loss
 
 
 def random_directions(layers: list[int], width: int, seed: int) -> dict[int, torch.Tensor]:
@@ -38,12 +38,27 @@ def maxent_term(student_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tenso
     return maxent_penalty(student_logits, mask)
 
 
+ACTIVE_TOL = 1e-3  # nats (or squared units for RMU): a token whose term is below this gives it no real gradient
+
+
+def active_fraction(per_token: torch.Tensor, mask: torch.Tensor, tol: float = ACTIVE_TOL) -> float:
+    """The fraction of ``mask``'s tokens whose per-token term exceeds ``tol`` (0 when the mask is empty)."""
+    mask = mask.bool()
+    n = int(mask.sum())
+    return float(((per_token.detach() > tol) & mask).sum()) / n if n else 0.0
+
+
 def refusal_term(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 labels: torch.Tensor) -> torch.Tensor:
-    """CE of the refusal continuation (labels already mask the prompt)."""
+                 labels: torch.Tensor, activity_tol: float | None = None):
+    """CE of the refusal continuation (labels already mask the prompt); with ``activity_tol``, also the
+    fraction of refusal tokens whose CE exceeds it: ``(ce, fraction)``."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1]
     targets = labels[:, 1:]
-    return masked_ce(logits, targets, (targets != -100).long())
+    mask = (targets != -100).long()
+    if activity_tol is None:
+        return masked_ce(logits, targets, mask)
+    per = masked_ce(logits, targets, mask, reduction="none")
+    return reduce_masked(per, mask), active_fraction(per, mask, activity_tol)
 
 
 def representation_terms(student_hidden: dict[int, torch.Tensor], teacher_hidden: dict[int, torch.Tensor],

@@ -388,6 +388,7 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
         "curves": [h for h in trainer.state.log_history if "loss" in h],
         "eval_history": callbacks[0].history if callbacks else [],
         "cache": cache_meta,
+        "penalty_activity": trainer.penalty_activity(),
         "resumed_from": str(last) if last else None,
         "distributed": {"type": str(trainer.accelerator.distributed_type), "world_size": world_size,
                         "student_sharded": trainer.sharded, "teacher_placement": trainer.teacher_placement,
@@ -400,7 +401,7 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
                            "retain_domains": retain_domains}
         record["test_metrics"] = suite_metrics(student, tok, suite, eval_domains)
         record["teacher_test_metrics"] = _teacher_metrics(teacher, record["teacher_sha256"], teacher_model, tok,
-                                                          suite, eval_domains)
+                                                          suite, eval_domains, memo_dir=cfg.cache_root)
         record.update(_retention(record, retain_domains))
     record["wall_s"] = round(time.perf_counter() - t_start, 2)
     record.update(extra_record or {})
@@ -466,7 +467,8 @@ def run_key(cfg: DistillConfig, teacher, gold_key: str, forb_key: str, map_path)
     orphan a checkpoint."""
     from ..io import sha256_json
 
-    train_cfg = cfg.model_dump(exclude={"threads", "logging_steps", "eval_every", "eval_limit", "save_steps"})
+    train_cfg = cfg.model_dump(exclude={"threads", "logging_steps", "eval_every", "eval_limit", "save_steps",
+                                        "term_grad_every", "cache_root"})
     t = Path(str(teacher))
     return sha256_json({"config": train_cfg, "teacher": sha256_path(t) if t.exists() else str(teacher),
                         "gold": gold_key, "forbidden": forb_key,
@@ -502,12 +504,31 @@ def prepare_checkpoints(work: Path, key: str, resume) -> Path | None:
 _TEACHER_METRICS: dict = {}  # (teacher, its hash, suite data hash, domains) -> metrics, within a process
 
 
-def _teacher_metrics(teacher_path, teacher_sha, teacher_model, tok, suite, domains) -> dict:
-    """The teacher's test metrics on the suite (computed once per process per teacher and suite)."""
+def _teacher_metrics(teacher_path, teacher_sha, teacher_model, tok, suite, domains,
+                     memo_dir: Path | None = None) -> dict:
+    """The teacher's test metrics on the suite, computed once per process per teacher and suite, and with
+    ``memo_dir`` (the run's shared cache_root) once per run: the pipeline's students run in separate processes
+    under ``--jobs``, and every one of them would otherwise measure the same teacher again."""
+    from .. import __version__
+
     key = (str(Path(teacher_path).resolve()), teacher_sha, suite.data_hash, tuple(domains))
-    if teacher_sha is None or key not in _TEACHER_METRICS:
-        teacher_model.eval()
-        _TEACHER_METRICS[key] = suite_metrics(teacher_model, tok, suite, domains)
+    if teacher_sha is not None and key in _TEACHER_METRICS:
+        return _TEACHER_METRICS[key]
+    memo = None
+    if memo_dir is not None and teacher_sha is not None:
+        name = sha256_json({"teacher_sha256": teacher_sha, "suite": suite.data_hash, "domains": list(domains),
+                            "version": __version__})[:20]
+        memo = Path(memo_dir) / f"teacher-metrics-{name}.json"
+        try:
+            _TEACHER_METRICS[key] = read_json(memo)["metrics"]
+            return _TEACHER_METRICS[key]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # missing or unreadable: measured again below
+    teacher_model.eval()
+    _TEACHER_METRICS[key] = suite_metrics(teacher_model, tok, suite, domains)
+    if memo is not None:
+        write_json(memo, {"teacher_sha256": teacher_sha, "suite_data_hash": suite.data_hash,
+                          "domains": list(domains), "metrics": _TEACHER_METRICS[key]})
     return _TEACHER_METRICS[key]
 
 

@@ -18,8 +18,17 @@ from transformers import Trainer
 
 from ..models import decoder_layers, layer_output
 from .config import DistillConfig
-from .losses import hidden_mse, kd_loss, kd_loss_topk, linear_warmup, masked_ce, reduce_masked
-from .penalties import away_term, maxent_term, refusal_term, representation_terms
+from .losses import (
+    hidden_mse,
+    kd_loss,
+    kd_loss_topk,
+    linear_warmup,
+    masked_ce,
+    maxent_penalty,
+    reduce_masked,
+    rmu_forget_loss,
+)
+from .penalties import ACTIVE_TOL, active_fraction, away_term, refusal_term, representation_terms
 from .sharding import enable_cpu_fsdp, prepare_teacher
 
 ALIGN_ATTR = "surgical_align"  # where the learned projections live on the student during training
@@ -60,6 +69,9 @@ class DistillTrainer(Trainer):
         self.model_accepts_loss_kwargs = False
         self._term_sums: dict[str, float] = defaultdict(float)
         self._term_count = 0
+        # penalty activity: per logging window (logged as active_<term>, gradratio_<term>) and over the run
+        self._window: dict[str, list[float]] = defaultdict(list)
+        self._run: dict[str, list[float]] = defaultdict(list)
         self.shard_report: dict | None = None
 
     def create_accelerator_and_postprocess(self):
@@ -130,24 +142,40 @@ class DistillTrainer(Trainer):
             terms["hidden"] = (c.hidden_weight, h / len(self.align_pairs))
 
         w = c.penalty_weight * linear_warmup(self.state.global_step, c.penalty_warmup_steps)
+        active: dict[str, float] = {}  # the fraction of its tokens on which each penalty term has a gradient
         if forms and bool(forbidden.any()):
             forb_tok = target_tok * forb
             if "away" in forms and per_token_kl is not None:
                 fkl = per_token_kl if c.loss == "forward_kl" else self._forward_kl(s_logits, t_logits, cached)
                 terms["away"] = (w, away_term(fkl, forb_tok, c.away_margin))
+                active["away"] = active_fraction(c.away_margin - fkl, forb_tok, 0.0)  # the hinge is on
             if "maxent" in forms:
-                terms["maxent"] = (w, maxent_term(s_logits, forb_tok))
+                per = maxent_penalty(s_logits, None, reduction="none")
+                terms["maxent"] = (w, reduce_masked(per, forb_tok))
+                active["maxent"] = active_fraction(per, forb_tok)
             if "refusal" in forms and refusal:
-                terms["refusal"] = (w, refusal_term(model, refusal["refusal_input_ids"],
-                                                    refusal["refusal_attention_mask"], refusal["refusal_labels"]))
+                value, frac = refusal_term(model, refusal["refusal_input_ids"], refusal["refusal_attention_mask"],
+                                           refusal["refusal_labels"], activity_tol=ACTIVE_TOL)
+                terms["refusal"], active["refusal"] = (w, value), frac
         if want_rmu:
             forget, retain = representation_terms(
                 s_hidden, t_hidden, self.rmu_pairs, getattr(student, ALIGN_ATTR, None), self.directions,
                 c.rmu_steering_coeff, forget_mask=attn * forb, retain_mask=attn * gold)
             if bool(forbidden.any()):
                 terms["rmu_forget"] = (w, forget)
+                per = sum(rmu_forget_loss(s_hidden[s].detach(), self.directions[s].to(s_hidden[s].device),
+                                          c.rmu_steering_coeff, None, reduction="none")
+                          for _, s in self.rmu_pairs) / len(self.rmu_pairs)
+                active["rmu_forget"] = active_fraction(per, attn * forb)
             if t_hidden and c.rmu_retain_weight > 0:
                 terms["rmu_retain"] = (c.rmu_retain_weight, retain)
+        for name, frac in active.items():
+            self._window[f"active_{name}"].append(frac)
+            self._run[f"active_{name}"].append(frac)
+        if self._measure_grads_now(model):
+            for name, ratio in self._grad_ratios(model, terms).items():
+                self._window[f"gradratio_{name}"].append(ratio)
+                self._run[f"gradratio_{name}"].append(ratio)
 
         loss = logits.sum() * 0.0  # keeps every student parameter in the graph (DDP) even if no term applies
         for name, (weight, value) in terms.items():
@@ -156,6 +184,50 @@ class DistillTrainer(Trainer):
         self._term_sums["penalty_weight"] += w
         self._term_count += 1
         return (loss, {"logits": logits}) if return_outputs else loss
+
+    def _measure_grads_now(self, model) -> bool:
+        """Whether this micro-batch measures the terms' gradient norms: on the last of every ``term_grad_every``
+        optimizer steps (steps 99, 199, ... at 100: not step 0, where the penalty warm-up weighs every penalty 0;
+        the first micro-batch of that step), in a single-process run (a per-term backward through a DDP/FSDP
+        wrapper would start collectives the other ranks do not join)."""
+        every = self.dcfg.term_grad_every
+        if not every or not model.training or self.args.world_size > 1 or (self.state.global_step + 1) % every:
+            return False
+        if self._grads_measured_at == self.state.global_step:
+            return False
+        self._grads_measured_at = self.state.global_step
+        return True
+
+    _grads_measured_at: int | None = None
+
+    def _grad_ratios(self, model, terms: dict) -> dict[str, float]:
+        """||grad of weight x term|| / ||grad of the KD term|| over the student's trainable parameters, for every
+        term but KD (absolute norms when there is no KD term). An extra backward per term, on a retained graph."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        norms = {}
+        for name, (weight, value) in terms.items():
+            if not torch.is_tensor(value) or not value.requires_grad:
+                norms[name] = 0.0
+                continue
+            grads = torch.autograd.grad(weight * value, params, retain_graph=True, allow_unused=True)
+            norms[name] = float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)
+                                           or torch.zeros(())))
+        kd = norms.get("kd")
+        return {name: (n / kd if kd else n) for name, n in norms.items() if name != "kd"}
+
+    def penalty_activity(self) -> dict:
+        """Over the whole run, per penalty term: the mean fraction of its tokens on which it was active (had a
+        gradient: the away hinge below its margin, maxent / refusal / RMU above ACTIVE_TOL per token), the mean
+        ratio of its gradient norm to KD's (``term_grad_every`` samples; absolute norm without KD), and how many
+        batches each figure is the mean of."""
+        out: dict[str, dict] = {}
+        for key, vals in self._run.items():
+            kind, name = key.split("_", 1)
+            rec = out.setdefault(name, {})
+            field = "active_fraction" if kind == "active" else "grad_norm_ratio_vs_kd"
+            rec[field] = round(sum(vals) / len(vals), 6)
+            rec[f"{field}_batches"] = len(vals)
+        return out
 
     def _gather_shard_report(self, model) -> dict:
         """Parameter elements each rank holds, of the student (as prepared) and of the teacher: the evidence that
@@ -185,6 +257,9 @@ class DistillTrainer(Trainer):
         if self._term_count and "loss" in logs:
             for name, total in self._term_sums.items():
                 logs[f"term_{name}"] = round(total / self._term_count, 6)
+            for name, vals in self._window.items():
+                logs[name] = round(sum(vals) / len(vals), 6)
             self._term_sums.clear()
+            self._window.clear()
             self._term_count = 0
         super().log(logs, start_time)

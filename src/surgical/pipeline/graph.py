@@ -190,15 +190,18 @@ def gold_records(inputs: Inputs) -> list[dict]:
 
 
 def _distill(cfg: PipelineConfig, inputs: Inputs, out: Path, preset: str, gold, forbidden, map_path=None,
-             teacher=None, overrides: dict | None = None):
+             teacher=None, overrides: dict | None = None, evaluate: bool = True):
+    """distill.run under the pipeline: the run's shared teacher-logit caches (cache mode), the suite's domains.
+    ``evaluate=False`` (the comparison rows' students) skips distill's own evaluation (the val curve and the
+    test metrics): the comparison battery measures those students on the same items right after."""
     from ..distill.run import run as distill_run
 
     d = data_of(inputs)
     shared = {"cache_root": str(teacher_logits_root(inputs))} if cfg.distill.teacher_logits == "cache" else {}
-    dcfg = cfg.distill.model_copy(update={**shared, **(overrides or {})})
+    dcfg = cfg.distill.model_copy(update={**shared, **({} if evaluate else {"eval_every": 0}), **(overrides or {})})
     return distill_run(dcfg, teacher or teacher_of(inputs), gold, forbidden, map_path=map_path, out_dir=out,
                        preset=preset, suite=d["suite"], eval_domains=d["forget_domains"] + d["retain_domains"],
-                       retain_domains=d["retain_domains"], quiet=inputs.quiet, resume="auto")
+                       retain_domains=d["retain_domains"], quiet=inputs.quiet, resume="auto", evaluate=evaluate)
 
 
 def teacher_logits_root(inputs: Inputs) -> Path:
@@ -440,7 +443,7 @@ def _baseline_stage(method: str):
             # plain-kd: the preset imitates the teacher on the quarantined (unfiltered) records too;
             # filter-only: gold trajectories only; oracle: labels (the curated gold records), no teacher.
             src = inputs["curate"] / "gold.jsonl" if method == "oracle" else gold
-            _distill(cfg, inputs, model_out, method, src, quarantine)
+            _distill(cfg, inputs, model_out, method, src, quarantine, evaluate=False)
             model_dir, train = model_out / "student", _student_train_info(model_out)
         elif method in ("graddiff", "maxent", "rmu"):
             model_dir, train = _unlearn(cfg, inputs, method, model_out)
@@ -448,7 +451,7 @@ def _baseline_stage(method: str):
             unlearned, utrain = _unlearn(cfg, inputs, cfg.baselines.undo_unlearn_method, out_dir / "unlearned")
             # UNDO distils the noised copy from the unlearned teacher on the unfiltered data.
             _distill(cfg, inputs, model_out, "plain-kd", gold, quarantine, teacher=unlearned,
-                     overrides={"student_init": "noised", "student_init_from": str(unlearned)})
+                     overrides={"student_init": "noised", "student_init_from": str(unlearned)}, evaluate=False)
             model_dir = model_out / "student"
             dtrain = _student_train_info(model_out)
             train = {"train_flops": (utrain["train_flops"] or 0) + (dtrain["train_flops"] or 0),

@@ -205,7 +205,8 @@ class Runner:
                      quiet: bool = False) -> dict[str, dict]:
         """Run the stages with up to ``jobs`` at once: a stage starts when every stage it depends on is done, in
         the stages' order among those ready. Each runs in a fresh spawned process with ``SURGICAL_MAX_THREADS``
-        = cores // jobs (surgical.threads caps every stage's torch threads and worker processes at it), so the
+        = cores // jobs (every core for a stage that runs alone; surgical.threads caps every stage's torch
+        threads and worker processes at it), so the
         stages share the machine without oversubscribing it. Cache keys, markers and outputs are what a serial
         run writes (the key is computed here, from the config as given). A failing stage stops new starts; the
         stages already running finish and keep their markers, then the failure is raised as StageFailed.
@@ -227,6 +228,7 @@ class Runner:
         forced_from = names.index(from_stage) if from_stage else None
         threads = max(1, (os.cpu_count() or 1) // jobs)
         results: dict[str, dict] = {}
+        self._threads_of = {}  # the thread cap each stage ran under (recorded in its result as "threads")
         pending = list(self.stages)
         running: dict[Any, Stage] = {}
         failure: tuple[str, BaseException] | None = None
@@ -256,8 +258,9 @@ class Runner:
                         if failure is None:
                             failure = (stage.name, outcome["error"])
                         continue
-                    results[stage.name] = outcome
-                    self.console.print(f"[green]{stage.name}[/green]: done in {outcome['wall_s']:.1f} s")
+                    results[stage.name] = {**outcome, "threads": self._threads_of.get(stage.name)}
+                    self.console.print(f"[green]{stage.name}[/green]: done in {outcome['wall_s']:.1f} s "
+                                       f"({self._threads_of.get(stage.name)} threads)")
                     progress.advance(task)
                 progress.update(task, description="running " + ", ".join(s.name for s in running.values()))
         if failure is not None:
@@ -269,8 +272,10 @@ class Runner:
     def _start_ready(self, pending: list[Stage], running: dict, results: dict, jobs: int, force: bool,
                      forced_from: int | None, names: list[str], pool, threads: int, progress, task,
                      may_start: bool) -> None:
-        """Skip every ready stage that is cached and start ready ones while a slot is free, in stage order
-        (a cached stage can make later ones ready, so the scan repeats until nothing changes)."""
+        """Skip every ready stage that is cached (which can make later ones ready, so that repeats until nothing
+        changes), then start ready stages in stage order while a slot is free. A stage that would run alone
+        (nothing running, no other stage ready) gets every core: no other stage can become ready before it
+        ends, since readiness changes only when a stage finishes."""
         changed = True
         while changed:
             changed = False
@@ -288,12 +293,21 @@ class Runner:
                     progress.advance(task)
                     changed = True
                     break
-                if not may_start or len(running) >= jobs:
-                    continue
-                pending.remove(stage)
-                fut = pool.submit(_run_stage_in_child, self.rebuild, self.config, str(self.run_dir), stage.name,
-                                  self.key(stage), threads)
-                running[fut] = stage
+        if not may_start:
+            return
+        ready = [s for s in pending if all(d in results for d in s.deps)]
+        alone = not running and len(ready) == 1
+        for stage in ready:
+            if len(running) >= jobs:
+                break
+            pending.remove(stage)
+            n = max(1, os.cpu_count() or 1) if alone else threads
+            fut = pool.submit(_run_stage_in_child, self.rebuild, self.config, str(self.run_dir), stage.name,
+                              self.key(stage), n)
+            running[fut] = stage
+            self._threads_of[stage.name] = n
+
+    _threads_of: dict[str, int] = {}
 
 
 def _fresh_process_per_task() -> dict:
