@@ -120,7 +120,8 @@ def _cli(*args):
 
 def test_cli_cache_then_distill_and_errors(files, world, tmp_path):
     r = _cli("distill", "cache-logits", "--teacher", str(files / "teacher"), "--gold", str(files / "gold.jsonl"),
-             "--forbidden", str(files / "forbidden.jsonl"), "--out", str(tmp_path / "cache"), "--json")
+             "--forbidden", str(files / "forbidden.jsonl"), "--out", str(tmp_path / "cache"), "--json",
+             "--top-k", "16")
     assert r.exit_code == 0, r.output
     meta = json.loads(r.stdout)
     # the world's vocabulary fits uint16 ids: 16 x (2 + 2) + 4 bytes per token

@@ -545,7 +545,9 @@ def _local_batches(records: Iterable[tuple[str, dict | ReadError]], cfg: CurateC
         texts = [t for _, _, t in ok]
         t0 = time.perf_counter()
         if pool is not None and texts:
-            step = -(-len(texts) // num_proc)
+            from ..threads import capped
+
+            step = -(-len(texts) // capped(cfg.num_proc))  # one part per pool process
             parts = pool.map(_stage1, [texts[i : i + step] for i in range(0, len(texts), step)])
             stage1 = [x for p in parts for x in p[0]]
             curator.seconds["blocklist_cpu"] += sum(p[1] for p in parts)

@@ -512,21 +512,21 @@ def _teacher_metrics(teacher_path, teacher_sha, teacher_model, tok, suite, domai
     from .. import __version__
 
     key = (str(Path(teacher_path).resolve()), teacher_sha, suite.data_hash, tuple(domains))
-    if teacher_sha is not None and key in _TEACHER_METRICS:
-        return _TEACHER_METRICS[key]
     memo = None
     if memo_dir is not None and teacher_sha is not None:
         name = sha256_json({"teacher_sha256": teacher_sha, "suite": suite.data_hash, "domains": list(domains),
                             "version": __version__})[:20]
         memo = Path(memo_dir) / f"teacher-metrics-{name}.json"
-        try:
-            _TEACHER_METRICS[key] = read_json(memo)["metrics"]
-            return _TEACHER_METRICS[key]
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # missing or unreadable: measured again below
-    teacher_model.eval()
-    _TEACHER_METRICS[key] = suite_metrics(teacher_model, tok, suite, domains)
-    if memo is not None:
+        if key not in _TEACHER_METRICS:
+            try:
+                _TEACHER_METRICS[key] = read_json(memo)["metrics"]
+                return _TEACHER_METRICS[key]
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # missing or unreadable: measured again below
+    if teacher_sha is None or key not in _TEACHER_METRICS:
+        teacher_model.eval()
+        _TEACHER_METRICS[key] = suite_metrics(teacher_model, tok, suite, domains)
+    if memo is not None and not memo.exists():
         write_json(memo, {"teacher_sha256": teacher_sha, "suite_data_hash": suite.data_hash,
                           "domains": list(domains), "metrics": _TEACHER_METRICS[key]})
     return _TEACHER_METRICS[key]
