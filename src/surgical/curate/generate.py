@@ -229,7 +229,6 @@ def run(cfg: GenerateConfig, model_dir: str | Path, prompts_path: str | Path, ou
     """``surgical generate --model DIR --prompts JSONL --out DIR [--suite YAML]``. ``constitution_path``
     (else ``cfg.constitution``): a YAML, 'demo' or 'none'/empty (no rewriting)."""
     from ..models import load_model, load_tokenizer
-
     from ..threads import set_threads
     set_threads(cfg.threads)
     c_file = constitution_file(constitution_path if constitution_path is not None else cfg.constitution)

@@ -82,7 +82,6 @@ def register(app: typer.Typer) -> None:
         split: str = typer.Option("test", "--split", help="test or val."),
     ) -> None:
         """Exact-match and MC accuracy per domain on the world's held-out set."""
-        import torch
 
         from ..models import ModelLoadError, load_model
         from . import build_world

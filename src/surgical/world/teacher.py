@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import TrainerCallback
 
 from .. import __version__
