@@ -72,6 +72,7 @@ class DistillTrainer(Trainer):
         # penalty activity: per logging window (logged as active_<term>, gradratio_<term>) and over the run
         self._window: dict[str, list[float]] = defaultdict(list)
         self._run: dict[str, list[float]] = defaultdict(list)
+        self._grads_measured_at: int | None = None  # the step whose gradient norms were measured last
         self.shard_report: dict | None = None
 
     def create_accelerator_and_postprocess(self):
@@ -197,8 +198,6 @@ class DistillTrainer(Trainer):
             return False
         self._grads_measured_at = self.state.global_step
         return True
-
-    _grads_measured_at: int | None = None
 
     def _grad_ratios(self, model, terms: dict) -> dict[str, float]:
         """||grad of weight x term|| / ||grad of the KD term|| over the student's trainable parameters, for every

@@ -569,7 +569,7 @@ def make_runner(cfg: PipelineConfig, run_dir: str | Path | None = None, console:
 def run_pipeline(config_path: str | Path | None, run_dir: str | Path | None = None, from_stage: str | None = None,
                  only: str | None = None, force: bool = False, quiet: bool = False, jobs: int = 1) -> dict:
     """Run a pipeline YAML (default: the demo config) stage by stage with caching; ``jobs`` > 1 runs
-    independent stages in parallel processes (Runner.run_parallel)."""
+    independent stages in parallel processes (Runner._run_parallel)."""
     cfg = load_config(config_path) if config_path else demo_config()
     runner = make_runner(cfg, run_dir, console=Console(stderr=True, quiet=quiet))
     return runner.run(from_stage=from_stage, only=only, force=force, quiet=quiet, jobs=jobs)

@@ -97,6 +97,7 @@ class Runner:
                  rebuild: Callable[[Any], list[Stage]] | None = None):
         self.stages = stages
         self.rebuild = rebuild
+        self._threads_of: dict[str, int] = {}  # the thread cap each stage of a parallel run ran under
         self.by_name = {s.name: s for s in stages}
         self.run_dir = Path(run_dir)
         self.config = config
@@ -140,9 +141,7 @@ class Runner:
             quiet: bool = False, jobs: int = 1) -> dict[str, dict]:
         """Run the stages; returns {stage: {"status": "ran"|"cached", "summary": ..., "wall_s": ...}}.
         ``jobs`` > 1 runs up to that many independent stages at once, each in its own process with an equal
-        share of the cores (see ``run_parallel``)."""
-        if jobs > 1 and not only:
-            return self.run_parallel(jobs, from_stage=from_stage, force=force, quiet=quiet)
+        share of the cores (see ``_run_parallel``)."""
         from ..outputs import OutputError, ensure_out_dir
 
         try:
@@ -154,6 +153,8 @@ class Runner:
                 raise PipelineError(f"{opt} {val!r}: no such stage; stages are {', '.join(self.by_name)}")
         names = [s.name for s in self.stages]
         forced_from = names.index(from_stage) if from_stage else None
+        if jobs > 1 and not only:
+            return self._run_parallel(jobs, forced_from, force, quiet)
         results: dict[str, dict] = {}
         todo = [self.by_name[only]] if only else self.stages
         with Progress(TextColumn("[bold]pipeline"), BarColumn(), TextColumn("{task.completed}/{task.total} stages"),
@@ -167,10 +168,7 @@ class Runner:
                     if not (self.out_dir(d) / MARKER).exists():
                         raise PipelineError(f"stage {stage.name!r} needs {d!r}, which has not run in {self.run_dir}")
                 if not must_run and self.is_done(stage):
-                    marker = read_json(self.out_dir(stage.name) / MARKER)
-                    results[stage.name] = {"status": "cached", "summary": marker.get("summary", {}),
-                                           "wall_s": marker.get("wall_s", 0.0)}
-                    self.console.print(f"[dim]{stage.name}: unchanged config and inputs, skipped (cached)[/dim]")
+                    results[stage.name] = self._cached_result(stage)
                     progress.advance(task)
                     continue
                 progress.update(task, description=f"running {stage.name}")
@@ -201,8 +199,13 @@ class Runner:
 
     # ------------------------------------------------------------ parallel stages
 
-    def run_parallel(self, jobs: int, from_stage: str | None = None, force: bool = False,
-                     quiet: bool = False) -> dict[str, dict]:
+    def _cached_result(self, stage: Stage) -> dict:
+        """The record of a stage skipped because its marker matches (said on the console)."""
+        marker = read_json(self.out_dir(stage.name) / MARKER)
+        self.console.print(f"[dim]{stage.name}: unchanged config and inputs, skipped (cached)[/dim]")
+        return {"status": "cached", "summary": marker.get("summary", {}), "wall_s": marker.get("wall_s", 0.0)}
+
+    def _run_parallel(self, jobs: int, forced_from: int | None, force: bool, quiet: bool) -> dict[str, dict]:
         """Run the stages with up to ``jobs`` at once: a stage starts when every stage it depends on is done, in
         the stages' order among those ready. Each runs in a fresh spawned process with ``SURGICAL_MAX_THREADS``
         = cores // jobs (every core for a stage that runs alone; surgical.threads caps every stage's torch
@@ -214,21 +217,11 @@ class Runner:
         goes to RUN_DIR/logs/<stage>.log, and this process shows which stages are running."""
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-        from ..outputs import OutputError, ensure_out_dir
-
         if self.rebuild is None:
             raise PipelineError("jobs > 1 needs a runner made with rebuild= (make_runner does this)")
-        try:
-            ensure_out_dir(self.run_dir)
-        except OutputError as exc:
-            raise PipelineError(f"run_dir: {exc}") from None
-        if from_stage is not None and from_stage not in self.by_name:
-            raise PipelineError(f"--from {from_stage!r}: no such stage; stages are {', '.join(self.by_name)}")
         names = [s.name for s in self.stages]
-        forced_from = names.index(from_stage) if from_stage else None
         threads = max(1, (os.cpu_count() or 1) // jobs)
         results: dict[str, dict] = {}
-        self._threads_of = {}  # the thread cap each stage ran under (recorded in its result as "threads")
         pending = list(self.stages)
         running: dict[Any, Stage] = {}
         failure: tuple[str, BaseException] | None = None
@@ -286,10 +279,7 @@ class Runner:
                 must_run = force or (forced_from is not None and idx >= forced_from)
                 if not must_run and self.is_done(stage):
                     pending.remove(stage)
-                    marker = read_json(self.out_dir(stage.name) / MARKER)
-                    results[stage.name] = {"status": "cached", "summary": marker.get("summary", {}),
-                                           "wall_s": marker.get("wall_s", 0.0)}
-                    self.console.print(f"[dim]{stage.name}: unchanged config and inputs, skipped (cached)[/dim]")
+                    results[stage.name] = self._cached_result(stage)
                     progress.advance(task)
                     changed = True
                     break
@@ -306,8 +296,6 @@ class Runner:
                               self.key(stage), n)
             running[fut] = stage
             self._threads_of[stage.name] = n
-
-    _threads_of: dict[str, int] = {}
 
 
 def _fresh_process_per_task() -> dict:

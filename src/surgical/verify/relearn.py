@@ -114,9 +114,10 @@ def finetune_curve(model, tokenizer, examples: Sequence[tuple[str, str]], evalua
 
 
 def step_zero(model, evaluate: Callable, also: Callable | None = None) -> tuple:
-    """The curve's step-0 point, ``(0, evaluate[, also])`` on the float copy every run starts from: the same for
+    """The curve's step-0 point, ``(0, evaluate[, also])`` on the float32 model every run starts from: the same for
     every learning rate of a sweep (and for the benign run, which uses the same metric), so it is measured once."""
-    work = float_copy(model)
+    already = not getattr(model, "is_quantized", False) and all(p.dtype == torch.float32 for p in model.parameters())
+    work = model if already else float_copy(model)  # evaluation never writes the weights: no copy when float
     try:
         return (0, evaluate(work)) if also is None else (0, evaluate(work), also(work))
     finally:
