@@ -166,10 +166,13 @@ def test_relearning_sweep_in_worker_processes_matches_serial(world_tokenizer, wo
         return sum(lp for lp, _ in continuation_logprobs(m, world_tokenizer, probe))
 
     jobs = [(model, world_tokenizer, examples, loglik, lr, 6, 4, [3], 0, None) for lr in (1e-3, 1e-2, 3e-2)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     serial = _run_jobs(jobs, 1)
     done = []
     parallel = _run_jobs(jobs, 2, progress=lambda: done.append(1))
     assert parallel == serial and len(done) == 3
+    # each worker trains its inherited copy in place (one job per forked process); the parent's model is untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert len({c[-1][1] for c in serial}) == 3  # the learning rates really give different runs
     assert sweep_workers(TINY.model_copy(update={"threads": 2}), model) == 2
     assert sweep_workers(TINY.model_copy(update={"threads": 2, "workers": 1}), model) == 1
@@ -244,3 +247,42 @@ def test_relearning_sweep_measures_step_zero_once(world_tokenizer, world_suite, 
     checkpoints = len({s for s in cfg.relearn_eval_steps if 0 < s <= cfg.relearn_max_steps} | {cfg.relearn_max_steps})
     assert len(calls) == 1 + len(runs) * checkpoints  # not (1 + checkpoints) per run
     assert len({tuple(r["curve"][0]) for r in runs}) == 1 and all(r["curve"][0][0] == 0 for r in runs)
+
+
+def test_fork_map_runs_each_job_in_its_own_process_and_fails_loudly():
+    """One forked process per job (a job may change what it inherited: the next job still sees the parent's
+    state); a job's exception is re-raised; a worker that dies without a result raises instead of hanging."""
+    import multiprocessing as mp
+    import os
+
+    from surgical.verify.parallel import fork_map, in_private_fork
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    state = [0]
+
+    def bump(i):
+        state[0] += 1  # in a private fork this changes only the worker's copy
+        return (i, state[0], os.getpid(), in_private_fork())
+
+    out = fork_map(bump, 4, 2)
+    assert [o[0] for o in out] == [0, 1, 2, 3] and all(o[1] == 1 for o in out) and all(o[3] for o in out)
+    assert len({o[2] for o in out}) == 4 and os.getpid() not in {o[2] for o in out}
+    assert state == [0] and not in_private_fork()
+    assert [o[1] for o in fork_map(bump, 2, 1)] == [1, 2]  # serial: in this process, state carries over
+
+    def boom(i):
+        if i == 1:
+            raise ValueError("job 1 failed")
+        return i
+
+    with pytest.raises(ValueError, match="job 1 failed"):
+        fork_map(boom, 3, 2)
+
+    def die(i):
+        if i == 0:
+            os._exit(9)
+        return i
+
+    with pytest.raises(RuntimeError, match="died without a result"):
+        fork_map(die, 2, 2)

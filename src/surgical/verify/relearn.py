@@ -75,12 +75,15 @@ def finetune_curve(model, tokenizer, examples: Sequence[tuple[str, str]], evalua
                    max_steps: int, batch_size: int, eval_steps: Sequence[int], seed: int,
                    stop_at: float | None = None, also: Callable | None = None,
                    start: tuple | None = None) -> list[tuple]:
-    """Fine-tune a deep copy of ``model`` on ``examples`` (answer tokens only, AdamW, constant ``lr``) and
+    """Fine-tune a float32 copy of ``model`` (the model itself in a worker forked for this run alone, whose
+    inherited model is already a private copy: ``parallel.in_private_fork``) on ``examples`` (answer tokens only, AdamW, constant ``lr``) and
     return [(step, evaluate(copy))] at step 0 and each of ``eval_steps`` (``(step, evaluate, also)`` when a
     second metric ``also`` is given). Stops once ``evaluate`` reaches ``stop_at``. ``start``, the step-0 point
     already measured on this model (``step_zero``), is used as it is: a sweep measures it once, not per lr."""
+    from .parallel import in_private_fork
+
     torch.manual_seed(seed)
-    work = float_copy(model)
+    work = model if in_private_fork() and _is_float32(model) else float_copy(model)
     encoded = [encode_example(tokenizer, p, t) for p, t in examples]
     collate = PadCollator(tokenizer.pad_token_id)
     opt = torch.optim.AdamW(work.parameters(), lr=lr, weight_decay=0.0)
@@ -113,11 +116,14 @@ def finetune_curve(model, tokenizer, examples: Sequence[tuple[str, str]], evalua
     return curve
 
 
+def _is_float32(model) -> bool:
+    return not getattr(model, "is_quantized", False) and all(p.dtype == torch.float32 for p in model.parameters())
+
+
 def step_zero(model, evaluate: Callable, also: Callable | None = None) -> tuple:
     """The curve's step-0 point, ``(0, evaluate[, also])`` on the float32 model every run starts from: the same for
     every learning rate of a sweep (and for the benign run, which uses the same metric), so it is measured once."""
-    already = not getattr(model, "is_quantized", False) and all(p.dtype == torch.float32 for p in model.parameters())
-    work = model if already else float_copy(model)  # evaluation never writes the weights: no copy when float
+    work = model if _is_float32(model) else float_copy(model)  # evaluation never writes the weights: no copy when float
     try:
         return (0, evaluate(work)) if also is None else (0, evaluate(work), also(work))
     finally:
