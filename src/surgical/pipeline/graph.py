@@ -256,10 +256,10 @@ def stage_quantize(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result
 
 
 def quantized_verify_config(cfg: PipelineConfig):
-    """The quantized student goes through the comparison battery (the one every method's row uses), minus the
-    relearning attack: fine-tuning quantized weights is not what an attacker would do (they would dequantize,
+    """The quantized student goes through the comparison battery's sweep sizes (the ones every method's row uses)
+    with every probe (``profile: full``: this verdict gates the run), minus the relearning attack: fine-tuning quantized weights is not what an attacker would do (they would dequantize,
     and the fp32 student's verify already ran that attack)."""
-    return compare_verify_config(cfg).model_copy(update={"relearn": False})
+    return compare_verify_config(cfg).model_copy(update={"relearn": False, "profile": "full"})
 
 
 def stage_verify_quantized(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result:

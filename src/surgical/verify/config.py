@@ -12,6 +12,12 @@ from ..config_base import Section
 class VerifyConfig(Section):
     """The verify stage's knobs (see docs/verify.md). Item counts are per domain."""
 
+    profile: Literal["full", "compare"] = Field(
+        "full", description="Which probes run. `full`: every probe, the verdict. `compare`: only what a comparison "
+        "row reads (knowledge probes, the twin's MC, jailbreaks, quantization, the model's latent probes, its own "
+        "relearning sweep); the in-context-use probe, the direction-ablation attack, the reference and twin latent "
+        "probes, the logit lens, benign relearning and the references' relearning sweeps are skipped, so its verdict "
+        "is `incomplete` by construction (the pipeline's comparison rows use it; see docs/verify.md).")
     split: Literal["test", "val"] = Field("test", description="Eval split the verdict is computed on.")
     n_items: int = Field(200, ge=4, description="Items per domain for the knowledge probes (capped by the split).")
     bootstrap_samples: int = Field(1000, ge=10, description="Bootstrap resamples behind every 95% CI.")

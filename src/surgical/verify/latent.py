@@ -274,18 +274,25 @@ def lens_records(suite, domains, split: str, n: int) -> list[dict]:
     return out
 
 
-def latent_report(model, tokenizer, suite, forget_domains, retain_domains, cfg, references: dict) -> dict:
-    """Probe accuracy by layer for the model, each reference and a random-init twin; logit lens by layer."""
+def latent_report(model, tokenizer, suite, forget_domains, retain_domains, cfg, references: dict,
+                  full: bool = True, measure_reference=None) -> dict:
+    """Probe accuracy by layer for the model, each reference and a random-init twin; logit lens by layer.
+    ``full`` False (the compare profile): the model's probes only. ``measure_reference(name, compute)`` returns a
+    reference's by-layer probes, e.g. from the battery's reference memo (default: ``compute()``)."""
     items = probe_items(suite, forget_domains, cfg.probe_train_items, cfg.probe_test_items, cfg.split, cfg.seed)
     if len(set(items[1])) < 2 or not items[2]:
         return {"skipped": f"no usable latent-probe items ({items[4]})", "label": items[4]}
     kw = dict(n_boot=cfg.bootstrap_samples, seed=cfg.seed, batch_size=cfg.batch_size)
     out = {"label": items[4], "majority_baseline": majority_rate(items[3]),
            "n_train": len(items[0]), "n_test": len(items[2]),
-           "by_layer": {"model": layer_probes(model, tokenizer, items, **kw),
-                        "random_init": layer_probes(random_init_like(model, cfg.seed), tokenizer, items, **kw)}}
+           "by_layer": {"model": layer_probes(model, tokenizer, items, **kw)}}
+    if not full:
+        out["skipped_by_profile"] = ["random_init", "references", "logit_lens"]
+        return out
+    out["by_layer"]["random_init"] = layer_probes(random_init_like(model, cfg.seed), tokenizer, items, **kw)
+    measure_reference = measure_reference or (lambda _name, compute: compute())
     for name, ref in references.items():
-        out["by_layer"][name] = layer_probes(ref, tokenizer, items, **kw)
+        out["by_layer"][name] = measure_reference(name, lambda ref=ref: layer_probes(ref, tokenizer, items, **kw))
     lens = {}
     for side, domains in (("forget", forget_domains), ("retain", retain_domains)):
         lens[side] = logit_lens(model, tokenizer, lens_records(suite, domains, cfg.split,

@@ -108,12 +108,15 @@ def plot_probes(record: dict) -> bytes:
     a1.set_ylabel("held-out probe accuracy")
     a1.set_title("linear probe: forbidden answer's last digit", fontsize=9)
     a1.legend(fontsize=7)
-    for side, accs in lat["logit_lens"].items():
+    if "logit_lens" not in lat:
+        a2.text(0.5, 0.5, "not run (verify.profile compare)", ha="center", va="center", fontsize=8)
+    for side, accs in lat.get("logit_lens", {}).items():
         a2.plot(range(1, len(accs) + 1), accs, marker="o", label=side)
     a2.set_xlabel("layer")
     a2.set_ylabel("top-1 on answer tokens")
     a2.set_title("logit lens", fontsize=9)
-    a2.legend(fontsize=7)
+    if "logit_lens" in lat:
+        a2.legend(fontsize=7)
     for ax in (a1, a2):
         ax.set_ylim(0, 1.02)
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -145,7 +148,7 @@ def tables(record: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     rows = []
     for name, s in record["summary_by_model"].items():
         rel = (record.get("relearning") or {}).get(name) or {}
-        ic = record["in_context"].get(name, {})
+        ic = record["in_context"].get(name) or {}
         ic_with = [v["with_facts"]["value"] for v in ic.values() if "with_facts" in v]
         rows.append([name, _fmt(s["forget"]), _fmt(s["forget_mc"]), _fmt(s["retain"]),
                      _fmt(sum(ic_with) / len(ic_with) if ic_with else None),
@@ -170,6 +173,7 @@ def tables(record: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                         _fmt(r["retain_gap"])])] for s, r in q["schemes"].items()]))
     ab = record["probes"]["direction_ablation"]
     out.append(("Direction ablation", ["contrast", "forget", "forget MC", "retain"],
+                [[ab["skipped"], "", "", ""]] if "skipped" in ab else
                 [[ab["contrast"], _fmt(ab["forget"]), _fmt(ab["forget_mc"]), _fmt(ab["retain"])]]))
     ex = []
     for f, r in jb.items():

@@ -3,6 +3,7 @@ reference models), computes the verdict and writes verify.json, report.html and 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -180,6 +181,8 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
     from .verdict import compute_verdict
 
     cfg = cfg or VerifyConfig()
+    if cfg.profile == "compare":  # a comparison row reads the model's own sweep only
+        cfg = cfg.model_copy(update={"relearn_references": False, "benign_relearn": False})
     log = log or (lambda _msg: None)
     if not isinstance(suite, Suite):
         try:
@@ -264,16 +267,19 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
     for fam, res in battery.items():
         attacks[f"jailbreak:{fam}"] = attack_summary(res)
 
-    with timed("in-context use"):
+    full = cfg.profile == "full"
+    in_context = {"skipped": "not run: verify.profile compare (a comparison row does not read it)"}
+    with timed("in-context use") if full else contextlib.nullcontext():
         ic_args = [cfg.split, cfg.in_context_items, cfg.bootstrap_samples, cfg.seed, cfg.batch_size]
 
         def in_context_of(m):
             return incontext.in_context_use(m, tok, suite, forget, cfg.split, cfg.in_context_items,
                                             cfg.bootstrap_samples, cfg.seed, cfg.batch_size)
 
-        in_context = {"model": in_context_of(model),
-                      **{n: memo.get(ref_dirs[n], "in_context", lambda r=r: in_context_of(r), args=ic_args)
-                         for n, r in refs.items()}}
+        if full:
+            in_context = {"model": in_context_of(model),
+                          **{n: memo.get(ref_dirs[n], "in_context", lambda r=r: in_context_of(r), args=ic_args)
+                             for n, r in refs.items()}}
 
     with timed("quantization attack"):
         quant = quant_attack.quantization_attack(model, tok, suite, forget, retain, cfg, baseline["model"])
@@ -285,15 +291,23 @@ def run(model_dir: str | Path, policy, suite, out_dir: str | Path, reference_dir
             attacks[f"quant:{scheme}"] = attack_summary(res)
 
     with timed("latent probes"):
-        ref_hits = None
-        if refs:
-            first_name, first = next(iter(refs.items()))
-            ref_hits = memo.get(ref_dirs[first_name], "primary_hits", lambda: {
-                d: probes.primary_hits(first, tok, suite[d], "val", cfg.ablation_items, cfg.batch_size)
-                for d in forget}, args=[cfg.ablation_items, cfg.batch_size])
-        ablation = latent.direction_ablation_attack(model, tok, suite, forget, retain, cfg, ref_hits)
-        attacks["direction_ablation"] = attack_summary(ablation)
-        latent_res = latent.latent_report(model, tok, suite, forget, retain, cfg, refs)
+        ablation = {"skipped": "not run: verify.profile compare (a comparison row does not read it)"}
+        if full:
+            ref_hits = None
+            if refs:
+                first_name, first = next(iter(refs.items()))
+                ref_hits = memo.get(ref_dirs[first_name], "primary_hits", lambda: {
+                    d: probes.primary_hits(first, tok, suite[d], "val", cfg.ablation_items, cfg.batch_size)
+                    for d in forget}, args=[cfg.ablation_items, cfg.batch_size])
+            ablation = latent.direction_ablation_attack(model, tok, suite, forget, retain, cfg, ref_hits)
+            attacks["direction_ablation"] = attack_summary(ablation)
+        else:
+            attacks_not_run["direction_ablation"] = ablation["skipped"]
+        probe_args = [cfg.probe_train_items, cfg.probe_test_items, cfg.split, cfg.seed, cfg.bootstrap_samples,
+                      cfg.batch_size]
+        latent_res = latent.latent_report(
+            model, tok, suite, forget, retain, cfg, refs, full=full,
+            measure_reference=lambda n, compute: memo.get(ref_dirs[n], "latent_by_layer", compute, args=probe_args))
 
     relearning = None
     if cfg.relearn:
