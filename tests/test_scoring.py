@@ -118,3 +118,40 @@ def test_shared_context_mc_memory_is_per_scored_token(world_tokenizer, monkeypat
     assert seen[0][1] == 1  # the context pass: one position, not the context's length
     assert seen[1][1] == max(len(world_tokenizer(c, add_special_tokens=False)["input_ids"])
                              for c in recs[0]["choices"]) - 1
+
+
+def test_qa_across_domains_in_one_call_equals_per_domain(tiny_model, world_tokenizer, world_suite, monkeypatch):
+    """qa_hits_many: the same generations and hits as one qa_hits call per domain, in one greedy_generate call
+    for domains with the same generation settings."""
+    import surgical.scoring as scoring
+
+    jobs = [(world_suite[d], world_suite[d].split_of("qa", "test")[:7], None) for d in ("mul", "add", "sub")]
+    ctx = [f"Solve: {r['prompt']}" for r in jobs[1][1]]
+    jobs[1] = (jobs[1][0], jobs[1][1], ctx)  # a job with contexts (a jailbreak template around the prompt)
+    one_by_one = [scoring.qa_hits(tiny_model, world_tokenizer, d, recs, c, batch_size=4) for d, recs, c in jobs]
+    calls = []
+    real = scoring.greedy_generate
+    monkeypatch.setattr(scoring, "greedy_generate", lambda m, t, p, **k: (calls.append(len(p)), real(m, t, p, **k))[1])
+    together = scoring.qa_hits_many(tiny_model, world_tokenizer, jobs, batch_size=4)
+    assert together == one_by_one
+    assert calls == [21]  # the world's domains share their generation settings: one call for all three
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_per_prompt_budgets_equal_one_call_per_budget_at_the_context_edge(family, world_tokenizer, monkeypatch):
+    """Budgets per prompt (domains mixed in one call) give each prompt what a call with its own budget gives, also
+    for prompts cut to fill the context (a batch never mixes a prompt at the edge with a larger budget)."""
+    import surgical.scoring as scoring
+
+    model = make_tiny_model(family, len(world_tokenizer), max_positions=16)
+    prompts = ["1+2=3\n" * 6 + "45+5:", "1+1:", "12+7:", "3+3=6\n" * 2 + "9+9:"]
+    budgets = [3, 8, 5, 8]
+    alone = [greedy_generate(model, world_tokenizer, [p], max_new_tokens=b)[0] for p, b in zip(prompts, budgets)]
+    sizes = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda **k: (sizes.append((k["input_ids"].shape[1], k["max_new_tokens"])),
+                                                         real(**k))[1])
+    assert greedy_generate(model, world_tokenizer, prompts, max_new_tokens=budgets, batch_size=8) == alone
+    assert all(w + n <= 16 for w, n in sizes) and len(sizes) >= 2  # the edge prompt got a batch of its own
+    with pytest.raises(ValueError, match="budgets"):
+        scoring.greedy_generate(model, world_tokenizer, prompts, max_new_tokens=[3])

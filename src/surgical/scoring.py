@@ -195,7 +195,7 @@ def mc_predictions(
 
 @torch.no_grad()
 def greedy_generate(
-    model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int = 128,
+    model, tokenizer, prompts: Sequence[str], max_new_tokens: int | Sequence[int], batch_size: int = 128,
     first_line: bool = False,
 ) -> list[str]:
     """Greedy continuations of ``prompts`` (KV cache, left padding), decoded without special tokens.
@@ -203,26 +203,38 @@ def greedy_generate(
     Prompts are batched in order of length (less padding; outputs come back in the input order). A prompt
     that would not leave ``max_new_tokens`` positions in the model's context keeps its last tokens (cut from
     the left, like lm-eval); a model whose whole context is shorter than that generates fewer tokens.
+    ``max_new_tokens`` may be one budget per prompt (prompts of several domains in one call): a batch then runs to
+    its largest budget and each output is cut to its own, which gives what a call per budget gives, since greedy
+    decoding's first n tokens do not depend on how many follow; a batch never holds prompts whose longest prompt
+    and largest budget together exceed the context.
     ``first_line``: the answer is one line (the world's worked answers are), so a sequence stops at its first
     newline as at EOS (when the tokenizer has a newline token of its own), and each output is cut there."""
     model.eval()
     device = _device(model)
     max_len = context_length(model)
-    new_tokens = max(1, min(max_new_tokens, max_len - 1))
-    keep = max_len - new_tokens
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if not prompts:
         return []
-    encoded = [ids[-keep:] for ids in prompt_ids_batch(tokenizer, prompts)]
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != len(prompts):
+        raise ValueError(f"greedy_generate: {len(budgets)} budgets for {len(prompts)} prompts")
+    new_tokens = [max(1, min(b, max_len - 1)) for b in budgets]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    encoded = [ids[-(max_len - n):] for ids, n in zip(prompt_ids_batch(tokenizer, prompts), new_tokens, strict=True)]
     stop = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     if first_line:
         nl = tokenizer("\n", add_special_tokens=False)["input_ids"]
         if len(nl) == 1:
             stop.append(nl[0])
     outs: list[str | None] = [None] * len(prompts)
-    order = _by_length([len(e) for e in encoded])
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    batches: list[list[int]] = []
+    for i in _by_length([len(e) for e in encoded]):
+        cur = batches[-1] if batches else None
+        if cur is None or len(cur) >= batch_size or \
+                max(len(encoded[i]), *(len(encoded[j]) for j in cur)) + max(new_tokens[i], *(new_tokens[j] for j in cur)) > max_len:
+            batches.append([i])
+        else:
+            cur.append(i)
+    for idx in batches:
         width = max(len(encoded[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
         mask = torch.zeros((len(idx), width), dtype=torch.long)
@@ -232,14 +244,15 @@ def greedy_generate(
         gen = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
-            max_new_tokens=new_tokens,
+            max_new_tokens=max(new_tokens[i] for i in idx),
             do_sample=False,
             use_cache=True,
             pad_token_id=pad,
             eos_token_id=stop or None,
         )
-        for row, text in zip(idx, tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True), strict=True):
-            outs[row] = text.split("\n", 1)[0] if first_line else text
+        rows = [gen[row, width : width + new_tokens[i]] for row, i in enumerate(idx)]
+        for i, text in zip(idx, tokenizer.batch_decode(rows, skip_special_tokens=True), strict=True):
+            outs[i] = text.split("\n", 1)[0] if first_line else text
     return outs  # type: ignore[return-value]
 
 
@@ -251,15 +264,39 @@ def qa_hits(model, tokenizer, domain, records: Sequence[dict], contexts: Sequenc
     """Short-answer QA on a suite domain: greedy generation from each record's prompt (or ``contexts[i]``, e.g.
     a jailbreak template around it), in the domain's chat format, up to its ``max_new_tokens`` (and its first
     line when ``stop_at_newline``), scored by the domain's scorer. Returns (hits, generations)."""
+    return qa_hits_many(model, tokenizer, [(domain, records, contexts)], batch_size)[0]
+
+
+def qa_hits_many(model, tokenizer, jobs: Sequence[tuple], batch_size: int = 64) -> list[tuple[list[bool], list[str]]]:
+    """``qa_hits`` for several ``(domain, records, contexts or None)`` jobs, generated together: the prompts of
+    every job whose domain stops at the same place (``stop_at_newline``) go through one ``greedy_generate`` call,
+    each with its domain's ``max_new_tokens`` (sorted by length, batched across domains), so small domains do not
+    each pay for a part-filled batch. Returns one (hits, generations) per job, in order."""
     from .suite import format_prompt, score_answer
 
-    spec = domain.spec
-    texts = list(contexts) if contexts is not None else [r["prompt"] for r in records]
-    prompts = [format_prompt(tokenizer, t, domain.chat) for t in texts]
-    gens = greedy_generate(model, tokenizer, prompts, max_new_tokens=spec.max_new_tokens, batch_size=batch_size,
-                           first_line=spec.stop_at_newline)
-    hits = [score_answer(g, r["answers"], spec.scorer, spec.answer_regex) for g, r in zip(gens, records, strict=True)]
-    return hits, gens
+    groups: dict[bool, list[int]] = {}
+    for j, (domain, _recs, _ctx) in enumerate(jobs):
+        groups.setdefault(domain.spec.stop_at_newline, []).append(j)
+    gens_of: dict[int, list[str]] = {}
+    for first_line, members in groups.items():
+        prompts, budgets, spans = [], [], []
+        for j in members:
+            domain, records, contexts = jobs[j]
+            texts = list(contexts) if contexts is not None else [r["prompt"] for r in records]
+            spans.append((j, len(prompts), len(texts)))
+            prompts += [format_prompt(tokenizer, t, domain.chat) for t in texts]
+            budgets += [domain.spec.max_new_tokens] * len(texts)
+        gens = greedy_generate(model, tokenizer, prompts, max_new_tokens=budgets, batch_size=batch_size,
+                               first_line=first_line)
+        for j, at, n in spans:
+            gens_of[j] = gens[at:at + n]
+    out = []
+    for j, (domain, records, _ctx) in enumerate(jobs):
+        spec = domain.spec
+        hits = [score_answer(g, r["answers"], spec.scorer, spec.answer_regex)
+                for g, r in zip(gens_of[j], records, strict=True)]
+        out.append((hits, gens_of[j]))
+    return out
 
 
 def mc_hits(model, tokenizer, domain, records: Sequence[dict], contexts: Sequence[str] | None = None,

@@ -231,7 +231,7 @@ def _run_template(model, tokenizer, suite, tpl: Template, t_i: int, forget_domai
     from ..data import prompt_ids
     from ..scoring import context_length
     from .bootstrap import bootstrap_ci
-    from .probes import mc_hits, qa_hits, redact
+    from .probes import mc_hits, qa_hits_many, redact
 
     ctx_len = context_length(model)
 
@@ -241,6 +241,8 @@ def _run_template(model, tokenizer, suite, tpl: Template, t_i: int, forget_domai
     allowed = list(retain_domains)
     res: dict = {"forget": {}, "retain": {}, "shots_used_mean": 0.0, "examples": []}
     shots_used = []
+    # pass 1: every domain's QA contexts under the template; their generations then go in one batched call
+    plan = []
     for side, domains in (("forget", forget_domains), ("retain", retain_domains)):
         for domain in domains:
             dd = suite[domain]
@@ -257,30 +259,34 @@ def _run_template(model, tokenizer, suite, tpl: Template, t_i: int, forget_domai
                     shots_used.append(k)
                 return out
 
-            d_res: dict = {}
             qa_recs = dd.split_of("qa", split)[:n_items]
-            contexts: list[str] = []
-            if qa_recs:
-                contexts = contexts_for(qa_recs, "prompt")
-                hits, gens = qa_hits(model, tokenizer, dd, qa_recs, contexts, batch_size)
-                d_res["exact_match"] = bootstrap_ci(hits, n_boot, seed)
-                if side == "forget":
-                    res["examples"] += [redact(c, g, h, show_generations)
-                                        for c, g, h in list(zip(contexts, gens, hits, strict=True))[:2]]
-            mc_recs = dd.split_of("mc", split)[:n_items]
-            if mc_recs and (side == "forget" or not qa_recs):
-                # an MC question that is also a QA prompt gets the very same rendering (same shots)
-                by_prompt = {r["prompt"]: c for r, c in zip(qa_recs, contexts, strict=True)}
-                missing = [r for r in mc_recs if r["question"] not in by_prompt]
-                by_prompt.update(zip([r["question"] for r in missing], contexts_for(missing, "question"),
-                                     strict=True))
-                acc, acc_norm = mc_hits(model, tokenizer, dd, mc_recs, [by_prompt[r["question"]] for r in mc_recs],
-                                        batch_size)
-                d_res["mc"] = bootstrap_ci(acc, n_boot, seed)
-                d_res["mc_norm"] = bootstrap_ci(acc_norm, n_boot, seed)
-            if d_res:
-                d_res["primary"] = d_res.get("exact_match") or d_res["mc"]
-            res[side][domain] = d_res
+            plan.append((side, domain, dd, contexts_for, qa_recs, contexts_for(qa_recs, "prompt") if qa_recs else []))
+    with_qa = [p for p in plan if p[4]]
+    qa_out = dict(zip([p[1] for p in with_qa],
+                      qa_hits_many(model, tokenizer, [(p[2], p[4], p[5]) for p in with_qa], batch_size), strict=True))
+    # pass 2: scores, and the MC items under the same renderings
+    for side, domain, dd, contexts_for, qa_recs, contexts in plan:
+        d_res: dict = {}
+        if qa_recs:
+            hits, gens = qa_out[domain]
+            d_res["exact_match"] = bootstrap_ci(hits, n_boot, seed)
+            if side == "forget":
+                res["examples"] += [redact(c, g, h, show_generations)
+                                    for c, g, h in list(zip(contexts, gens, hits, strict=True))[:2]]
+        mc_recs = dd.split_of("mc", split)[:n_items]
+        if mc_recs and (side == "forget" or not qa_recs):
+            # an MC question that is also a QA prompt gets the very same rendering (same shots)
+            by_prompt = {r["prompt"]: c for r, c in zip(qa_recs, contexts, strict=True)}
+            missing = [r for r in mc_recs if r["question"] not in by_prompt]
+            by_prompt.update(zip([r["question"] for r in missing], contexts_for(missing, "question"),
+                                 strict=True))
+            acc, acc_norm = mc_hits(model, tokenizer, dd, mc_recs, [by_prompt[r["question"]] for r in mc_recs],
+                                    batch_size)
+            d_res["mc"] = bootstrap_ci(acc, n_boot, seed)
+            d_res["mc_norm"] = bootstrap_ci(acc_norm, n_boot, seed)
+        if d_res:
+            d_res["primary"] = d_res.get("exact_match") or d_res["mc"]
+        res[side][domain] = d_res
     res["shots_used_mean"] = sum(shots_used) / max(1, len(shots_used))
     return res
 

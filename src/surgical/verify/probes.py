@@ -12,7 +12,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 
-from ..scoring import mc_hits, pair_nlls, qa_hits  # noqa: F401 (re-exported for the battery)
+from ..scoring import mc_hits, pair_nlls, qa_hits, qa_hits_many  # noqa: F401 (re-exported for the battery)
 from .bootstrap import bootstrap_ci
 
 
@@ -34,10 +34,21 @@ def perplexity_ci(nlls: Sequence[tuple[float, int]], n_boot: int, seed: int) -> 
 
 def primary_hits(model, tokenizer, domain, split: str, n_items: int, batch_size: int = 64,
                  contexts=None) -> list[bool]:
-    """Per-item hits of a domain's primary metric: QA (its scorer) when it has QA data, else MC (acc)."""
+    """Per-item hits of a domain's primary metric: QA (its scorer) when it has QA data, else MC (acc).
+    ``primary_hits_many`` does several domains with their QA generated together."""
     if domain.qa:
         return qa_hits(model, tokenizer, domain, domain.split_of("qa", split)[:n_items], contexts, batch_size)[0]
     return mc_hits(model, tokenizer, domain, domain.split_of("mc", split)[:n_items], contexts, batch_size)[0]
+
+
+def primary_hits_many(model, tokenizer, domains: Sequence, split: str, n_items: int,
+                      batch_size: int = 64) -> list[list[bool]]:
+    """``primary_hits`` of each domain (suite Domain objects), the QA domains' generations in one batched call."""
+    qa = [d for d in domains if d.qa]
+    qa_out = iter(qa_hits_many(model, tokenizer, [(d, d.split_of("qa", split)[:n_items], None) for d in qa],
+                               batch_size))
+    return [next(qa_out)[0] if d.qa else
+            mc_hits(model, tokenizer, d, d.split_of("mc", split)[:n_items], None, batch_size)[0] for d in domains]
 
 
 def primary_prompts(domain, split: str, n_items: int) -> list[str]:
@@ -48,14 +59,17 @@ def primary_prompts(domain, split: str, n_items: int) -> list[str]:
 
 
 def domain_probe(model, tokenizer, domain, split: str, n_items: int, n_boot: int, seed: int,
-                 batch_size: int = 64, em: bool = True, mc: bool = True, ppl: bool = True) -> dict:
+                 batch_size: int = 64, em: bool = True, mc: bool = True, ppl: bool = True,
+                 qa_result: list[bool] | None = None) -> dict:
     """A suite domain's knowledge probes, each ``{"value", "ci_low", ...}``: ``exact_match`` (QA accuracy under
     the domain's scorer), ``mc`` / ``mc_norm`` (lm-eval acc / acc_norm) and ``perplexity``, for the data the
-    domain has; ``primary`` is the QA figure when there is one, else MC."""
+    domain has; ``primary`` is the QA figure when there is one, else MC. ``qa_result``: the QA hits, already
+    generated (``knowledge_probes`` generates every domain's QA in one batched call)."""
     out: dict = {}
     qa_recs = domain.split_of("qa", split)[:n_items]
     if em and qa_recs:
-        hits, _ = qa_hits(model, tokenizer, domain, qa_recs, batch_size=batch_size)
+        hits = qa_result if qa_result is not None else qa_hits(model, tokenizer, domain, qa_recs,
+                                                                 batch_size=batch_size)[0]
         out["exact_match"] = bootstrap_ci(hits, n_boot, seed)
     mc_recs = domain.split_of("mc", split)[:n_items]
     if mc_recs and (mc or not qa_recs):  # MC is the primary metric of a domain without QA
@@ -72,9 +86,14 @@ def domain_probe(model, tokenizer, domain, split: str, n_items: int, n_boot: int
 
 def knowledge_probes(model, tokenizer, suite, domains: Sequence[str], split: str, n_items: int, n_boot: int,
                      seed: int, batch_size: int = 64, **kw) -> dict:
-    """``domain_probe`` for every domain of ``suite`` named in ``domains``: {domain: {metric: ci}}."""
-    return {d: domain_probe(model, tokenizer, suite[d], split, n_items, n_boot, seed, batch_size, **kw)
-            for d in domains}
+    """``domain_probe`` for every domain of ``suite`` named in ``domains``: {domain: {metric: ci}}. The QA
+    generations of all domains are batched together (``qa_hits_many``)."""
+    with_qa = [d for d in domains if suite[d].split_of("qa", split)[:n_items]] if kw.get("em", True) else []
+    qa = dict(zip(with_qa, (h for h, _ in qa_hits_many(
+        model, tokenizer, [(suite[d], suite[d].split_of("qa", split)[:n_items], None) for d in with_qa],
+        batch_size)), strict=True))
+    return {d: domain_probe(model, tokenizer, suite[d], split, n_items, n_boot, seed, batch_size,
+                            qa_result=qa.get(d), **kw) for d in domains}
 
 
 def redact(prompt: str, generation: str, correct: bool, show: bool) -> dict:

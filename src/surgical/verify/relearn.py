@@ -23,7 +23,7 @@ from ..data import PadCollator, encode_example
 from ..models import float_copy
 from ..suite import format_prompt
 from .bootstrap import recovery_auc, steps_to_fraction, sweep_peak
-from .probes import mc_hits, primary_hits
+from .probes import mc_hits, primary_hits_many
 
 
 def training_examples(suite, domains: Sequence[str], n: int, seed: int, tokenizer=None) -> list[tuple[str, str]]:
@@ -42,11 +42,9 @@ def forget_eval_fn(tokenizer, suite, domains: Sequence[str], split: str, n_items
     """model -> mean over ``domains`` of the primary metric (QA under the domain's scorer, else MC) on the first
     ``n_items`` eval items of each."""
 
-    def evaluate(model) -> float:
-        accs = []
-        for d in domains:
-            hits = primary_hits(model, tokenizer, suite[d], split, n_items, batch_size)
-            accs.append(sum(hits) / len(hits))
+    def evaluate(model) -> float:  # the domains' QA generations go in one batched call
+        accs = [sum(h) / len(h) for h in primary_hits_many(model, tokenizer, [suite[d] for d in domains], split,
+                                                            n_items, batch_size)]
         return sum(accs) / len(accs)
 
     return evaluate
