@@ -331,7 +331,9 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
             str(t): nn.Linear(hidden_size(student), hidden_size(teacher_model), bias=False) for t in proj_layers}))
     directions = random_directions([s for _, s in rmu_pairs], hidden_size(student), cfg.seed)
 
-    callbacks = []
+    from ..threads import share_callback
+
+    callbacks = [share_callback()]  # more threads once a parallel run's other stages are done
     if suite is not None and cfg.eval_every and retain_domains:
         callbacks.append(SuiteEvalCallback(suite, tok, cfg.eval_every, cfg.eval_limit, tokens_at_step,
                                            retain_domains))
@@ -386,7 +388,7 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
         "train_wall_s": round(train_s, 2),
         "tokens_per_s": round(tokens_at_step(trainer.state.global_step) / max(train_s, 1e-9), 1),
         "curves": [h for h in trainer.state.log_history if "loss" in h],
-        "eval_history": callbacks[0].history if callbacks else [],
+        "eval_history": next((cb.history for cb in callbacks if hasattr(cb, "history")), []),
         "cache": cache_meta,
         "penalty_activity": trainer.penalty_activity(),
         "resumed_from": str(last) if last else None,
