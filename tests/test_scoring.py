@@ -146,7 +146,7 @@ def test_per_prompt_budgets_equal_one_call_per_budget_at_the_context_edge(family
     model = make_tiny_model(family, len(world_tokenizer), max_positions=16)
     prompts = ["1+2=3\n" * 6 + "45+5:", "1+1:", "12+7:", "3+3=6\n" * 2 + "9+9:"]
     budgets = [3, 8, 5, 8]
-    alone = [greedy_generate(model, world_tokenizer, [p], max_new_tokens=b)[0] for p, b in zip(prompts, budgets)]
+    alone = [greedy_generate(model, world_tokenizer, [p], max_new_tokens=b)[0] for p, b in zip(prompts, budgets, strict=True)]
     sizes = []
     real = model.generate
     monkeypatch.setattr(model, "generate", lambda **k: (sizes.append((k["input_ids"].shape[1], k["max_new_tokens"])),

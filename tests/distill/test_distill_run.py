@@ -400,3 +400,40 @@ def test_penalty_activity_is_recorded(files, tmp_path, margin, active):
     assert act["maxent"]["grad_norm_ratio_vs_kd"] > 0
     logged = {k for c in rec["curves"] for k in c}
     assert {"active_away", "active_maxent", "gradratio_away", "gradratio_maxent"} <= logged
+
+
+def test_distill_demo_trains_on_the_pipelines_teacher_trajectories(tmp_path, monkeypatch):
+    """`surgical distill --demo` learns from what the pipeline's distill stage learns from: the teacher's
+    trajectories on generate.demo_per_domain train prompts of each allowed domain (not the world's whole gold
+    split); forbidden stays the world's mul/div/mixed."""
+    import surgical.curate.generate as gen
+    import surgical.demo as demo
+    import surgical.distill.run as drun
+    from surgical.config import demo_config
+    from surgical.io import read_jsonl, write_jsonl
+
+    cfg = demo_config()
+    cfg = cfg.model_copy(update={"generate": cfg.generate.model_copy(update={"demo_per_domain": 7})})
+    monkeypatch.setattr(demo, "distill_inputs", lambda c, quiet=True: (tmp_path / "teacher", [{"text": "whole split"}],
+                                                                       [{"text": "forbidden"}], tmp_path / "suite.yaml"))
+    seen = {}
+
+    def fake_generate(gcfg, teacher, prompts, out_dir, constitution_path=None, quiet=True, suite=None):
+        recs = list(read_jsonl(prompts))
+        seen.update(prompts=recs, constitution=constitution_path, teacher=teacher)
+        write_jsonl(Path(out_dir) / "trajectories.jsonl",
+                    [{"prompt": r["prompt"], "completion": " x", "domain": r["domain"]} for r in recs])
+
+    monkeypatch.setattr(gen, "run", fake_generate)
+    monkeypatch.setattr(drun, "run", lambda c, t, gold, forbidden, **k: seen.update(gold=gold, forbidden=forbidden))
+    drun.run_demo(tmp_path / "out", preset="surgical", pipeline_cfg=cfg, quiet=True)
+    domains = [r["domain"] for r in seen["prompts"]]
+    assert sorted(set(domains)) == ["add", "sub"] and domains.count("add") == domains.count("sub") == 7
+    assert all("answer" in r for r in seen["prompts"])  # the teacher's answers are checked against them
+    assert seen["constitution"] == cfg.generate.constitution and seen["teacher"] == tmp_path / "teacher"
+    assert len(seen["gold"]) == 14 and seen["gold"][0]["completion"] == " x"
+    assert seen["forbidden"] == [{"text": "forbidden"}]
+
+    monkeypatch.setattr(gen, "run", lambda g, t, p, out_dir, **k: write_jsonl(Path(out_dir) / "trajectories.jsonl", []))
+    with pytest.raises(ValueError, match="no trajectory"):
+        drun.run_demo(tmp_path / "out2", preset="surgical", pipeline_cfg=cfg, quiet=True)

@@ -120,3 +120,59 @@ def test_thread_cap(monkeypatch):
         torch.set_num_threads(before)
     monkeypatch.setenv("SURGICAL_MAX_THREADS", "nonsense")
     assert capped(3) == 3
+
+
+def _growing(name: str):
+    """c asks for every core, waits until b has finished, then follows its share file until it grows."""
+    def fn(cfg, inputs, out_dir):
+        import torch
+
+        from surgical.threads import follow_share, set_threads
+
+        rec = {"start_threads": set_threads(64)}
+        if name == "c":
+            deadline = time.time() + 120
+            while not (inputs.run_dir / "b" / "out.json").exists() and time.time() < deadline:
+                time.sleep(0.05)
+            while torch.get_num_threads() < (os.cpu_count() or 1) and time.time() < deadline:
+                follow_share()
+                time.sleep(0.05)
+            rec["end_threads"] = torch.get_num_threads()
+        write_json(out_dir / "out.json", {"value": 1})
+        write_json(out_dir / "proc.json", rec)
+        return Result({"value": 1})
+    return fn
+
+
+def build_growing(cfg):
+    return [Stage("a", _growing("a")), Stage("b", _growing("b"), deps=["a"]), Stage("c", _growing("c"), deps=["a"])]
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs 2 cores to split")
+def test_a_stage_left_running_alone_grows_to_every_core(tmp_path):
+    cfg = Cfg(base=1)
+    Runner(build_growing(cfg), tmp_path, cfg, rebuild=build_growing).run(quiet=True, jobs=2)
+    cores = os.cpu_count() or 1
+    c = _proc(tmp_path, "c")
+    assert c["start_threads"] == cores // 2  # started beside b
+    assert c["end_threads"] == cores  # b finished: c's training loop picked up the whole machine
+    assert (tmp_path / "logs" / ".c.threads").read_text() == str(cores)
+
+
+def test_follow_share_applies_the_share_file(tmp_path, monkeypatch):
+    import torch
+
+    import surgical.threads as th
+
+    monkeypatch.setenv(th.ENV, "1")
+    share = tmp_path / "share"
+    assert th.set_threads(2) == 1
+    assert th.follow_share() is None  # no share file: not a parallel run
+    monkeypatch.setenv(th.SHARE_FILE_ENV, str(share))
+    share.write_text("2")
+    assert th.follow_share() == 2 and torch.get_num_threads() == 2 and th.thread_cap() == 2
+    assert th.follow_share() is None  # unchanged
+    share.write_text("garbage")
+    assert th.follow_share() is None and torch.get_num_threads() == 2
+    share.write_text("1")
+    assert th.follow_share() == 1 and torch.get_num_threads() == 1

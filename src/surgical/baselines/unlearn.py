@@ -311,7 +311,7 @@ def unlearn(model_dir: str | Path, method: Literal["graddiff", "maxent", "rmu"],
         raise ValueError("unlearning needs non-empty forget and retain records")
     cfg = cfg or UnlearnConfig()
     check_replaceable(out_dir)  # before any work: never over a directory surgical did not make
-    from ..threads import set_threads
+    from ..threads import set_threads, share_callback
     set_threads(cfg.threads)
     set_seed(cfg.seed)
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -360,7 +360,7 @@ def unlearn(model_dir: str | Path, method: Literal["graddiff", "maxent", "rmu"],
     dataset = PairedDataset(forget, retain, cfg.max_steps * cfg.batch_size, cfg.seed)
     model.train()
     trainer = trainer_cls(model=model, args=args, train_dataset=dataset, data_collator=PairCollator(pad_id),
-                          callbacks=[_WallBudget(cfg.max_wall_s)], alpha=alpha, **kwargs)
+                          callbacks=[_WallBudget(cfg.max_wall_s), share_callback()], alpha=alpha, **kwargs)
     if quiet:
         from transformers.trainer_callback import PrinterCallback
 

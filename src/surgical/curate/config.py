@@ -62,6 +62,11 @@ class CurateConfig(Section):
     label_field: str = Field("label", description="Field with 'forbidden'/'allowed' ground truth, when present.")
     eval_file: str = Field("", description="Labelled held-out JSONL for recall/over-filtering (never trained on). "
                            "Empty: the labelled input records minus classifier exemplars.")
+    simulate_leak_rate: float = Field(
+        0.0, ge=0, le=1, description="EXPERIMENTS ONLY: after the filter, move this fraction of the quarantined "
+        "records whose `label_field` says forbidden to gold, as a filter with recall 1 - rate would (curate/leak.py; "
+        "listed in leak.json and curate.json's `simulated_leak`). 0 = off.")
+    simulate_leak_seed: int = Field(0, description="Seed of the simulated leak's choice of records.")
     world_split: Literal["train", "val", "test"] = Field("train", description="World split the demo corpus uses.")
     engine: Literal["local", "ray"] = Field(
         "local", description="Where curate runs: 'local' (this process, stage 1 in num_proc worker processes) or "

@@ -680,12 +680,19 @@ def run(cfg: CurateConfig, input_path: str | Path | list, out_dir: str | Path, p
     if cfg.engine == "ray":
         from .ray_engine import curate_ray
 
-        return curate_ray(paths, fmts, out_dir, policy, cfg, classifier=classifier, eval_records=eval_records,
-                          total=total, quiet=quiet, inputs=inputs)
-    stream = itertools.chain.from_iterable(iter_records(p, cfg.text_field, cfg.text_unit, fmt=f)
-                                           for p, f in zip(paths, fmts, strict=True))
-    return curate(stream, out_dir, policy, cfg, classifier=classifier, eval_records=eval_records, quiet=quiet,
-                  total=total, inputs=inputs)
+        res = curate_ray(paths, fmts, out_dir, policy, cfg, classifier=classifier, eval_records=eval_records,
+                         total=total, quiet=quiet, inputs=inputs)
+    else:
+        stream = itertools.chain.from_iterable(iter_records(p, cfg.text_field, cfg.text_unit, fmt=f)
+                                               for p, f in zip(paths, fmts, strict=True))
+        res = curate(stream, out_dir, policy, cfg, classifier=classifier, eval_records=eval_records, quiet=quiet,
+                     total=total, inputs=inputs)
+    if cfg.simulate_leak_rate > 0:
+        from .leak import simulate_leak
+
+        res.report["simulated_leak"] = simulate_leak(out_dir, cfg.simulate_leak_rate, cfg.simulate_leak_seed,
+                                                     cfg.label_field)
+    return res
 
 
 def run_demo(out_dir: str | Path, pipeline_cfg=None, classifier=None, quiet: bool = True,

@@ -331,7 +331,9 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
             str(t): nn.Linear(hidden_size(student), hidden_size(teacher_model), bias=False) for t in proj_layers}))
     directions = random_directions([s for _, s in rmu_pairs], hidden_size(student), cfg.seed)
 
-    callbacks = []
+    from ..threads import share_callback
+
+    callbacks = [share_callback()]  # more threads once a parallel run's other stages are done
     if suite is not None and cfg.eval_every and retain_domains:
         callbacks.append(SuiteEvalCallback(suite, tok, cfg.eval_every, cfg.eval_limit, tokens_at_step,
                                            retain_domains))
@@ -386,7 +388,7 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
         "train_wall_s": round(train_s, 2),
         "tokens_per_s": round(tokens_at_step(trainer.state.global_step) / max(train_s, 1e-9), 1),
         "curves": [h for h in trainer.state.log_history if "loss" in h],
-        "eval_history": callbacks[0].history if callbacks else [],
+        "eval_history": next((cb.history for cb in callbacks if hasattr(cb, "history")), []),
         "cache": cache_meta,
         "penalty_activity": trainer.penalty_activity(),
         "resumed_from": str(last) if last else None,
@@ -553,13 +555,43 @@ def _retention(record: dict, retain_domains=None) -> dict:
 def run_demo(out_dir: str | Path, preset: str | None = None, pipeline_cfg=None, quiet: bool = False,
              gold=None, forbidden=None, map_path=None, overrides: dict | None = None, suite=None,
              resume: bool | str = False) -> DistillResult:
-    """Run one preset on the demo world (gold/forbidden JSONL from curate override the world's splits),
-    evaluated through the world's suite (or ``suite``)."""
+    """Run one preset on the demo world, evaluated through the world's suite (or ``suite``). The gold data is
+    what the pipeline's distill stage learns from: the teacher's trajectories (``generate``, with the demo's
+    constitution) on ``generate.demo_per_domain`` train prompts of each allowed domain, written under
+    ``OUT/generate/``; forbidden = the world's mul/div/mixed train problems (what curate quarantines). Gold or
+    forbidden JSONL given here (e.g. curate's) replace them."""
     from ..config import demo_config
     from ..demo import distill_inputs
 
     pcfg = pipeline_cfg or demo_config()
-    tdir, w_gold, w_forb, suite_file = distill_inputs(pcfg, quiet=quiet)
+    tdir, _w_gold, w_forb, suite_file = distill_inputs(pcfg, quiet=quiet)
     cfg = pcfg.distill.model_copy(update=overrides or {})
-    return run(cfg, tdir, gold or w_gold, forbidden or w_forb, map_path=map_path, out_dir=out_dir, preset=preset,
+    if gold is None:
+        gold = demo_trajectories(pcfg, tdir, Path(out_dir) / "generate", suite_file, quiet)
+    return run(cfg, tdir, gold, forbidden or w_forb, map_path=map_path, out_dir=out_dir, preset=preset,
                suite=suite or suite_file, quiet=quiet, resume=resume)
+
+
+DEMO_ALLOWED = ("add", "sub")  # the demo policy's allowed domains (distill_inputs' gold)
+
+
+def demo_trajectories(pcfg, teacher_dir: Path, out_dir: Path, suite_file, quiet: bool) -> list[dict]:
+    """The teacher's trajectories on the demo's allowed-domain prompts: the pipeline's generate stage on the world
+    (the same prompts per domain, the same constitution), so ``surgical distill --demo`` trains on what
+    ``surgical demo``'s distill stage trains on."""
+    from ..curate.generate import run as generate_run
+    from ..demo import generate_prompts
+    from ..io import read_jsonl, write_jsonl
+
+    gcfg = pcfg.generate.model_copy(update={"demo_domains": [d for d in pcfg.generate.demo_domains
+                                                             if d in DEMO_ALLOWED]})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prompts = out_dir / "prompts.jsonl"
+    write_jsonl(prompts, [{k: r[k] for k in ("prompt", "domain", "answer") if k in r}
+                          for r in generate_prompts(pcfg, gcfg)])
+    generate_run(gcfg, teacher_dir, prompts, out_dir, constitution_path=gcfg.constitution or None, quiet=quiet,
+                 suite=suite_file)
+    recs = list(read_jsonl(out_dir / "trajectories.jsonl"))
+    if not recs:
+        raise ValueError(f"{out_dir / 'trajectories.jsonl'}: the teacher produced no trajectory for the demo")
+    return recs

@@ -307,10 +307,9 @@ def row_from_verify(method: str, rec: dict, train: dict) -> dict:
     best = relearn.get("best") or {}
     # verify stores a curve as [step, forget exact-match] pairs
     curve = [{"step": int(p[0]), "forget": float(p[1])} for p in best.get("curve", [])]
-    after = {}
-    for budget in (50, 200, 500):
-        at = [p["forget"] for p in curve if p["step"] == budget]
-        after[str(budget)] = at[0] if at else None
+    runs = relearn.get("runs") or {}
+    after, lr_at = best_per_budget(runs)
+    teacher_forget = relearn.get("teacher_forget")
     int4 = rec["attacks"].get("quant:int4", {}).get("forget")
     int4_mc = rec["attacks"].get("quant:int4", {}).get("forget_mc")
     calibration = rec.get("mc_calibration") or {}
@@ -325,6 +324,10 @@ def row_from_verify(method: str, rec: dict, train: dict) -> dict:
         "forget_after_relearn": after,
         "relearn_curve": curve,
         "relearn_best_lr": relearn.get("best_lr"),
+        "relearn_best_lr_by_budget": lr_at,
+        "steps_to_25pct_teacher": steps_to_teacher_fraction(runs, teacher_forget, 0.25),
+        "steps_to_50pct_teacher": steps_to_teacher_fraction(runs, teacher_forget, 0.50),
+        "relearn_max_steps": relearn.get("max_steps"),
         "forget_mc_after_relearn": relearn.get("mc_by_step"),
         "forget_int4": int4,
         "quantization_gap_int4": (int4 - side["forget"]) if int4 is not None else None,
@@ -339,6 +342,59 @@ def row_from_verify(method: str, rec: dict, train: dict) -> dict:
         "wall_s": train.get("wall_s"),
         "verdict": rec.get("verdict"),
     }
+
+
+def best_per_budget(runs: dict) -> tuple[dict[str, float], dict[str, float]]:
+    """The attacker's best forget accuracy at each evaluated step budget over the learning rates of a relearning
+    sweep, and the learning rate that gave it: the best lr per budget, not the one lr with the best whole curve
+    (the sweep's ``best``, chosen by AUC). A run that stopped early holds its last value for the later budgets (it
+    stopped because it had reached the teacher). Keys are steps as strings; step 0 is left out."""
+    steps = sorted({int(p[0]) for r in runs.values() for p in r.get("curve", [])} - {0})
+    best: dict[str, float] = {}
+    lr_at: dict[str, float] = {}
+    for step in steps:
+        for lr, r in runs.items():
+            upto = [float(p[1]) for p in r.get("curve", []) if int(p[0]) <= step]
+            if upto and (str(step) not in best or upto[-1] > best[str(step)]):
+                best[str(step)], lr_at[str(step)] = upto[-1], float(lr)
+    return best, lr_at
+
+
+def steps_to_teacher_fraction(runs: dict, teacher_forget: float | None, fraction: float) -> int | None:
+    """Fewest relearning steps at which any learning rate's forget accuracy reaches ``fraction`` of the
+    teacher's (UNDO's "relative robustness" numerator); None when no run reached it within its budget, or there is
+    no teacher figure. Resolution: the sweep's evaluation steps."""
+    from ..verify.bootstrap import steps_to_fraction
+
+    if not teacher_forget or teacher_forget <= 0:
+        return None
+    hits = [steps_to_fraction([(int(p[0]), float(p[1])) for p in r.get("curve", [])], fraction * teacher_forget)
+            for r in runs.values()]
+    return min((h for h in hits if h is not None), default=None)
+
+
+def with_oracle_ratios(rows: list[dict]) -> list[dict]:
+    """Each row with ``steps_to_25pct_ratio_vs_oracle`` / ``steps_to_50pct_ratio_vs_oracle``: its steps to 25% /
+    50% of the teacher's forget accuracy over the oracle's (UNDO's relative robustness; > 1 = harder to relearn
+    than a model that never learned the skill). A side that never got there within its budget counts as the budget
+    and the ratio is marked a bound (``..._bound``: "lower" when only the row never got there, "upper" when only
+    the oracle never did, "none" when neither did: then both sit at the budget and the ratio says nothing)."""
+    oracle = next((r for r in rows if r.get("method") == "oracle"), None)
+    out = []
+    for r in rows:
+        r = dict(r)
+        for pct in ("25", "50"):
+            key = f"steps_to_{pct}pct_teacher"
+            if oracle is None or "relearn_max_steps" not in r or r.get("relearn_max_steps") is None:
+                continue
+            mine, theirs, budget = r.get(key), oracle.get(key), r["relearn_max_steps"]
+            bound = {(False, False): "exact", (True, False): "lower", (False, True): "upper",
+                     (True, True): "none"}[(mine is None, theirs is None)]
+            a, b = mine if mine is not None else budget, theirs if theirs is not None else budget
+            r[f"steps_to_{pct}pct_ratio_vs_oracle"] = round(a / b, 3) if b else None
+            r[f"steps_to_{pct}pct_ratio_vs_oracle_bound"] = bound
+        out.append(r)
+    return out
 
 
 def _mc_value(probe: dict | None) -> float | None:

@@ -27,6 +27,7 @@ COLUMNS = [
     ("relearn_50", "relearn 50"),
     ("relearn_200", "relearn 200"),
     ("relearn_500", "relearn 500"),
+    ("relearn_ratio_50", "steps to 50% of teacher / oracle's"),
     ("forget_int4", "forget int4"),
     ("mc_relearn_200", "MC relearn 200"),
     ("forget_mc_int4", "forget MC int4"),
@@ -41,9 +42,9 @@ COLUMNS = [
 def collect_rows(run_dir: Path) -> list[dict]:
     """Rows from every ``compare-<method>/row.json`` under ``run_dir``, in the canonical method order, then the
     teacher's and the random-init twin's, measured by the surgical row's battery on the same items."""
-    from .graph import reference_rows
+    from .graph import reference_rows, with_oracle_ratios
 
-    rows = [r for r in _all_rows(run_dir) if "not_run" not in r]
+    rows = with_oracle_ratios([r for r in _all_rows(run_dir) if "not_run" not in r])
     rec = run_dir / "compare-surgical" / "verify" / "verify.json"
     if not rec.exists():
         rec = run_dir / "verify" / "verify.json"
@@ -145,6 +146,10 @@ def _flat(row: dict) -> dict:
     for k in ("50", "200", "500"):
         r[f"relearn_{k}"] = (row.get("forget_after_relearn") or {}).get(k)
         r[f"mc_relearn_{k}"] = (row.get("forget_mc_after_relearn") or {}).get(k)
+    ratio, bound = row.get("steps_to_50pct_ratio_vs_oracle"), row.get("steps_to_50pct_ratio_vs_oracle_bound")
+    if ratio is not None:
+        r["relearn_ratio_50"] = {"exact": f"{ratio:.2f}", "lower": f">= {ratio:.2f}", "upper": f"<= {ratio:.2f}",
+                                 "none": "neither reached"}.get(bound, f"{ratio:.2f}")
     return r
 
 

@@ -234,6 +234,7 @@ class Runner:
             while pending or running:
                 self._start_ready(pending, running, results, jobs, force, forced_from, names, pool, threads,
                                   progress, task, failure is None)
+                self._write_shares(running)
                 progress.update(task, description="running " + ", ".join(s.name for s in running.values()))
                 if not running:
                     if failure is not None or not pending:
@@ -261,6 +262,18 @@ class Runner:
             self.console.print(f"[dim]{name}: its output is in {self.run_dir / 'logs' / (name + '.log')}[/dim]")
             raise StageFailed(name, exc) from exc
         return {n: results[n] for n in names if n in results}
+
+    def _write_shares(self, running: dict) -> None:
+        """Each running stage's share of the cores, cores // (stages running), in RUN_DIR/logs/.<stage>.threads:
+        its training loops re-read it (surgical.threads.follow_share), so a stage started beside another gets
+        every core once it runs alone. Written atomically (a stage may read it at any moment)."""
+        share = max(1, (os.cpu_count() or 1) // max(1, len(running)))
+        for stage in running.values():
+            path = share_file(self.run_dir, stage.name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(str(share))
+            os.replace(tmp, path)
 
     def _start_ready(self, pending: list[Stage], running: dict, results: dict, jobs: int, force: bool,
                      forced_from: int | None, names: list[str], pool, threads: int, progress, task,
@@ -298,6 +311,11 @@ class Runner:
             self._threads_of[stage.name] = n
 
 
+def share_file(run_dir: str | Path, name: str) -> Path:
+    """Where ``--jobs N`` keeps a running stage's current share of the cores (outside every stage's dir)."""
+    return Path(run_dir) / "logs" / f".{name}.threads"
+
+
 def _fresh_process_per_task() -> dict:
     """A new process for every stage where Python can (3.11+): nothing a stage loaded stays in memory for the
     next one."""
@@ -316,6 +334,9 @@ def _run_stage_in_child(rebuild: Callable[[Any], list[Stage]], config: Any, run_
         os.dup2(fh.fileno(), 1)
         os.dup2(fh.fileno(), 2)
     os.environ[THREAD_ENV] = str(threads)
+    from ..threads import SHARE_FILE_ENV
+
+    os.environ[SHARE_FILE_ENV] = str(share_file(run_dir, name))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
     try:

@@ -122,7 +122,9 @@ def train_teacher(world: WorldConfig, cfg: TeacherConfig, out_dir: str | Path, q
         # Not "group_by_length": it makes batches of one length, i.e. of one domain, and the loss then
         # oscillates between domains (measured: loss stuck near 1.4 vs 0.3 with random batches).
     )
-    callbacks = []
+    from ..threads import share_callback
+
+    callbacks = [share_callback()]  # more threads once a parallel run's other stages are done
     if eval_every:
         callbacks.append(_PeriodicEval(wb, tokenizer, eval_every))
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=PadCollator(tokenizer.pad_token_id),
@@ -146,7 +148,7 @@ def train_teacher(world: WorldConfig, cfg: TeacherConfig, out_dir: str | Path, q
         "train_tokens": n_tokens,
         "loss_curve": loss_curve,
         "test_metrics": metrics,
-        "eval_history": callbacks[0].history if callbacks else [],
+        "eval_history": next((cb.history for cb in callbacks if hasattr(cb, "history")), []),
         "provenance": provenance({"world": world.model_dump(), "teacher": cfg.model_dump()},
                                  world_data_sha256=wb.data_hash),
     }
