@@ -164,6 +164,15 @@ def test_follow_share_applies_the_share_file(tmp_path, monkeypatch):
 
     import surgical.threads as th
 
+    before = torch.get_num_threads()
+    monkeypatch.setattr(th, "_requested", th._requested)  # restored after the test, like the thread count below
+    try:
+        _follow_share_checks(th, torch, tmp_path, monkeypatch)
+    finally:
+        torch.set_num_threads(before)  # later tests in this process keep their threads
+
+
+def _follow_share_checks(th, torch, tmp_path, monkeypatch):
     monkeypatch.setenv(th.ENV, "1")
     share = tmp_path / "share"
     assert th.set_threads(2) == 1
