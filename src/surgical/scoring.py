@@ -227,13 +227,15 @@ def greedy_generate(
             stop.append(nl[0])
     outs: list[str | None] = [None] * len(prompts)
     batches: list[list[int]] = []
+    width = budget = 0  # the current batch's longest prompt and largest budget
     for i in _by_length([len(e) for e in encoded]):
-        cur = batches[-1] if batches else None
-        if cur is None or len(cur) >= batch_size or \
-                max(len(encoded[i]), *(len(encoded[j]) for j in cur)) + max(new_tokens[i], *(new_tokens[j] for j in cur)) > max_len:
+        w, b = max(width, len(encoded[i])), max(budget, new_tokens[i])
+        if not batches or len(batches[-1]) >= batch_size or w + b > max_len:
             batches.append([i])
+            width, budget = len(encoded[i]), new_tokens[i]
         else:
-            cur.append(i)
+            batches[-1].append(i)
+            width, budget = w, b
     for idx in batches:
         width = max(len(encoded[i]) for i in idx)
         ids = torch.full((len(idx), width), pad, dtype=torch.long)
