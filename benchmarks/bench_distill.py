@@ -308,11 +308,14 @@ def smollm2(args) -> dict:
         # how the ratio depends on the student: the cache removes the teacher's forward, so at best
         # (teacher forward + student step) / student step; a narrower student of the same tokenizer, same cache
         teacher_fwd_flops = _student_step_flops(teacher, n_tokens, 128) / 3
-        by_student = {"6 layers x 576 (the headline student)": {
-            "student_parameters": info.n_parameters, "ours_cache_s": round(walls["ours_cache"], 2),
-            "trl_gkd_s": round(walls["trl_gkd"], 2),
-            "tokens_per_s_ratio_vs_trl": round(walls["trl_gkd"] / walls["ours_cache"], 3),
-            "flop_bound_ratio": round(1 + teacher_fwd_flops / _student_step_flops(student, n_tokens, 128), 3)}}
+
+        def student_row(model, n_params, ours_s, trl_s):
+            return {"student_parameters": n_params, "ours_cache_s": round(ours_s, 2), "trl_gkd_s": round(trl_s, 2),
+                    "tokens_per_s_ratio_vs_trl": round(trl_s / ours_s, 3),
+                    "flop_bound_ratio": round(1 + teacher_fwd_flops / _student_step_flops(model, n_tokens, 128), 3)}
+
+        by_student = {"6 layers x 576 (the headline student)": student_row(student, info.n_parameters,
+                                                                           walls["ours_cache"], walls["trl_gkd"])}
         narrow = dict(student_layers=4, student_hidden_size=192, student_heads=3, student_intermediate_size=512)
         small, small_info = student_from_config(teacher, 4, 192, 3, 512, seed=cfg.seed)
         small.save_pretrained(tmp / "student_small")
@@ -321,11 +324,7 @@ def smollm2(args) -> dict:
                 None, out_dir=tmp / "c_small", preset="filter-only", quiet=True)
         small_trl = _bench_trl(tdir, tmp / "student_small", rows, tok, argparse.Namespace(steps=steps, batch=batch),
                                tmp)
-        by_student["4 layers x 192"] = {
-            "student_parameters": small_info.n_parameters, "ours_cache_s": round(r.record["train_wall_s"], 2),
-            "trl_gkd_s": round(small_trl, 2),
-            "tokens_per_s_ratio_vs_trl": round(small_trl / r.record["train_wall_s"], 3),
-            "flop_bound_ratio": round(1 + teacher_fwd_flops / _student_step_flops(small, n_tokens, 128), 3)}
+        by_student["4 layers x 192"] = student_row(small, small_info.n_parameters, r.record["train_wall_s"], small_trl)
         print(f"by student: {json.dumps(by_student)}", flush=True)
 
         peak = _matmul_peak(threads)
