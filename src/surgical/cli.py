@@ -145,7 +145,7 @@ def suite_lm_eval(suite: Path = typer.Argument(..., help="A suite YAML."),
 # ---------------------------------------------------------------- the stages: each package's cli.register(app)
 
 _STAGE_CLIS = ("surgical.world.cli", "surgical.map.cli", "surgical.curate.cli", "surgical.distill.cli", "surgical.verify.cli",
-               "surgical.quantize.cli", "surgical.pipeline.cli")
+               "surgical.quantize.cli", "surgical.pipeline.cli", "surgical.experiment.cli")
 
 
 def _register_stages() -> None:

@@ -120,6 +120,11 @@ class GenerateConfig(Section):
                               "'none' = no rewriting.")
     prompt_field: str = Field("prompt", description="Prompt field of the prompts JSONL.")
     demo_per_domain: int = Field(200, ge=1, description="Demo prompts per world domain (train split).")
+    sample: Literal["per_domain", "proportional"] = Field(
+        "per_domain", description="How the pipeline's generate stage picks gold prompts: per_domain = the first "
+        "demo_per_domain of each domain (balanced); proportional = every domain at the same fraction of its gold "
+        "records, the fraction at which the largest domain gives demo_per_domain (the corpus's mix kept: a small "
+        "domain, such as forbidden records that leaked past the filter, stays small; the leak sweep uses it).")
     demo_domains: list[str] = Field(["add", "sub", "mul", "div", "mixed"], description="World domains the demo "
                                     "prompts come from.")
     threads: int = Field(2, ge=1, description="torch intra-op threads.")

@@ -42,6 +42,12 @@ class DistillConfig(Section):
         0, ge=0, description="teacher_layers: drop this many of the map's most forget-selective MLP neurons per "
         "kept layer before training (surgery)."
     )
+    cut_selection: Literal["map", "random"] = Field(
+        "map", description="teacher_layers: which neurons cut_forget_neurons cuts: the map's most forget-selective "
+        "(map) or a seeded random choice of the same size per layer (random: the control that shows whether the "
+        "map matters)."
+    )
+    cut_seed: int = Field(0, description="cut_selection random: seed of the choice.")
     mlp_keep_fraction: float = Field(
         1.0, gt=0, le=1, description="teacher_layers: fraction of MLP neurons kept per layer (the cut neurons first, "
         "then the lowest-norm ones)."

@@ -128,8 +128,20 @@ def _build_student(cfg: DistillConfig, teacher, teacher_tok, map_data: dict):
                                    cfg.student_intermediate_size, seed=cfg.seed)
     if cfg.student_init == "teacher_layers":
         keep = cfg.keep_layers or map_data.get("spine") or spine_layers(num_layers(teacher), cfg.keep_every)
-        return student_from_teacher(teacher, keep, map_data.get("forget_neurons"), cfg.cut_forget_neurons,
-                                    cfg.mlp_keep_fraction)
+        cut_from = map_data.get("forget_neurons")
+        if cfg.cut_selection == "random":
+            from .student import random_neurons
+
+            # as many per layer as the map's cut would drop there, so both cuts are the same size
+            sizes = {li: min(cfg.cut_forget_neurons, len((cut_from or {}).get(str(li), range(cfg.cut_forget_neurons))))
+                     for li in keep}
+            cut_from = random_neurons(teacher, sizes, cfg.cut_seed)
+        elif cfg.cut_forget_neurons and not cut_from:
+            raise ValueError("distill.cut_forget_neurons: needs a map with forget_neurons (run the map stage, or "
+                             "pass --map), or cut_selection: random")
+        student, info = student_from_teacher(teacher, keep, cut_from, cfg.cut_forget_neurons, cfg.mlp_keep_fraction)
+        info.cut_selection = cfg.cut_selection if cfg.cut_forget_neurons else None
+        return student, info
     source = teacher
     if cfg.student_init_from:
         check_tokenizers(teacher_tok, load_tokenizer(cfg.student_init_from))

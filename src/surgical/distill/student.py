@@ -42,6 +42,7 @@ class StudentInfo:
     init_from: str | None = None
     noise_alpha: float | None = None
     noise_beta: float | None = None
+    cut_selection: str | None = None
 
     @property
     def size_ratio(self) -> float:
@@ -212,6 +213,14 @@ def student_from_teacher(teacher: nn.Module, keep_layers: list[int], forget_neur
     info = StudentInfo("teacher_layers", count_parameters(student), count_parameters(teacher),
                        kept_layers=keep_layers, mlp_width=n_keep, cut_neurons=cut)
     return student, info
+
+
+def random_neurons(teacher: nn.Module, sizes: dict[int, int], seed: int) -> dict[str, list[int]]:
+    """A seeded random choice of ``sizes[layer]`` MLP neurons in each layer, in the map's ``forget_neurons``
+    shape: the random cut of the same size the map's cut is compared with."""
+    width = mlp_width(teacher)
+    gen = torch.Generator().manual_seed(seed)
+    return {str(li): torch.randperm(width, generator=gen)[:n].tolist() for li, n in sorted(sizes.items())}
 
 
 def _tied_keys(model: nn.Module) -> set[str]:

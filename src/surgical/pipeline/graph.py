@@ -155,11 +155,12 @@ def stage_generate(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result
     from ..curate.generate import run as generate_run
 
     gcfg = cfg.generate
+    quota = prompt_quota(read_jsonl(inputs["curate"] / "gold.jsonl"), gcfg.demo_per_domain, gcfg.sample)
     per_domain: dict[str, int] = {}
     prompts = []
     for r in read_jsonl(inputs["curate"] / "gold.jsonl"):
         d = r.get("domain", "?")
-        if r.get("prompt") and per_domain.get(d, 0) < gcfg.demo_per_domain:
+        if r.get("prompt") and per_domain.get(d, 0) < quota.get(d, 0):
             per_domain[d] = per_domain.get(d, 0) + 1
             rec = {"prompt": r["prompt"], "domain": d}
             for k in ("answer", "answers"):
@@ -177,6 +178,19 @@ def stage_generate(cfg: PipelineConfig, inputs: Inputs, out_dir: Path) -> Result
     rep = read_json(out_dir / "generate.json")
     return Result({"prompts": len(prompts),
                    **{k: rep.get(k) for k in ("counts", "tokens_per_s", "rejected_steps_per_rule")}})
+
+
+def prompt_quota(gold: list[dict], per_domain: int, sample: str = "per_domain") -> dict[str, int]:
+    """How many gold prompts of each domain the generate stage takes. ``per_domain``: at most ``per_domain`` of
+    each. ``proportional``: every domain at the fraction ``per_domain / n_largest`` of its prompts (rounded), so
+    the corpus's mix is kept: 30 leaked forbidden prompts beside 7,000 allowed ones stay about 2 in 500."""
+    from collections import Counter
+
+    counts = Counter(r.get("domain", "?") for r in gold if r.get("prompt"))
+    if sample == "per_domain" or not counts:
+        return {d: min(n, per_domain) for d, n in counts.items()}
+    frac = min(1.0, per_domain / max(counts.values()))
+    return {d: round(n * frac) for d, n in counts.items()}
 
 
 def gold_records(inputs: Inputs) -> list[dict]:

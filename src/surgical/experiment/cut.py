@@ -1,0 +1,89 @@
+"""Students cut from the teacher (`surgical experiment cut`): what the map and the penalty buy when the student starts
+out knowing everything.
+
+Per seed, the cells train:
+
+* the oracle and the fresh-init surgical student (the pipeline's default student), the references;
+* the map's cut: the teacher's layers (all, the map's spine, or a list), the map's most forget-selective MLP neurons
+  of each layer cut first, then the lowest-norm ones down to ``keep_fraction`` of the width; the surgical student
+  (KD on gold + the Safety Divergence Penalty) and the filter-only student (the same cut, KD on gold only: the
+  control that shows whether the penalty is needed);
+* ``random_cuts`` random cuts of the same size per layer (``distill.cut_selection: random``), surgical: the map's
+  cut must beat them for the map to matter.
+
+Every student goes through the comparison battery with the strong relearning attack; the steps ratios are against
+the oracle of the same seed.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from .grid import ATTACKS, Cell, run_cells
+
+
+def cut_cells(seeds: list[int], keep_layers: list[int] | None, cut_neurons: int, keep_fraction: float,
+              random_cuts: int, attack: dict) -> list[Cell]:
+    baselines = {"plain_kd": False, "graddiff": False, "maxent": False, "rmu": False, "undo": False,
+                 "cross_domain": False, "filter_only": True, "oracle": True, "compare_verify": attack}
+    cut = {"preset": "surgical", "student_init": "teacher_layers", "keep_layers": keep_layers, "cut_forget_neurons": cut_neurons,
+           "mlp_keep_fraction": keep_fraction}
+    cells: list[Cell] = []
+    first = f"fresh-seed{seeds[0]}"
+    for seed in seeds:
+        cells.append(Cell(f"fresh-seed{seed}", {"distill": {"preset": "surgical", "student_init": "config", "seed": seed},
+                                                 "baselines": baselines},
+                          {"compare-oracle": "oracle", "compare-surgical": "surgical"},
+                          {"cut": "fresh-init", "seed": seed}, copy_from=first))
+        cells.append(Cell(f"map-seed{seed}", {"distill": {**cut, "seed": seed, "cut_selection": "map"},
+                                              "baselines": baselines},
+                          {"compare-surgical": "surgical", "compare-filter-only": "filter-only"},
+                          {"cut": "map", "seed": seed}, copy_from=first))
+        for j in range(random_cuts):
+            cells.append(Cell(f"random{j}-seed{seed}",
+                              {"distill": {**cut, "seed": seed, "cut_selection": "random",
+                                           "cut_seed": 1000 * seed + j}, "baselines": baselines},
+                              {"compare-surgical": "surgical"}, {"cut": "random", "seed": seed, "cut_seed":
+                                                                 1000 * seed + j}, copy_from=first))
+    return cells
+
+
+def _keep_layers(base, keep_layers) -> list[int] | None:
+    if keep_layers == "spine":
+        return None  # distill then keeps the map's spine
+    if keep_layers == "all":
+        if base.teacher.model:
+            raise ValueError("--keep-layers all: the layer count of a user's teacher is not known here; give the "
+                             "indices (--keep-layers 0,1,2,...) or 'spine'")
+        return list(range(base.teacher.num_layers))
+    return [int(i) for i in keep_layers]
+
+
+def run_cut_students(base, out_dir: str | Path, seeds, random_cuts: int = 1, cut_neurons: int = 64,
+                     keep_fraction: float = 0.5, keep_layers="all", attack: str = "strong", jobs: int = 1,
+                     quiet: bool = False) -> dict:
+    """The cut-student comparison on ``base``; returns cut-students.json."""
+    from . import _finish
+
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    layers = _keep_layers(base, keep_layers)
+    cells = cut_cells(list(seeds), layers, cut_neurons, keep_fraction, random_cuts, ATTACKS[attack])
+    rows = run_cells(base, cells, out_dir, jobs=jobs, quiet=quiet, console=Console(stderr=True, quiet=quiet))
+    for r in rows:  # the student's size, as a fraction of the teacher's
+        rec = Path(r["run_dir"]) / ("distill" if r["method"] == "surgical" else f"compare-{r['method']}/model")
+        if (rec / "distill.json").exists():
+            from ..io import read_json
+
+            r["size_ratio"] = (read_json(rec / "distill.json").get("student") or {}).get("size_ratio")
+    intro = ("Students cut from the teacher (the map's cut and random cuts of the same size), their filter-only "
+             "control, the fresh-init student and the oracle. Mean ± std over seeds; forget exact-match after the "
+             "strong relearning attack at each budget (attacker's best lr per budget); steps ratios against the "
+             "oracle of the same seed.")
+    return _finish("cut-students", base, out_dir, rows, ("cut",), lambda r: r["seed"],
+                   {"seeds": list(seeds), "random_cuts": random_cuts, "cut_neurons": cut_neurons,
+                    "keep_fraction": keep_fraction, "keep_layers": layers if layers is not None else "spine",
+                    "attack": {"name": attack, **ATTACKS[attack]}}, t0, intro, "cut")

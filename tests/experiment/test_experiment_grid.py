@@ -1,0 +1,139 @@
+"""The experiment grid's pure parts: cells, stage selection, ratios against each seed's oracle, means over seeds,
+the generate stage's proportional sampling and the random cut."""
+
+from __future__ import annotations
+
+import pytest
+
+from surgical.experiment.cut import cut_cells
+from surgical.experiment.grid import STRONG_ATTACK, aggregate, merge, needed_stages, with_ratios_by_seed
+from surgical.experiment.leak import PENALTY_VARIANTS, leak_cells
+from surgical.pipeline.graph import build_stages, prompt_quota
+
+
+def test_merge_is_nested_and_leaves_the_base_alone():
+    base = {"distill": {"seed": 0, "lr": 1.0}, "run_dir": "x"}
+    out = merge(base, {"distill": {"seed": 3}, "curate": {"simulate_leak_rate": 0.1}})
+    assert out == {"distill": {"seed": 3, "lr": 1.0}, "run_dir": "x", "curate": {"simulate_leak_rate": 0.1}}
+    assert base["distill"]["seed"] == 0
+
+
+def test_leak_cells_oracle_at_rate_zero_and_variants_in_their_own_dirs():
+    cells = leak_cells([0.0, 0.05], [0, 1], STRONG_ATTACK, {"away": PENALTY_VARIANTS["away"]})
+    by_dir = {}
+    for c in cells:
+        by_dir.setdefault(c.run_dir, []).append(c)
+    assert sorted(by_dir) == sorted(["rate0-seed0", "rate0-seed0-away", "rate0.05-seed0", "rate0.05-seed0-away",
+                                     "rate0-seed1", "rate0-seed1-away", "rate0.05-seed1", "rate0.05-seed1-away"])
+    for c in cells:
+        rate = c.tags["leak_rate"]
+        assert ("compare-oracle" in c.rows) == (rate == 0 and not c.run_dir.endswith("-away"))
+        assert c.overrides["curate"]["simulate_leak_rate"] == rate
+        # the leak's choice is seeded only where something leaks, so the rate-0 cells share their data
+        assert c.overrides["curate"]["simulate_leak_seed"] == (c.tags["seed"] if rate > 0 else 0)
+        assert c.overrides["distill"]["preset"] == "surgical"  # whatever the base YAML's preset
+        assert c.overrides["baselines"]["compare_verify"]["relearn_max_steps"] == STRONG_ATTACK["relearn_max_steps"]
+        if c.run_dir.endswith("-away"):
+            assert c.rows == {"compare-surgical": "surgical[away]"}
+            assert c.copy_from == c.run_dir.removesuffix("-away")
+            assert c.overrides["distill"]["penalty_forms"] == ["away"]
+    # the leaky oracle: at every rate
+    assert all("compare-oracle" in c.rows for c in leak_cells([0.0, 0.05], [0], {}, leaky_oracle=True))
+
+
+def test_cut_cells_compare_the_map_cut_with_random_cuts_of_the_same_size():
+    cells = cut_cells([0, 1], [0, 1, 2, 3], 64, 0.5, 2, {})
+    names = [c.run_dir for c in cells]
+    assert names == ["fresh-seed0", "map-seed0", "random0-seed0", "random1-seed0",
+                     "fresh-seed1", "map-seed1", "random0-seed1", "random1-seed1"]
+    fresh, mapcut, r0, r1 = cells[:4]
+    assert fresh.overrides["distill"]["student_init"] == "config" and "compare-oracle" in fresh.rows
+    assert mapcut.rows == {"compare-surgical": "surgical", "compare-filter-only": "filter-only"}
+    for c in (mapcut, r0, r1):
+        d = c.overrides["distill"]
+        assert (d["student_init"], d["cut_forget_neurons"], d["mlp_keep_fraction"]) == ("teacher_layers", 64, 0.5)
+    assert (r0.overrides["distill"]["cut_selection"], mapcut.overrides["distill"]["cut_selection"]) == ("random", "map")
+    assert r0.overrides["distill"]["cut_seed"] != r1.overrides["distill"]["cut_seed"]
+    assert {c.copy_from for c in cells} == {"fresh-seed0"}
+
+
+def test_needed_stages_is_the_closure_in_graph_order():
+    from surgical.config import demo_config
+
+    stages = build_stages(demo_config())
+    names = [s.name for s in needed_stages(stages, ["compare-surgical"])]
+    assert names == ["data", "teacher", "map", "curate", "generate", "distill", "compare-surgical"]
+    with pytest.raises(ValueError, match="no stage"):
+        needed_stages(stages, ["compare-nothing"])
+
+
+def _row(method, seed, steps50, after, rate=0.0, budget=1000):
+    return {"method": method, "seed": seed, "leak_rate": rate, "steps_to_25pct_teacher": steps50,
+            "steps_to_50pct_teacher": steps50, "relearn_max_steps": budget, "forget_exact_match": 0.0,
+            "forget_mc": 0.25, "retain_ratio": 0.9 + seed / 100, "forget_after_relearn": after,
+            "relearn_best_lr_by_budget": {"1000": 1e-3}}
+
+
+def test_ratios_use_the_oracle_of_the_same_seed():
+    rows = [_row("oracle", 0, 200, {"1000": 0.6}), _row("oracle", 1, 400, {"1000": 0.5}),
+            _row("surgical", 0, 400, {"1000": 0.3}, rate=0.05), _row("surgical", 1, None, {"1000": 0.1}, rate=0.05)]
+    out = with_ratios_by_seed(rows, lambda r: r["seed"])
+    s0, s1 = out[2], out[3]
+    assert s0["steps_to_50pct_ratio_vs_oracle"] == 2.0 and s0["steps_to_50pct_ratio_vs_oracle_bound"] == "exact"
+    # never reached 50% within 1000 steps: the budget over the oracle's 400, a lower bound
+    assert s1["steps_to_50pct_ratio_vs_oracle"] == 2.5 and s1["steps_to_50pct_ratio_vs_oracle_bound"] == "lower"
+    assert out[0]["steps_to_50pct_ratio_vs_oracle"] == 1.0
+    assert "steps_to_50pct_ratio_vs_oracle" not in rows[2]  # the inputs are not modified
+
+
+def test_aggregate_means_and_spreads_over_seeds():
+    rows = with_ratios_by_seed(
+        [_row("oracle", 0, 200, {"1000": 0.6}), _row("oracle", 1, 400, {"1000": 0.5}),
+         _row("surgical", 0, 400, {"1000": 0.3, "500": 0.1}, rate=0.05),
+         _row("surgical", 1, None, {"1000": 0.1, "500": 0.0}, rate=0.05)], lambda r: r["seed"])
+    agg = {(r["method"], r["leak_rate"]): r for r in aggregate(rows, ("leak_rate",))}
+    s = agg[("surgical", 0.05)]
+    assert s["seeds"] == [0, 1]
+    assert s["forget_after_relearn"] == {"500": 0.05, "1000": 0.2}
+    assert s["forget_after_relearn_spread"]["1000"] == {"std": pytest.approx(0.1414, abs=1e-4), "min": 0.1,
+                                                        "max": 0.3, "n": 2}
+    assert s["steps_to_50pct_ratio_vs_oracle"] == 2.25
+    assert s["steps_to_50pct_ratio_vs_oracle_bound"] == "exact,lower"  # one seed only bounds it
+    assert s["retain_ratio"] == pytest.approx(0.905)
+    assert s["relearn_best_lr_by_budget"] == {"1000": [1e-3, 1e-3]}
+    assert agg[("oracle", 0.0)]["forget_after_relearn"] == {"1000": 0.55}
+
+
+def test_prompt_quota_proportional_keeps_the_mix():
+    gold = ([{"domain": "add", "prompt": "p"}] * 7000 + [{"domain": "sub", "prompt": "p"}] * 7000
+            + [{"domain": "mul", "prompt": "p"}] * 350 + [{"domain": "text", "text": "t"}] * 5)
+    assert prompt_quota(gold, 500) == {"add": 500, "sub": 500, "mul": 350}
+    assert prompt_quota(gold, 500, "proportional") == {"add": 500, "sub": 500, "mul": 25}
+    assert prompt_quota(gold[:10], 500, "proportional") == {"add": 10}  # never more than there is
+
+
+def test_random_cut_matches_the_map_cut_in_size():
+    from surgical.distill.config import DistillConfig
+    from surgical.distill.run import _build_student
+    from surgical.models import decoder_layers, make_tiny_model, mlp_width
+
+    model = make_tiny_model("llama", 64)
+    width, n_layers = mlp_width(model), len(decoder_layers(model))
+    fmap = {"forget_neurons": {str(i): list(range(width))[:3] for i in range(n_layers)}}
+    keep = list(range(n_layers))
+    cfg = DistillConfig(student_init="teacher_layers", keep_layers=keep, cut_forget_neurons=5, cut_selection="random",
+                        cut_seed=1)
+    s, info = _build_student(cfg, model, None, fmap)
+    # the map lists 3 per layer, so the random cut chooses 3 per layer too; both then cut the lowest-norm neurons
+    # down to width - 5, so both students are the same size
+    assert info.cut_selection == "random" and all(len(v) == 5 for v in info.cut_neurons.values())
+    _, info2 = _build_student(cfg, model, None, fmap)
+    assert info2.cut_neurons == info.cut_neurons  # seeded
+    _, info3 = _build_student(cfg.model_copy(update={"cut_seed": 2}), model, None, fmap)
+    assert info3.cut_neurons != info.cut_neurons
+    _, map_info = _build_student(cfg.model_copy(update={"cut_selection": "map"}), model, None, fmap)
+    assert all({0, 1, 2} <= set(v) and len(v) == 5 for v in map_info.cut_neurons.values())
+    assert map_info.cut_neurons != info.cut_neurons
+    with pytest.raises(ValueError, match="needs a map"):
+        _build_student(cfg.model_copy(update={"cut_selection": "map"}), model, None, {})
+    assert mlp_width(s) == width - 5
