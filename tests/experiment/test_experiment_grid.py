@@ -137,3 +137,25 @@ def test_random_cut_matches_the_map_cut_in_size():
     with pytest.raises(ValueError, match="needs a map"):
         _build_student(cfg.model_copy(update={"cut_selection": "map"}), model, None, {})
     assert mlp_width(s) == width - 5
+
+
+def test_leak_plot_pairs_each_point_with_its_own_spread(tmp_path, monkeypatch):
+    """A rate without the largest budget's figure is left out of the line, and the error bars stay on their points."""
+    from surgical.experiment import report
+
+    seen = {}
+
+    def fake_errorbar(self, xs, ys, yerr=None, **kw):
+        seen[kw["label"]] = (list(xs), list(ys), [list(e) for e in yerr])
+
+    import matplotlib.axes
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", fake_errorbar)
+    rows = [{"method": "surgical", "leak_rate": 0.0, "forget_after_relearn": {"500": 0.1},
+             "forget_after_relearn_spread": {"500": {"min": 0.1, "max": 0.1}}, "retain_ratio": 1.0},
+            {"method": "surgical", "leak_rate": 0.05, "forget_after_relearn": {"500": 0.4, "1000": 0.6},
+             "forget_after_relearn_spread": {"1000": {"min": 0.5, "max": 0.8}}, "retain_ratio": 0.9}]
+    assert report.plot_leak_sweep(rows, tmp_path / "p.png").exists()
+    xs, ys, (lo, hi) = seen["surgical"]
+    assert xs == [0.05] and ys == [0.6]
+    assert lo == [pytest.approx(0.1)] and hi == [pytest.approx(0.2)]

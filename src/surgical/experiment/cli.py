@@ -104,7 +104,7 @@ def cut_cmd(
     out_dir: Path = typer.Option(Path("runs/cut-students"), "--out", help="Experiment directory."),
     seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds (the student's order; the random cuts' choice)."),
     random_cuts: int = typer.Option(1, "--random-cuts", min=0, help="Random cuts of the same size per seed."),
-    cut_neurons: int = typer.Option(128, "--cut-neurons", min=1, help="MLP neurons cut per layer, the map's most "
+    cut_neurons: int = typer.Option(64, "--cut-neurons", min=1, help="MLP neurons cut per layer, the map's most "
                                     "forget-selective first (or random ones)."),
     keep_fraction: float = typer.Option(0.5, "--keep-fraction", help="MLP neurons kept per layer."),
     keep_layers: str = typer.Option("all", "--keep-layers", help="Teacher layers kept: 'all', 'spine' (the map's) "

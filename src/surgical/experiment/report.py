@@ -54,11 +54,12 @@ def plot_leak_sweep(rows: list[dict], path: str | Path) -> Path | None:
         budgets = sorted({b for r in rs for b in (r.get("forget_after_relearn") or {})}, key=int)
         if budgets:
             b = budgets[-1]
-            xs = [r["leak_rate"] for r in rs if (r.get("forget_after_relearn") or {}).get(b) is not None]
-            ys = [r["forget_after_relearn"][b] for r in rs if (r.get("forget_after_relearn") or {}).get(b) is not None]
-            lo = [y - (r["forget_after_relearn_spread"][b]["min"] or y) for y, r in zip(ys, rs)]
-            hi = [(r["forget_after_relearn_spread"][b]["max"] or y) - y for y, r in zip(ys, rs)]
-            axes[0].errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=method)
+            have = [r for r in rs if (r.get("forget_after_relearn") or {}).get(b) is not None]
+            ys = [r["forget_after_relearn"][b] for r in have]
+            spread = [(r.get("forget_after_relearn_spread") or {}).get(b) or {} for r in have]
+            lo = [y - (s.get("min") if s.get("min") is not None else y) for y, s in zip(ys, spread)]
+            hi = [(s.get("max") if s.get("max") is not None else y) - y for y, s in zip(ys, spread)]
+            axes[0].errorbar([r["leak_rate"] for r in have], ys, yerr=[lo, hi], marker="o", capsize=3, label=method)
             axes[0].set_title(f"forget exact-match after {b} relearning steps (best lr)")
         xs = [r["leak_rate"] for r in rs if r.get("retain_ratio") is not None]
         axes[1].plot(xs, [r["retain_ratio"] for r in rs if r.get("retain_ratio") is not None], marker="o",
