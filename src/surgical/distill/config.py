@@ -103,6 +103,17 @@ class DistillConfig(Section):
         None, description="representation: teacher layers (mapped onto the student); default the map's "
         "recommended_layers, else the middle layer."
     )
+    leak_guard: Literal["off", "probe"] = Field(
+        "off", description="probe = before training, a cross-fitted logistic probe on the teacher's hidden states "
+        "(forbidden records vs gold) scores every gold record out of fold; those it puts on the forbidden side "
+        "leave KD (surgical: they become penalty records; filter-only: dropped). Catches forbidden records that "
+        "got past curate (docs/distill.md, 'Leak guard'). Needs forbidden records.")
+    leak_guard_layer: int | None = Field(
+        None, description="leak_guard: teacher layer the probe reads; default the map's first recommended layer, "
+        "else the middle layer.")
+    leak_guard_threshold: float = Field(0.5, gt=0, lt=1, description="leak_guard: p(forbidden) at which a gold "
+                                        "record is flagged.")
+    leak_guard_folds: int = Field(5, ge=2, description="leak_guard: cross-fitting folds.")
     rmu_steering_coeff: float = Field(4.0, ge=0, description="representation: norm of the random target direction.")
     rmu_retain_weight: float = Field(1.0, ge=0, description="representation: weight of the gold-side alignment.")
 

@@ -36,15 +36,52 @@ def apply_preset(cfg: DistillConfig, preset: str | None = None) -> DistillConfig
     preset = preset or cfg.preset
     updates: dict = {"preset": preset}
     if preset == "plain-kd":
-        updates.update(penalty_forms=[])
+        updates.update(penalty_forms=[], leak_guard="off")  # plain KD trains on the forbidden records anyway
     elif preset == "filter-only":
         updates.update(penalty_forms=[], forbidden_ratio=0.0)
     elif preset == "oracle":
         updates.update(penalty_forms=[], forbidden_ratio=0.0, kd_weight=0.0, ce_weight=1.0, hidden_weight=0.0,
-                       teacher_logits="online")
+                       teacher_logits="online", leak_guard="off")
     elif preset != "surgical":
         raise ValueError(f"unknown preset {preset!r}; expected surgical, plain-kd, filter-only or oracle")
     return cfg.model_copy(update=updates)
+
+
+def _apply_leak_guard(cfg: DistillConfig, teacher_model, tok, map_data: dict, gold_recs: list[dict],
+                      forb_recs: list[dict], gold_hash: str, forb_hash: str, quiet: bool):
+    """Run the leak guard (distill/guard.py): the gold records it flags leave KD; with a penalty (forbidden_ratio
+    > 0) they join the forbidden records. Returns the new lists, their hashes and the guard's record."""
+    from ..models import num_layers
+    from .guard import run_guard
+
+    n_t = num_layers(teacher_model)
+    layer = cfg.leak_guard_layer
+    if layer is None:
+        layer = (map_data.get("recommended_layers") or [n_t // 2])[0]
+    if not 0 <= layer < n_t:
+        raise ValueError(f"distill.leak_guard_layer: {layer} is not a layer of the teacher (0..{n_t - 1})")
+    enc = [encode_record(tok, r, cfg.kd_tokens, cfg.max_length) for r in gold_recs]
+    enc_f = [encode_record(tok, r, cfg.kd_tokens, cfg.max_length) for r in forb_recs]
+    if not quiet:
+        print(f"leak guard: probing {len(gold_recs)} gold records at teacher layer {layer}")
+    decision = run_guard(teacher_model, enc, enc_f, gold_recs, forb_recs, layer, cfg.leak_guard_threshold,
+                         cfg.leak_guard_folds, cfg.seed, tok.pad_token_id)
+    flagged = set(decision.flagged)
+    moved = [r for i, r in enumerate(gold_recs) if i in flagged]
+    kept = [r for i, r in enumerate(gold_recs) if i not in flagged]
+    if not kept:
+        raise ValueError("distill.leak_guard: the probe flagged every gold record; nothing is left to distil "
+                         "(check that gold and the forbidden records differ, or raise leak_guard_threshold)")
+    to_penalty = cfg.forbidden_ratio > 0 and cfg.preset == "surgical"
+    record = {**decision.record, "flagged_go_to": "penalty" if to_penalty else "dropped"}
+    if not quiet:
+        print(f"leak guard: {len(moved)} gold records flagged ({record['flagged_go_to']})")
+    key = sorted(flagged)
+    gold_hash = sha256_json({"gold": gold_hash, "leak_guard_removed": key})
+    if to_penalty and moved:
+        forb_recs = forb_recs + moved
+        forb_hash = sha256_json({"forbidden": forb_hash, "leak_guard_added": key})
+    return kept, forb_recs, gold_hash, forb_hash, record
 
 
 def load_inputs(src, forbidden: bool = False) -> tuple[list[dict], str]:
@@ -282,6 +319,10 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
     forb_recs, forb_hash = load_inputs(forbidden, forbidden=True)
     if not gold_recs:
         raise ValueError("no gold records")
+    guard_record = None
+    if cfg.leak_guard == "probe":
+        gold_recs, forb_recs, gold_hash, forb_hash, guard_record = _apply_leak_guard(
+            cfg, teacher_model, tok, map_data, gold_recs, forb_recs, gold_hash, forb_hash, quiet)
     if cfg.forbidden_ratio == 0 and cfg.preset != "plain-kd":
         forb_recs, forb_hash = [], ""  # filter-only / oracle: the forbidden data is dropped by the filter
     forbidden_as_kd = cfg.preset == "plain-kd"
@@ -402,6 +443,7 @@ def run(cfg: DistillConfig, teacher: str | Path, gold, forbidden=None, map_path:
         "curves": [h for h in trainer.state.log_history if "loss" in h],
         "eval_history": next((cb.history for cb in callbacks if hasattr(cb, "history")), []),
         "cache": cache_meta,
+        "leak_guard": guard_record,
         "penalty_activity": trainer.penalty_activity(),
         "resumed_from": str(last) if last else None,
         "distributed": {"type": str(trainer.accelerator.distributed_type), "world_size": world_size,

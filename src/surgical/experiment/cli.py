@@ -75,7 +75,8 @@ def leak_cmd(
     attack: str = typer.Option("strong", "--attack", help="strong (1024 examples, 2000 steps, 2 lrs) or compare "
                                "(the pipeline's comparison battery as configured)."),
     variant: list[str] = typer.Option([], "--variant", help="Also a surgical student with only this penalty: away, "
-                                      "maxent, representation, away+maxent (repeatable)."),
+                                      "maxent, representation, away+maxent; or guard: surgical and filter-only "
+                                      "with the teacher-probe leak guard (repeatable)."),
     leaky_oracle: bool = typer.Option(False, "--leaky-oracle", help="Train the oracle at every rate too (it then "
                                       "learns from the leaked labels), not only on the perfectly filtered data."),
     results: Path | None = typer.Option(None, "--results", help="Also write the table here (e.g. "

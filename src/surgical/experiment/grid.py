@@ -167,7 +167,7 @@ def aggregate(rows: list[dict], group_by: tuple[str, ...]) -> list[dict]:
         groups.setdefault((r["method"], *(r.get(k) for k in group_by)), []).append(r)
     out = []
     for key, rs in groups.items():
-        agg: dict = {"method": key[0], **dict(zip(group_by, key[1:])), "seeds": [r.get("seed") for r in rs]}
+        agg: dict = {"method": key[0], **dict(zip(group_by, key[1:], strict=True)), "seeds": [r.get("seed") for r in rs]}
         for name in SCALARS:
             s = _stats([r.get(name) for r in rs])
             agg[name], agg[f"{name}_spread"] = s["mean"], {k: s[k] for k in ("std", "min", "max", "n")}

@@ -46,8 +46,10 @@ def leak_cells(rates: list[float], seeds: list[int], attack: dict, variants: dic
             cells.append(Cell(here, base, rows, tags, copy_from=rate_dir(rate, seeds[0]) if rate == 0 else None))
             for name, over in (variants or {}).items():
                 v = {**base, "distill": {**base["distill"], **over}}
-                cells.append(Cell(f"{here}-{name}", v, {"compare-surgical": f"surgical[{name}]"}, tags,
-                                  copy_from=here))
+                rows = {"compare-surgical": f"surgical[{name}]"}
+                if name in ALSO_FILTER_ONLY:  # not a penalty: it changes the control too
+                    rows["compare-filter-only"] = f"filter-only[{name}]"
+                cells.append(Cell(f"{here}-{name}", v, rows, tags, copy_from=here))
     return cells
 
 
@@ -57,4 +59,9 @@ PENALTY_VARIANTS = {
     "maxent": {"penalty_forms": ["maxent"]},
     "representation": {"penalty_forms": ["representation"]},
     "away+maxent": {"penalty_forms": ["maxent", "away"]},
+    # not a penalty form: the teacher-probe leak guard (distill/guard.py) on top of the default penalty
+    "guard": {"leak_guard": "probe"},
 }
+# variants that act on the filter-only control too (the guard drops what it flags there): their cells also train
+# a filter-only student, so the guard's effect and the penalty's can be told apart
+ALSO_FILTER_ONLY = {"guard"}

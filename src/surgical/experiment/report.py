@@ -57,8 +57,8 @@ def plot_leak_sweep(rows: list[dict], path: str | Path) -> Path | None:
             have = [r for r in rs if (r.get("forget_after_relearn") or {}).get(b) is not None]
             ys = [r["forget_after_relearn"][b] for r in have]
             spread = [(r.get("forget_after_relearn_spread") or {}).get(b) or {} for r in have]
-            lo = [y - (s.get("min") if s.get("min") is not None else y) for y, s in zip(ys, spread)]
-            hi = [(s.get("max") if s.get("max") is not None else y) - y for y, s in zip(ys, spread)]
+            lo = [y - (s.get("min") if s.get("min") is not None else y) for y, s in zip(ys, spread, strict=True)]
+            hi = [(s.get("max") if s.get("max") is not None else y) - y for y, s in zip(ys, spread, strict=True)]
             axes[0].errorbar([r["leak_rate"] for r in have], ys, yerr=[lo, hi], marker="o", capsize=3, label=method)
             axes[0].set_title(f"forget exact-match after {b} relearning steps (best lr)")
         xs = [r["leak_rate"] for r in rs if r.get("retain_ratio") is not None]
