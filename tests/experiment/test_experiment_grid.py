@@ -159,3 +159,68 @@ def test_leak_plot_pairs_each_point_with_its_own_spread(tmp_path, monkeypatch):
     xs, ys, (lo, hi) = seen["surgical"]
     assert xs == [0.05] and ys == [0.6]
     assert lo == [pytest.approx(0.1)] and hi == [pytest.approx(0.2)]
+
+
+def _record(tmp_path, name, rows, attack="strong", config=None):
+    from surgical.experiment.grid import ATTACKS
+    from surgical.io import write_json
+
+    path = tmp_path / name
+    write_json(path, {"rows": [], "per_seed_rows": rows, "attack": {"name": attack, **ATTACKS[attack]},
+                      "leaky_oracle": False,
+                      "provenance": {"surgical_version": "0.1.0", "config": config or {"distill": {"lr": 1.0}}}})
+    return path
+
+
+def test_merge_averages_earlier_seeds_and_a_row_measured_again_replaces_the_old(tmp_path):
+    from types import SimpleNamespace
+
+    from surgical.experiment import _finish, merged_rows
+    from surgical.experiment.grid import ATTACKS
+
+    # the base config gained a field since (leak_guard): not a conflict
+    base = SimpleNamespace(model_dump=lambda mode=None: {"distill": {"lr": 1.0, "leak_guard": "off"}})
+    meta = {"rates": [0.05], "seeds": [1], "attack": {"name": "strong", **ATTACKS["strong"]},
+            "variants": ["guard"], "leaky_oracle": False}
+    old = _record(tmp_path, "old.json", [_row("oracle", 0, 200, {"1000": 0.6}),
+                                         _row("surgical", 0, 400, {"1000": 0.3}, rate=0.05),
+                                         _row("surgical", 1, 400, {"1000": 0.9}, rate=0.05)])
+    earlier = merged_rows([old], base, meta)
+    fresh = [_row("oracle", 1, 400, {"1000": 0.5}), _row("surgical", 1, 400, {"1000": 0.1}, rate=0.05),
+             _row("surgical[guard]", 1, 400, {"1000": 0.0}, rate=0.05)]
+    rec = _finish("leak-sweep", base, tmp_path, fresh, ("leak_rate",), lambda r: r["seed"], meta, 0.0, "x", "rate",
+                  earlier=earlier)
+    agg = {(r["method"], r["leak_rate"]): r for r in rec["rows"]}
+    assert agg[("surgical", 0.05)]["seeds"] == [0, 1]
+    assert agg[("surgical", 0.05)]["forget_after_relearn"] == {"1000": 0.2}  # seed 1's 0.9 was replaced by 0.1
+    assert agg[("surgical[guard]", 0.05)]["seeds"] == [1]
+    assert rec["seeds"] == [0, 1] and rec["seeds_measured_here"] == [1] and rec["rates"] == [0.0, 0.05]
+    assert rec["variants"] == ["guard"]
+    assert rec["provenance"]["merged_from"][0]["rows"] == 3
+
+
+def test_merge_refuses_another_experiment_or_a_file_it_did_not_write(tmp_path):
+    from types import SimpleNamespace
+
+    from surgical.experiment import merged_rows
+    from surgical.experiment.grid import ATTACKS
+
+    base = SimpleNamespace(model_dump=lambda mode=None: {"distill": {"lr": 1.0}})
+    meta = {"attack": {"name": "strong", **ATTACKS["strong"]}, "leaky_oracle": False}
+    with pytest.raises(ValueError, match="attack"):
+        merged_rows([_record(tmp_path, "a.json", [], attack="compare")], base, meta)
+    with pytest.raises(ValueError, match="base config differs in distill.lr"):
+        merged_rows([_record(tmp_path, "b.json", [], config={"distill": {"lr": 2.0}})], base, meta)
+    (tmp_path / "c.json").write_text('{"rows": []}')
+    with pytest.raises(ValueError, match="not a record written by surgical"):
+        merged_rows([tmp_path / "c.json"], base, meta)
+    with pytest.raises(ValueError, match="cannot read"):
+        merged_rows([tmp_path / "missing.json"], base, meta)
+
+
+def test_guard_variant_trains_its_own_filter_only_control():
+    cells = {c.run_dir: c for c in leak_cells([0.05], [0], STRONG_ATTACK, {"guard": PENALTY_VARIANTS["guard"]})}
+    g = cells["rate0.05-seed0-guard"]
+    assert g.rows == {"compare-surgical": "surgical[guard]", "compare-filter-only": "filter-only[guard]"}
+    assert g.overrides["distill"]["leak_guard"] == "probe" and g.copy_from == "rate0.05-seed0"
+    assert "leak_guard" not in cells["rate0.05-seed0"].overrides["distill"]

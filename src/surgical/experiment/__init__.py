@@ -21,12 +21,63 @@ from .grid import ATTACKS, aggregate, run_cells, with_ratios_by_seed
 from .report import markdown_table, plot_leak_sweep, write_markdown
 
 
+def _conflicts(a, b, path: str = "") -> list[str]:
+    """Keys present in both config dumps whose values differ (a field only one side has, such as a knob added
+    since with its default, is not a conflict)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [c for k in a.keys() & b.keys() for c in _conflicts(a[k], b[k], f"{path}.{k}" if path else k)]
+    return [] if a == b else [path]
+
+
+def merged_rows(paths, base, meta: dict) -> tuple[list[dict], list[dict]]:
+    """The per-seed rows of earlier records of the same experiment (``--merge``): the same attack and oracle mode
+    and base config (fields both configs have), written by surgical. Returns (rows, provenance entries); the
+    caller drops a merged row that this run measures again."""
+    from ..io import read_json, sha256_path
+
+    rows, sources = [], []
+    here = base.model_dump(mode="json")
+    for path in paths or []:
+        path = Path(path)
+        try:
+            old = read_json(path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--merge {path}: cannot read it ({exc})") from None
+        prov = old.get("provenance") if isinstance(old, dict) else None
+        if not (isinstance(prov, dict) and "surgical_version" in prov and isinstance(old.get("per_seed_rows"), list)):
+            raise ValueError(f"--merge {path}: not a record written by surgical experiment (no per_seed_rows)")
+        for field in ("attack", "leaky_oracle"):
+            if field in meta and old.get(field) != meta[field]:
+                raise ValueError(f"--merge {path}: its {field} {old.get(field)!r} differs from this run's "
+                                 f"{meta[field]!r}; rows of different experiments are not averaged")
+        bad = _conflicts(prov.get("config") or {}, here)
+        if bad:
+            raise ValueError(f"--merge {path}: its base config differs in {', '.join(sorted(bad)[:3])}")
+        rows += [dict(r) for r in old["per_seed_rows"]]
+        sources.append({"path": str(path), "sha256": sha256_path(path), "rows": len(old["per_seed_rows"])})
+    return rows, sources
+
+
 def _finish(name: str, base, out_dir: Path, rows: list[dict], group_by: tuple[str, ...], oracle_key, meta: dict,
-            t0: float, intro: str, key_title: str, plot=None) -> dict:
+            t0: float, intro: str, key_title: str, plot=None, earlier: tuple[list, list] = ([], [])) -> dict:
+    earlier, sources = earlier
+    if earlier:
+        def key(r):
+            return (r.get("method"), r.get("seed"), *(r.get(k) for k in group_by))
+        fresh = {key(r) for r in rows}
+        rows = [r for r in earlier if key(r) not in fresh] + rows  # a row measured again here replaces the old one
     per_seed = with_ratios_by_seed(rows, oracle_key)
     agg = aggregate(per_seed, group_by)
-    rec = {"rows": agg, "per_seed_rows": per_seed, **meta, "wall_s": round(time.perf_counter() - t0, 1),
-           "provenance": provenance(base.model_dump(mode="json"))}
+    seeds = sorted({r.get("seed") for r in rows if r.get("seed") is not None})
+    if earlier:  # what the table covers, not only what this run measured
+        meta = {**meta, "seeds": seeds, "seeds_measured_here": meta.get("seeds"),
+                "rates_measured_here": meta.get("rates"),
+                "rates": sorted({r[group_by[0]] for r in rows if r.get(group_by[0]) is not None}),
+                "variants": sorted({*meta.get("variants", []), *(m[m.index("[") + 1:-1] for m in
+                                                                  {r.get("method", "") for r in rows} if "[" in m)})}
+    rec = {"rows": agg, "per_seed_rows": per_seed, **meta,
+           "wall_s": round(time.perf_counter() - t0, 1),
+           "provenance": provenance(base.model_dump(mode="json"), merged_from=sources)}
     write_json(out_dir / f"{name}.json", rec)
     write_markdown(out_dir / f"{name}.md", name, intro, markdown_table(agg, group_by[0], key_title))
     if plot is not None:
@@ -35,13 +86,16 @@ def _finish(name: str, base, out_dir: Path, rows: list[dict], group_by: tuple[st
 
 
 def run_leak_sweep(base, out_dir: str | Path, rates, seeds, attack: str = "strong", variants=(),
-                   leaky_oracle: bool = False, jobs: int = 1, quiet: bool = False) -> dict:
+                   leaky_oracle: bool = False, jobs: int = 1, quiet: bool = False, merge=()) -> dict:
     """The leak sweep on ``base`` (a PipelineConfig; the demo's by default in the CLI). Returns leak-sweep.json."""
     from .leak import PENALTY_VARIANTS, leak_cells
 
     unknown = [v for v in variants if v not in PENALTY_VARIANTS]
     if unknown:
         raise ValueError(f"--variant {unknown[0]!r}: unknown; known: {', '.join(PENALTY_VARIANTS)}")
+    meta = {"rates": list(rates), "seeds": list(seeds), "attack": {"name": attack, **ATTACKS[attack]},
+            "variants": list(variants), "leaky_oracle": leaky_oracle}
+    earlier = merged_rows(merge, base, meta)  # before the long run: a record that cannot be merged fails now
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     cells = leak_cells(list(rates), list(seeds), ATTACKS[attack], {v: PENALTY_VARIANTS[v] for v in variants},
@@ -51,7 +105,5 @@ def run_leak_sweep(base, out_dir: str | Path, rates, seeds, attack: str = "stron
     intro = ("Forget exact-match (after the strong relearning attack at each budget, attacker's best lr per budget), "
              "mean ± std over seeds. The oracle was trained on the perfectly filtered data"
              + (" and at every rate." if leaky_oracle else " (rate 0); every row's steps ratio is against it."))
-    return _finish("leak-sweep", base, out_dir, rows, ("leak_rate",), key,
-                   {"rates": list(rates), "seeds": list(seeds), "attack": {"name": attack, **ATTACKS[attack]},
-                    "variants": list(variants), "leaky_oracle": leaky_oracle}, t0, intro, "leak rate",
-                   plot=plot_leak_sweep)
+    return _finish("leak-sweep", base, out_dir, rows, ("leak_rate",), key, meta, t0, intro, "leak rate",
+                   plot=plot_leak_sweep, earlier=earlier)

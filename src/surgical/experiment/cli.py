@@ -81,6 +81,9 @@ def leak_cmd(
                                       "learns from the leaked labels), not only on the perfectly filtered data."),
     results: Path | None = typer.Option(None, "--results", help="Also write the table here (e.g. "
                                         "benchmarks/results/leak-sweep.json)."),
+    merge: list[Path] = typer.Option([], "--merge", help="Also average in the per-seed rows of an earlier "
+                                     "leak-sweep.json (same attack and base config; repeatable); a row measured "
+                                     "again here replaces the old one."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Stages run at once inside each cell."),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
@@ -94,7 +97,8 @@ def leak_cmd(
     if any(not 0 <= r < 1 for r in rate_list):
         _fail(f"--rates {rates!r}: every rate must be in [0, 1)")
     rec = _run(run_leak_sweep, config, out_dir=out_dir, rates=rate_list, seeds=_numbers(seeds, "--seeds", int),
-               attack=attack, variants=variant, leaky_oracle=leaky_oracle, jobs=jobs, quiet=quiet)
+               attack=attack, variants=variant, leaky_oracle=leaky_oracle, jobs=jobs, quiet=quiet,
+               merge=merge)
     print(out_dir / "leak-sweep.md")
     _copy_results(rec, results)
 
