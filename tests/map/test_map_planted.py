@@ -151,3 +151,25 @@ def test_hooks_capture_and_identity_edit_every_family(family, world):
     with edit(model, {("heads", 0): set_columns(torch.arange(num_heads(model) * head_dim(model)), 0.0)}):
         assert not torch.allclose(model(ids).logits, clean)
     assert torch.allclose(model(ids).logits, clean)  # hooks are gone after the block
+
+
+def test_exact_ranking_puts_the_planted_neuron_first_with_real_ablation_effects(world, planted_data):
+    from surgical.map.patching import exact_neuron_ranking
+
+    model = make_tiny_model("llama", len(world.tokenizer), seed=0)
+    plant_forget_neuron(model, world.tokenizer)
+    scores = compute_scores(model, planted_data, fire_threshold=0.5)
+    ranking, rec = exact_neuron_ranking(model, scores, planted_data, candidates=4, retain_weight=2.0)
+    n_layers, width = ranking.shape
+    assert int(ranking.reshape(-1).argmax()) == PLANTED_LAYER * width + PLANTED_NEURON
+    assert rec["n_patched"] == 4 * n_layers and int(torch.isfinite(ranking).sum()) == 4 * n_layers
+    # every finite entry is the real mean-ablation effect, forget minus 2 x retain, of that neuron
+    layer, unit = [int(i) for i in torch.nonzero(torch.isfinite(ranking))[-1]]
+    edits = ablation_edits(scores, {("mlp", layer): [unit]}, "mean", head_dim(model))
+    d_f = mean_loss(model, planted_data["forget"], edits) - scores.clean_loss["forget"]
+    d_r = mean_loss(model, planted_data["retain"], edits) - scores.clean_loss["retain"]
+    assert float(ranking[layer, unit]) == pytest.approx(d_f - 2.0 * d_r, abs=1e-5)
+    # the candidates are the attribution score's top 4 of each layer
+    for lay in range(n_layers):
+        top = set(scores["mlp.score"][lay].argsort(descending=True)[:4].tolist())
+        assert set(torch.nonzero(torch.isfinite(ranking[lay])).flatten().tolist()) == top

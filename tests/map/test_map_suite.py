@@ -225,3 +225,17 @@ def test_run_demo_goes_through_the_suite(monkeypatch, world_suite, llama_dir, tm
     assert v["forget_domains"] == ["mul", "div"] and set(v["retain_domains"]) == {"add", "sub"}
     assert v["metric"]["split"] == {d: "val" for d in ("add", "sub", "mul", "div")}
     assert set(v["baseline"]) == {"add", "sub", "mul", "div"}
+
+
+def test_run_suite_ranks_by_exact_ablation(tiny_suite, llama_dir, tmp_path):
+    cfg = MapConfig(**{**SMALL, "sae": False, "rank_by": "exact", "exact_rank_candidates": 3, "validation_k": 4,
+                       "validation_k_sweep": []})
+    run_suite(cfg, llama_dir, tiny_suite, POLICY, tmp_path / "map")
+    summary = json.loads((tmp_path / "map" / "map.json").read_text())
+    er = summary["exact_ranking"]
+    assert summary["rank_by"] == "exact" and er["candidates_per_layer"] == 3
+    assert er["n_patched"] == 3 * summary["model"]["n_layers"] and "exact_ranking_s" in summary["timings_s"]
+    assert all(len(units) <= 3 for units in summary["forget_neurons"].values())  # only candidates are ranked
+    with pytest.raises(ValueError, match="exact_rank_candidates"):
+        run_suite(MapConfig(**{**cfg.model_dump(), "exact_rank_candidates": 1, "validation_k": 64}), llama_dir,
+                  tiny_suite, POLICY, tmp_path / "map2")

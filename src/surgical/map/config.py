@@ -29,10 +29,15 @@ class MapConfig(Section):
         "logodds", description="What attribution and exact patching measure per scored token: 'logodds' = minus "
         "the log-odds of the correct token (does not saturate on a confident teacher), 'loss' = cross-entropy "
         "(nats).")
-    rank_by: Literal["attribution", "selectivity"] = Field(
+    rank_by: Literal["attribution", "selectivity", "exact"] = Field(
         "attribution", description="Ranking of forget units: 'attribution' = estimated forget minus retain loss "
         "change under mean-ablation (the map's score); 'selectivity' = Cohen's d of the activation (the "
-        "activation-statistics baseline).")
+        "activation-statistics baseline); 'exact' = the top exact_rank_candidates neurons per layer by "
+        "attribution, mean-ablated one by one for real and ranked by exact forget effect minus "
+        "exact_rank_retain_weight x exact retain effect (costs 2 patched passes per candidate).")
+    exact_rank_candidates: int = Field(32, ge=1, description="rank_by exact: candidate neurons per layer.")
+    exact_rank_retain_weight: float = Field(1.0, ge=0, description="rank_by exact: weight of the retain effect "
+                                            "subtracted from the forget effect (higher = fewer shared units).")
 
     # ---- exact activation patching
     exact_top_n: int = Field(6, ge=0, description="Top units per layer (by |attribution|) patched for real, "

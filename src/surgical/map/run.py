@@ -20,7 +20,7 @@ from .attribution import Scores, compute_scores
 from .config import MapConfig
 from .data import Example, batches, sample, scored_positions
 from .hooks import capture, set_columns
-from .patching import exact_patching, mean_loss
+from .patching import exact_neuron_ranking, exact_patching, mean_loss
 from .stats import separability
 
 MAP_FILES = ("map.json", "map.safetensors", "map.md", "mlp_scores.png", "head_scores.png", "layer_effects.png")
@@ -230,7 +230,20 @@ def run(cfg: MapConfig, model, tokenizer, forget: list[Example], retain: list[Ex
         timings["exact_patching_s"] = time.perf_counter() - t0
 
         summary = layer_summary(scores, exact["rows"], cfg.recommended_layers, cfg.spine_fraction)
-        ranking = scores["mlp.score"] if cfg.rank_by == "attribution" else scores["mlp.selectivity"]
+        exact_ranking = None
+        if cfg.rank_by == "exact":
+            n_candidates = n_layers * min(cfg.exact_rank_candidates, scores["mlp.score"].shape[1])
+            if n_candidates < max([cfg.validation_k, *cfg.validation_k_sweep]):
+                raise ValueError(f"map.exact_rank_candidates: {cfg.exact_rank_candidates} per layer x {n_layers} "
+                                 f"layers = {n_candidates} candidates, fewer than validation_k / "
+                                 f"validation_k_sweep asks for")
+            t0 = time.perf_counter()
+            ranking, exact_ranking = exact_neuron_ranking(
+                model, scores, data, cfg.exact_rank_candidates, cfg.exact_rank_retain_weight, metric=cfg.metric,
+                prefix_cache_mb=cfg.exact_prefix_cache_mb, progress=bar.phase("exact ranking", n_candidates))
+            timings["exact_ranking_s"] = time.perf_counter() - t0
+        else:
+            ranking = scores["mlp.score"] if cfg.rank_by == "attribution" else scores["mlp.selectivity"]
 
         baseline = None
         validation = {"skipped": "no evaluator: the records carry no prompt/completion to score"}
@@ -271,6 +284,7 @@ def run(cfg: MapConfig, model, tokenizer, forget: list[Example], retain: list[Ex
         "spine": summary["spine"],
         "forget_neurons": ranked_units(ranking, cfg.validation_k),
         "rank_by": cfg.rank_by,
+        "exact_ranking": exact_ranking,
         "forget_heads": ranked_units(scores["heads.score"], scores["heads.score"].shape[1]),
         "layer_summary": summary["layers"],
         "attribution_vs_exact_spearman": exact["spearman"]["units_forget"],
