@@ -239,3 +239,13 @@ def test_run_suite_ranks_by_exact_ablation(tiny_suite, llama_dir, tmp_path):
     with pytest.raises(ValueError, match="exact_rank_candidates"):
         run_suite(MapConfig(**{**cfg.model_dump(), "exact_rank_candidates": 1, "validation_k": 64}), llama_dir,
                   tiny_suite, POLICY, tmp_path / "map2")
+
+
+def test_validation_kind_qa_measures_the_qa_data_where_a_domain_has_both(tiny_suite, world_tokenizer):
+    from surgical.suite import load_suite
+
+    suite = load_suite(tiny_suite)
+    mc = SuiteEvaluator(suite, world_tokenizer, ["mul"], ["add"], limit=6)
+    qa = SuiteEvaluator(suite, world_tokenizer, ["mul"], ["add"], limit=6, prefer="qa")
+    assert mc.metric_names == {"add": "mc_acc", "mul": "mc_acc"}
+    assert qa.metric_names == {"add": "mc_acc", "mul": "qa_answer_prob"}  # add has no QA: MC stays

@@ -68,6 +68,10 @@ class MapConfig(Section):
                                   "metric.")
     validation_split: Literal["val", "test"] = Field("val", description="Suite split the validation evaluates on "
                                                      "(a domain without it falls back to its test split).")
+    validation_kind: Literal["mc", "qa"] = Field(
+        "mc", description="Which of a domain's data the validation measures when it has both: MC accuracy, or QA "
+        "with qa_metric. A confident teacher's MC can stay at 100% under ablations that halve its QA accuracy "
+        "(measured on the demo teacher: top-64 ablation moved no MC figure).")
     qa_metric: Literal["answer_prob", "accuracy"] = Field(
         "answer_prob", description="Validation metric of a domain with QA but no MC data: 'answer_prob' = "
         "per-token geometric-mean probability of the reference answer (continuous, fast), 'accuracy' = greedy "

@@ -449,7 +449,7 @@ def run_files(cfg: MapConfig, model_spec: str | Path, forget_path: str | Path, r
                              "distinct `domain` fields")
         suite = records_suite(f_sets, r_sets)
         evaluator = SuiteEvaluator(suite, tokenizer, list(f_sets), list(r_sets), cfg.validation_split,
-                                   cfg.validation_limit, cfg.qa_metric)
+                                   cfg.validation_limit, cfg.qa_metric, prefer=cfg.validation_kind)
     return run(cfg, model, tokenizer, forget, retain, out_dir, evaluator,
                inputs={"model": model_spec, "forget": forget_path, "retain": retain_path}, quiet=quiet,
                extra_provenance={"model_spec": str(model_spec)})
@@ -488,7 +488,7 @@ def run_suite(cfg: MapConfig, model_spec: str | Path, suite_path: str | Path, po
     tokenizer = load_tokenizer(model_spec)
     model = load_model(model_spec, device=cfg.device)
     evaluator = SuiteEvaluator(suite, tokenizer, forget_d, retain_d, cfg.validation_split, cfg.validation_limit,
-                               cfg.qa_metric)
+                               cfg.qa_metric, prefer=cfg.validation_kind)
     inputs = {"model": model_spec, "suite": suite_path}
     inputs.update({k: v for k, v in (("forget", forget_path), ("retain", retain_path)) if v})
     return run(cfg, model, tokenizer, forget, retain, out_dir, evaluator, inputs=inputs, quiet=quiet,

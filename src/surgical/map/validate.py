@@ -38,7 +38,7 @@ class SuiteEvaluator:
     runs a dozen evaluations)."""
 
     def __init__(self, suite, tokenizer, forget_domains, retain_domains, split: str = "val", limit: int = 50,
-                 qa_metric: str = "answer_prob", batch_size: int = 64):
+                 qa_metric: str = "answer_prob", batch_size: int = 64, prefer: str = "mc"):
         from ..suite import SuiteError
 
         if qa_metric not in QA_METRICS:
@@ -55,7 +55,9 @@ class SuiteEvaluator:
             if d not in suite.domains:
                 raise SuiteError(f"suite {suite.name!r} has no domain {d!r}")
             data = suite[d]
-            kind = "mc" if data.mc else "qa"
+            # a confident teacher's MC barely moves when units are ablated; "qa" measures on the QA data where
+            # a domain has both
+            kind = "qa" if prefer == "qa" and data.qa else ("mc" if data.mc else "qa")
             recs = data.split_of(kind, split)[:limit]
             if not recs:
                 raise SuiteError(f"suite {suite.name!r}: domain {d!r} has no {kind} records")
