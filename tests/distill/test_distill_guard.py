@@ -34,10 +34,14 @@ def test_too_few_records_to_cross_fit_is_an_error():
 
 @pytest.fixture(scope="module")
 def leaky_gold(files, tmp_path_factory):
-    """The fixture's gold plus 8 of its forbidden records, labelled gold (a filter that let them through)."""
+    """The fixture's gold plus 8 of its forbidden records, labelled gold (a filter that let them through), their
+    completions replaced by gold ones, as the constitution rewrites a leaked multiplication's steps into
+    additions: only the prompt still says what they are."""
     d = tmp_path_factory.mktemp("leaky")
     forb = read_jsonl(files / "forbidden.jsonl")
-    write_jsonl(d / "gold.jsonl", read_jsonl(files / "gold.jsonl") + forb[:8])
+    gold = read_jsonl(files / "gold.jsonl")
+    leaked = [{**f, "completion": g["completion"]} for f, g in zip(forb[:8], gold, strict=False)]
+    write_jsonl(d / "gold.jsonl", gold + leaked)
     write_jsonl(d / "forbidden.jsonl", forb[8:])
     return d
 

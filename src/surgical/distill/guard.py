@@ -6,7 +6,7 @@ is taught to copy the teacher there, while the penalty pushes it away on the rec
 the arithmetic world (docs/experiments.md), that tug-of-war leaves a student that relearns faster than filter-only.
 
 The guard closes that gap with what distill has and curate did not: the teacher. A logistic-regression probe on the
-teacher's hidden states (mean over the tokens the student trains on, at one mapped layer) learns
+teacher's hidden states (mean over the record's prompt tokens by default, at one mapped layer) learns
 "forbidden record vs gold record" from curate's own labels: the quarantined forbidden records against gold. Every
 gold record is then scored *out of fold* (cross-fitted, ``folds`` folds), so a leaked record is never scored by a
 probe that was fit with it labelled gold and could have memorised that label. Gold records the probe puts on the

@@ -60,8 +60,8 @@ def _apply_leak_guard(cfg: DistillConfig, teacher_model, tok, map_data: dict, go
         layer = (map_data.get("recommended_layers") or [n_t // 2])[0]
     if not 0 <= layer < n_t:
         raise ValueError(f"distill.leak_guard_layer: {layer} is not a layer of the teacher (0..{n_t - 1})")
-    enc = [encode_record(tok, r, cfg.kd_tokens, cfg.max_length) for r in gold_recs]
-    enc_f = [encode_record(tok, r, cfg.kd_tokens, cfg.max_length) for r in forb_recs]
+    enc = [_guard_row(tok, r, cfg) for r in gold_recs]
+    enc_f = [_guard_row(tok, r, cfg) for r in forb_recs]
     if not quiet:
         print(f"leak guard: probing {len(gold_recs)} gold records at teacher layer {layer}")
     decision = run_guard(teacher_model, enc, enc_f, gold_recs, forb_recs, layer, cfg.leak_guard_threshold,
@@ -82,6 +82,16 @@ def _apply_leak_guard(cfg: DistillConfig, teacher_model, tok, map_data: dict, go
         forb_recs = forb_recs + moved
         forb_hash = sha256_json({"forbidden": forb_hash, "leak_guard_added": key})
     return kept, forb_recs, gold_hash, forb_hash, record
+
+
+def _guard_row(tok, rec: dict, cfg: DistillConfig) -> dict:
+    """The tokens the leak guard reads of a record: its prompt (a record without one is read whole). The prompt is
+    what a leaked record's trajectory does not rewrite: the constitution turns a leaked multiplication's worked
+    steps into additions, but not its question. Measured: pooled over prompt and completion, the probe caught 0 of
+    39 leaked records in the leak sweep (docs/distill.md), and tests/distill/test_distill_guard.py fails so."""
+    enc = encode_record(tok, rec, "completion", cfg.max_length)
+    n_prompt = next((i for i, label in enumerate(enc["labels"]) if label != -100), len(enc["labels"]))
+    return {"input_ids": enc["input_ids"][:n_prompt] if n_prompt > 0 else enc["input_ids"]}
 
 
 def load_inputs(src, forbidden: bool = False) -> tuple[list[dict], str]:
