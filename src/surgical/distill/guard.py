@@ -100,7 +100,6 @@ def run_guard(model, encoded_gold: list[dict], encoded_forb: list[dict], gold_re
         "flagged_fraction": round(len(flagged) / max(1, len(gold_recs)), 6),
         # how well the probe tells the labelled sets apart, both out of fold
         "forbidden_recall_oof": round(float((p_forb >= threshold).mean()), 6),
-        "gold_flag_rate": round(len(flagged) / max(1, len(gold_recs)), 6),
         "flagged_by_domain": _count(gold_recs[i].get("domain") for i in flagged),
     }
     # ground truth where the records carry it: gold records whose domain is one the forbidden records have
