@@ -13,7 +13,7 @@ scored by greedy generation (`qa_metric: accuracy`), i.e. exact-match of the wor
 Ratios are against the selectivity baseline measured in the same run. Also printed: the Spearman of estimate vs
 exact effect over the 128 exactly patched candidates (a less range-restricted set than exact_top_n's 6 per layer).
 
-Run: .venv/bin/python benchmarks/bench_map_ranking.py [--threads 1] [--k 64]
+Run: .venv/bin/python benchmarks/bench_map_ranking.py [--threads 1] [--k 64] [--teacher-seeds 0,1,2]
 Needs the demo teacher (trained first if not cached: ~7 minutes). Cost: a few minutes on one thread; the exact
 ranking's cost grows with layers x candidates (2 patched passes each over the map's forget and retain batches).
 """
@@ -38,6 +38,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--k", type=int, default=64)
     ap.add_argument("--candidates", type=int, default=32)
+    ap.add_argument("--teacher-seeds", default="0",
+                    help="comma-separated demo-teacher seeds (teacher.seed); each is trained first if not cached")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "map-ranking.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -46,12 +48,38 @@ def main() -> None:
     from surgical.io import provenance, write_json
     from surgical.map.run import run_demo
 
-    cfg = demo_config()
     common = {"threads": args.threads, "sae": False, "validation_k": args.k, "validation_k_sweep": [],
               "validation_kind": "qa", "qa_metric": "accuracy", "exact_rank_candidates": args.candidates}
     variants = {"selectivity": {"rank_by": "selectivity"}, "attribution": {"rank_by": "attribution"},
                 "exact_w1": {"rank_by": "exact", "exact_rank_retain_weight": 1.0},
                 "exact_w3": {"rank_by": "exact", "exact_rank_retain_weight": 3.0}}
+    seeds = [int(x) for x in args.teacher_seeds.split(",") if x.strip()]
+    teachers = {}
+    for seed in seeds:
+        base = demo_config()
+        cfg = base.model_copy(update={"teacher": base.teacher.model_copy(update={"seed": seed})})
+        print(f"-- demo teacher seed {seed}", flush=True)
+        teachers[str(seed)] = rank_one_teacher(cfg, common, variants, args.k, run_demo)
+    summary = {}
+    for name in variants:
+        spec = [t["rows"][name]["specificity_ratio"] for t in teachers.values()]
+        summary[name] = {"specificity_min": min(spec), "specificity_mean": round(sum(spec) / len(spec), 3),
+                         "specificity_per_teacher": spec}
+    # Spearman of the attribution estimate vs the exact effect, per unit type, per teacher: the exact_w1 run's
+    # 128 patched candidates for neurons; the map's exact_top_n targets for heads and layers (few, range-restricted)
+    spearman = {seed: {"neurons_128_forget": t["rows"]["exact_w1"]["exact_ranking"]["spearman_forget"],
+                       "neurons_128_retain": t["rows"]["exact_w1"]["exact_ranking"]["spearman_retain"],
+                       **{k: t["rows"]["attribution"]["spearman_top_n"].get(k)
+                          for k in ("neurons_forget", "heads_forget", "layers_forget")}}
+                for seed, t in teachers.items()}
+    write_json(args.out, {"k": args.k, "threads": args.threads, "teacher_seeds": seeds, "summary": summary,
+                          "spearman": spearman, "teachers": teachers,
+                          "provenance": provenance({**common, "variants": variants, "teacher_seeds": seeds})})
+    print(f"wrote {args.out}")
+    print(json.dumps({"summary": summary, "spearman": spearman}, indent=1))
+
+
+def rank_one_teacher(cfg, common: dict, variants: dict, k: int, run_demo) -> dict:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, over in variants.items():
@@ -68,18 +96,15 @@ def main() -> None:
                           "units_per_layer": v.get("units_per_layer"),
                           "spearman_top_n": s["attribution_vs_exact"]["spearman"]}
             d = rows[name]["map_delta"]
-            print(f"{name:12s} k={args.k}: " + ", ".join(f"{dom} {100 * x:+.0f}" for dom, x in d.items())
+            print(f"{name:12s} k={k}: " + ", ".join(f"{dom} {100 * x:+.0f}" for dom, x in d.items())
                   + f" pts; specificity {v['specificity_ratio']:.2f}; {rows[name]['wall_s']:.0f} s", flush=True)
     base = rows["selectivity"]["specificity_ratio"]
     for r in rows.values():
         r["specificity_over_selectivity"] = round(r["specificity_ratio"] / base, 3) if base else None
     ex = rows["exact_w1"]["exact_ranking"]
     print(f"estimate vs exact Spearman over {ex['n_patched']} candidates: forget {ex['spearman_forget']:.3f}, "
-          f"retain {ex['spearman_retain']:.3f}, forget-minus-retain {ex['spearman_score']:.3f}")
-    write_json(args.out, {"k": args.k, "threads": args.threads, "rows": rows,
-                          "provenance": provenance({**common, "variants": variants})})
-    print(f"wrote {args.out}")
-    print(json.dumps({n: r["specificity_ratio"] for n, r in rows.items()}))
+          f"retain {ex['spearman_retain']:.3f}, forget-minus-retain {ex['spearman_score']:.3f}", flush=True)
+    return {"teacher_seed": cfg.teacher.seed, "rows": rows}
 
 
 if __name__ == "__main__":

@@ -902,9 +902,10 @@ map:
   exact_top_n: 2
   exact_heads_top_n: 2           # of 9 per layer; every layer is patched whole as well
   exact_zero_ablation: false     # mean-ablation only: the spine is chosen from it
-  # the student keeps the 26 of 30 layers whose ablation hurts the retain domains most (the map's spine);
-  # half depth (15 layers) is at chance everywhere on this model (see the README)
-  spine_fraction: 0.85
+  # the student keeps every layer: a 26-layer spine (0.85) healed for 40 KD steps (~5 min) reached only
+  # capitals MC 0.30 (teacher 0.88) on 2 CPU cores; half depth is at chance everywhere (see the README).
+  # The cut is the map's forget neurons (distill.cut_forget_neurons) instead.
+  spine_fraction: 1.0
   validation_k: 32
   validation_k_sweep: []
   validation_limit: 25
@@ -918,12 +919,13 @@ generate:
   demo_per_domain: 100
 distill:
   student_init: teacher_layers       # layers from the map's spine (keep_layers unset)
-  cut_forget_neurons: 32             # per kept layer: the map's top forget neurons are cut (surgery)
+  cut_forget_neurons: 64             # per kept layer: the map's top forget neurons are cut (surgery)
   teacher_logits: cache
   cache_top_k: 16
-  # sized for 2 CPU cores: one KD step of the 26-layer student at 8 x 64 tokens takes ~4-7 s here
-  max_steps: 40
+  # sized for 2 CPU cores: one KD step of the 30-layer student at 8 x 64 tokens takes ~4-7 s here
+  max_steps: 80
   batch_size: 8
+  forbidden_ratio: 0.375             # 3 of every 8 sequences carry the penalty
   max_length: 64
   lr: 1.0e-4
   warmup_steps: 4
@@ -936,9 +938,9 @@ verify:
   in_context_items: 8
   batch_size: 16
   relearn_examples: 64
-  relearn_max_steps: 50
+  relearn_max_steps: 200
   relearn_lrs: [1.0e-5, 1.0e-4]
-  relearn_eval_steps: [25, 50]
+  relearn_eval_steps: [50, 100, 200]
   relearn_eval_items: 16
   relearn_batch_size: 8
   relearn_mc: true
@@ -950,14 +952,39 @@ verify:
   ablation_items: 16
   threads: 2
 baselines:
+  # the comparison rows (issue 12): the same cut without the penalty (the rebound), and the teacher unlearned
+  # in place; the teacher and its random-init twin come with every comparison battery. UNDO and plain-kd are
+  # off: on 2 CPU cores each costs another distillation and battery (~15 min).
   plain_kd: false
-  filter_only: false
-  graddiff: false
-  maxent: false
-  rmu: false
+  filter_only: true
+  graddiff: true
+  maxent: true
+  rmu: true
   undo: false
   oracle: false
   cross_domain: false
+  unlearn:
+    max_steps: 50
+    max_wall_s: 240
+    batch_size: 8
+    threads: 2
+  compare_verify:                # every row's battery, sized like the verify section above
+    n_items: 50
+    jailbreak_items: 4
+    in_context_items: 8
+    relearn_lrs: [1.0e-5, 1.0e-4]
+    relearn_max_steps: 200
+    relearn_eval_steps: [50, 100, 200]
+    relearn_eval_items: 16
+    relearn_batch_size: 8
+    relearn_mc: true
+    mc_twin_retain: true
+    quant_schemes: [int4]
+    probe_train_items: 27
+    probe_test_items: 27
+    ablation_items: 16
+    batch_size: 16
+    threads: 2
 """
 
 README = """\
@@ -1006,10 +1033,13 @@ surgical verify --model "$GGUF" --policy examples/smollm2-elements/policy.yaml \
 surgical run examples/smollm2-elements/pipeline.yaml    # the whole pipeline (long on 2 CPU cores; not run yet)
 ```
 
-`pipeline.yaml` cuts the student from the teacher (`distill.student_init: teacher_layers`, layers from the
-map's spine, `map.spine_fraction: 0.85` = 26 of 30 layers: on this model dropping 4 layers already costs most
-capitals MC and half depth is at chance), distils from a top-16 logit cache (`teacher_logits: cache`), runs a
-reduced verify battery and no baselines.
+`pipeline.yaml` cuts the student from the teacher (`distill.student_init: teacher_layers`): it keeps all 30
+layers (`map.spine_fraction: 1.0`) and cuts the map's 64 most forget-specific MLP neurons in each
+(`distill.cut_forget_neurons: 64`), then heals it for 80 KD steps from a top-16 logit cache
+(`teacher_logits: cache`) with the Safety Divergence Penalty on 3 of every 8 sequences. A shallower student did
+not heal on 2 CPU cores: with the map's 26-layer spine (4 layers dropped) and 40 KD steps (~5 minutes) it ended
+at capitals MC 0.30, languages 0.60, grammar 0.46 (teacher 0.88 / 0.96 / 0.98). The verify battery is reduced
+(50 items, relearning 200 steps at 2 learning rates).
 
 ## The teacher on this suite (SmolLM2-135M-Instruct, this machine)
 
