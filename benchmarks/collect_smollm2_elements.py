@@ -1,0 +1,100 @@
+"""Collect a finished ``surgical run examples/smollm2-elements/pipeline.yaml`` into
+``benchmarks/results/smollm2-elements.json`` (issue 12's comparison table): one row per method from the run's
+``comparison.json`` (the comparison battery's rows, then the teacher and the random-init twin measured on the same
+items), the per-stage wall times from each stage's ``.done.json`` and the student's size as a fraction of the
+teacher's.
+
+    python benchmarks/collect_smollm2_elements.py [--run-dir runs/smollm2-elements] [--out FILE]
+
+It reads what the run wrote and measures nothing itself; a stage that has not finished is listed as missing, and
+the file says ``status: partial`` then.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["data", "teacher", "map", "curate", "generate", "distill", "verify", "quantize"]
+KEEP = ("method", "forget_exact_match", "forget_mc", "forget_mc_after_relearn", "forget_mc_int4",
+        "quantization_gap_int4_mc", "forget_after_relearn", "forget_int4", "forget_worst_jailbreak",
+        "no_skill_mc", "probe_accuracy", "retain_exact_match", "retain_ratio", "mc_by_domain",
+        "retain_mc_ratio_by_domain", "relearn_best_lr_by_budget", "train_flops", "wall_s", "verdict", "battery")
+
+
+def stage_times(run_dir: Path) -> dict[str, float]:
+    out = {}
+    for d in sorted(p for p in run_dir.iterdir() if p.is_dir()):
+        marker = d / ".done.json"
+        if marker.exists():
+            out[d.name] = json.loads(marker.read_text())["wall_s"]
+    return out
+
+
+def student_size(run_dir: Path) -> dict:
+    rec = json.loads((run_dir / "distill" / "distill.json").read_text())
+    student = rec.get("student") or {}
+    n, t = student.get("n_parameters"), student.get("teacher_parameters")
+    return {"n_parameters": n, "teacher_parameters": t,
+            "fraction_of_teacher": round(n / t, 4) if n and t else None,
+            "kept_layers": student.get("kept_layers"), "mlp_width": student.get("mlp_width"),
+            "cut_neurons_per_layer": {k: len(v) for k, v in (student.get("cut_neurons") or {}).items()}}
+
+
+def _f(v, nd=2) -> str:
+    return "-" if v is None else f"{v:.{nd}f}" if isinstance(v, float) else str(v)
+
+
+def markdown(rows: list[dict]) -> str:
+    """The README's headline table for the real model: forget MC clean / after relearning / int4, the no-skill
+    level, each retained domain's MC and the retain ratio."""
+    retain = ("capitals", "languages", "grammar", "addition")
+    head = ["method", "forget MC", "MC after relearn " + "/".join(
+        sorted({k for r in rows for k in (r.get("forget_mc_after_relearn") or {})}, key=int)), "int4 MC",
+            *[f"{d} MC" for d in retain], "retain ratio"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        relearn = r.get("forget_mc_after_relearn") or {}
+        mc = r.get("mc_by_domain") or {}
+        name = r["method"] if r["method"] != "surgical" else "**surgical**"
+        lines.append("| " + " | ".join([
+            name, _f(r.get("forget_mc")),
+            " / ".join(_f(relearn[k]) for k in sorted(relearn, key=int)) or "-",
+            _f(r.get("forget_mc_int4")), *[_f(mc.get(d)) for d in retain], _f(r.get("retain_ratio"), 3)]) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--run-dir", default=str(ROOT / "runs" / "smollm2-elements"))
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "smollm2-elements.json"))
+    args = ap.parse_args(argv)
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "comparison.json").exists():
+        print(f"{run_dir}/comparison.json: missing (has the run finished?)", file=sys.stderr)
+        return 1
+    rows = [{k: r[k] for k in KEEP if k in r} for r in json.loads((run_dir / "comparison.json").read_text())]
+    stages = stage_times(run_dir)
+    missing = [s for s in STAGES if s not in stages]
+    out = {
+        "status": "complete" if not missing else f"partial: stages not finished: {missing}",
+        "command": "surgical run examples/smollm2-elements/pipeline.yaml (2 CPU cores, one job)",
+        "rows": rows,
+        "wall_s": round(sum(stages.values()), 1),
+        "stages": stages,
+        "student": student_size(run_dir) if (run_dir / "distill" / "distill.json").exists() else None,
+    }
+    Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
+    for r in rows:
+        print(f"{r['method']:18s} forget MC {r.get('forget_mc')}  after relearn {r.get('forget_mc_after_relearn')}"
+              f"  int4 {r.get('forget_mc_int4')}  retain {r.get('retain_ratio')}")
+    print(markdown(rows))
+    print(f"wall {out['wall_s']} s; stages {stages}; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
