@@ -968,11 +968,13 @@ baselines:
     max_wall_s: 240
     batch_size: 8
     threads: 2
-  compare_verify:                # every row's battery, sized like the verify section above
+  compare_verify:                # every row's battery, sized like the verify section above, but:
     n_items: 50
     jailbreak_items: 4
     in_context_items: 8
-    relearn_lrs: [1.0e-5, 1.0e-4]
+    # one learning rate: in the full verify sweep 1e-4 relearned faster than 1e-5 at every budget (the student's
+    # forget MC 0.75 at step 50), and relearning is ~2/3 of a battery's ~19 min on 2 cores
+    relearn_lrs: [1.0e-4]
     relearn_max_steps: 200
     relearn_eval_steps: [50, 100, 200]
     relearn_eval_items: 16

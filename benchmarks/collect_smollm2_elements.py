@@ -7,7 +7,7 @@ teacher's.
     python benchmarks/collect_smollm2_elements.py [--run-dir runs/smollm2-elements] [--out FILE]
 
 It reads what the run wrote and measures nothing itself; a stage that has not finished is listed as missing, and
-the file says ``status: partial`` then.
+the file says ``status: partial`` then (before the report stage, the rows come from each ``compare-*/row.json``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["data", "teacher", "map", "curate", "generate", "distill", "verify", "quantize"]
+STAGES = ["data", "teacher", "map", "curate", "generate", "distill", "verify", "quantize", "verify-quantized",
+          "compare-surgical", "compare-filter-only", "compare-graddiff", "compare-maxent", "compare-rmu", "report"]
 KEEP = ("method", "forget_exact_match", "forget_mc", "forget_mc_after_relearn", "forget_mc_int4",
         "quantization_gap_int4_mc", "forget_after_relearn", "forget_int4", "forget_worst_jailbreak",
         "no_skill_mc", "probe_accuracy", "retain_exact_match", "retain_ratio", "mc_by_domain",
@@ -73,10 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "smollm2-elements.json"))
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir)
-    if not (run_dir / "comparison.json").exists():
-        print(f"{run_dir}/comparison.json: missing (has the run finished?)", file=sys.stderr)
-        return 1
-    rows = [{k: r[k] for k in KEEP if k in r} for r in json.loads((run_dir / "comparison.json").read_text())]
+    if (run_dir / "comparison.json").exists():
+        public = json.loads((run_dir / "comparison.json").read_text())
+    else:  # the report stage has not run: the same rows, read from each compare-<method>/row.json
+        from surgical.pipeline.report import collect_rows
+
+        public = collect_rows(run_dir)
+        if not public:
+            print(f"{run_dir}: no comparison rows yet (has a compare-* stage finished?)", file=sys.stderr)
+            return 1
+    rows = [{k: r[k] for k in KEEP if k in r} for r in public]
     stages = stage_times(run_dir)
     missing = [s for s in STAGES if s not in stages]
     out = {
