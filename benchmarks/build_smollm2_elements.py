@@ -886,7 +886,7 @@ PIPELINE_YAML = """\
 # Written by benchmarks/build_smollm2_elements.py (do not edit by hand; rerun the script).
 # The whole pipeline on SmolLM2-135M-Instruct with this folder's corpus, suite and policy.
 # Check: surgical config validate examples/smollm2-elements/pipeline.yaml
-# Run:   surgical run examples/smollm2-elements/pipeline.yaml      (long on 2 CPU cores; not measured yet)
+# Run:   surgical run examples/smollm2-elements/pipeline.yaml      (~85 min on 2 CPU cores: docs/smollm2-elements.md)
 run_dir: runs/smollm2-elements
 policy: policy.yaml
 teacher:
@@ -1032,16 +1032,17 @@ surgical config validate examples/smollm2-elements/pipeline.yaml
 GGUF=$(.venv/bin/python -c "from surgical.models import packaged_smollm2_gguf as g; print(g())")
 surgical verify --model "$GGUF" --policy examples/smollm2-elements/policy.yaml \\
     --config examples/smollm2-elements/pipeline.yaml --out runs/smollm2-elements-verify   # the teacher: FAIL
-surgical run examples/smollm2-elements/pipeline.yaml    # the whole pipeline (long on 2 CPU cores; not run yet)
+surgical run examples/smollm2-elements/pipeline.yaml    # the whole pipeline: ~85 min on 2 CPU cores
 ```
 
 `pipeline.yaml` cuts the student from the teacher (`distill.student_init: teacher_layers`): it keeps all 30
-layers (`map.spine_fraction: 1.0`) and cuts the map's 64 most forget-specific MLP neurons in each
-(`distill.cut_forget_neurons: 64`), then heals it for 80 KD steps from a top-16 logit cache
+layers (`map.spine_fraction: 1.0`) and cuts 64 MLP neurons in each (`distill.cut_forget_neurons: 64`: the map's
+32 top forget neurons of that layer, then the lowest-norm ones), then heals it for 80 KD steps from a top-16 logit cache
 (`teacher_logits: cache`) with the Safety Divergence Penalty on 3 of every 8 sequences. A shallower student did
 not heal on 2 CPU cores: with the map's 26-layer spine (4 layers dropped) and 40 KD steps (~5 minutes) it ended
 at capitals MC 0.30, languages 0.60, grammar 0.46 (teacher 0.88 / 0.96 / 0.98). The verify battery is reduced
-(50 items, relearning 200 steps at 2 learning rates).
+(50 items, relearning 200 steps at 2 learning rates; the comparison rows' battery at 1e-4 only). Measured
+results, per-stage wall times and what missed its target: docs/smollm2-elements.md.
 
 ## The teacher on this suite (SmolLM2-135M-Instruct, this machine)
 
