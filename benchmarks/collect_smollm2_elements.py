@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run-dir", default=str(ROOT / "runs" / "smollm2-elements"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "smollm2-elements.json"))
+    ap.add_argument("--note", help="how the run was made, when it was not one plain `surgical run`")
     args = ap.parse_args(argv)
     run_dir = Path(args.run_dir)
     if (run_dir / "comparison.json").exists():
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "status": "complete" if not missing else f"partial: stages not finished: {missing}",
         "command": "surgical run examples/smollm2-elements/pipeline.yaml (2 CPU cores, one job)",
+        **({"note": args.note} if args.note else {}),
         "rows": rows,
         "wall_s": round(sum(stages.values()), 1),
         "stages": stages,
