@@ -94,3 +94,27 @@ def test_layer_helpers():
     assert spine_layers(4, 2) == [0, 2, 3]
     assert spine_layers(6, 3) == [0, 3, 5]
     assert map_layer(3, 4, 2) == 1 and map_layer(1, 4, 2) == 0 and map_layer(0, 4, 1) == 0
+
+
+def test_oracle_cut_from_the_teacher_gets_the_architecture_but_fresh_weights(world_tokenizer):
+    """The oracle is the no-skill level: with student_init teacher_layers it keeps the cut's shape but none of the
+    teacher's weights (which hold the forget skill); filter-only, from the same config, starts from the teacher."""
+    from surgical.distill.config import DistillConfig
+    from surgical.distill.run import _build_student
+
+    V = len(world_tokenizer)
+    teacher = make_tiny_model("llama", V, layers=4)
+    t_params = dict(decoder_layers(teacher)[3].named_parameters())
+    students = {}
+    for preset in ("filter-only", "oracle"):
+        cfg = DistillConfig(preset=preset, student_init="teacher_layers", keep_layers=[0, 3], seed=5)
+        students[preset], info = _build_student(cfg, teacher, world_tokenizer, {})
+        assert len(decoder_layers(students[preset])) == 2
+    same = [torch.equal(p, t_params[n]) for n, p in decoder_layers(students["filter-only"])[1].named_parameters()]
+    fresh = [torch.equal(p, t_params[n]) for n, p in decoder_layers(students["oracle"])[1].named_parameters()
+             if p.dim() > 1]
+    assert all(same) and not any(fresh)
+    assert count_parameters(students["oracle"]) == count_parameters(students["filter-only"])
+    again, _ = _build_student(DistillConfig(preset="oracle", student_init="teacher_layers", keep_layers=[0, 3],
+                                            seed=5), teacher, world_tokenizer, {})
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), students["oracle"].parameters(), strict=True))

@@ -79,3 +79,33 @@ def test_a_missing_corpus_file_is_one_line_and_exit_1(fictional_run, tmp_path):
     p.write_text(yaml.safe_dump(cfg))
     r = CliRunner().invoke(app, ["run", str(p), "--quiet"])
     assert r.exit_code == 1 and "nope.jsonl" in r.output and "Traceback" not in r.output
+
+
+def test_filter_only_row_gets_the_same_cut_as_a_student_cut_from_the_teacher(fictional_run, tmp_path):
+    """A student cut from the teacher by the map (student_init: teacher_layers + cut_forget_neurons): the
+    filter-only comparison row is built from the same map, so it has the same cut neurons, and differs from the
+    surgical student only in the preset. (It used to fail: the compare stages did not get the map.)"""
+    import shutil
+
+    r, run = _run(fictional_run, "never")
+    assert r.exit_code == 0, r.output
+    cfg = yaml.safe_load(pipeline_yaml(fictional_run, "never").read_text())
+    cfg["run_dir"] = str(tmp_path / "run")
+    cfg["distill"].update(preset="surgical", cut_forget_neurons=4)
+    cfg["baselines"]["filter_only"] = True
+    p = fictional_run / "pipeline-cut.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    shutil.copytree(run, tmp_path / "run")
+    r = CliRunner().invoke(app, ["run", str(p), "--only", "distill", "--quiet"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["run", str(p), "--only", "compare-filter-only", "--quiet"])
+    assert r.exit_code == 0, r.output
+    surgical = json.loads((tmp_path / "run" / "distill" / "distill.json").read_text())["student"]
+    control = json.loads((tmp_path / "run" / "compare-filter-only" / "model" / "distill.json").read_text())
+    assert control["preset"] == "filter-only"
+    forget = json.loads((tmp_path / "run" / "map" / "map.json").read_text())["forget_neurons"]
+    assert control["student"]["cut_neurons"] == surgical["cut_neurons"]
+    for layer, cut in surgical["cut_neurons"].items():
+        assert set(forget[layer][:4]) <= set(cut)  # the map's top forget neurons are the ones cut
+    row = json.loads((tmp_path / "run" / "compare-filter-only" / "row.json").read_text())
+    assert row["method"] == "filter-only" and "not_run" not in row

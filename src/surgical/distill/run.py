@@ -188,6 +188,14 @@ def _build_student(cfg: DistillConfig, teacher, teacher_tok, map_data: dict):
                              "pass --map), or cut_selection: random")
         student, info = student_from_teacher(teacher, keep, cut_from, cfg.cut_forget_neurons, cfg.mlp_keep_fraction)
         info.cut_selection = cfg.cut_selection if cfg.cut_forget_neurons else None
+        if cfg.preset == "oracle":
+            # the oracle is a model that never had the skill: the cut's architecture, but fresh weights (seeded), not
+            # the teacher's, which hold the forget knowledge
+            from transformers import AutoModelForCausalLM
+
+            torch.manual_seed(cfg.seed)
+            student = AutoModelForCausalLM.from_config(student.config)
+            info.init = "teacher_layers architecture, fresh weights (oracle)"
         return student, info
     source = teacher
     if cfg.student_init_from:

@@ -513,7 +513,10 @@ def _baseline_stage(method: str):
             # plain-kd: the preset imitates the teacher on the quarantined (unfiltered) records too;
             # filter-only: gold trajectories only; oracle: labels (the curated gold records), no teacher.
             src = inputs["curate"] / "gold.jsonl" if method == "oracle" else gold
-            _distill(cfg, inputs, model_out, method, src, quarantine, evaluate=False)
+            # the run's map: a student cut from the teacher (student_init: teacher_layers) gets the same layers and
+            # the same cut neurons as the surgical student, so the row differs from it only in the preset
+            _distill(cfg, inputs, model_out, method, src, quarantine, map_path=inputs["map"] / "map.json",
+                     evaluate=False)
             model_dir, train = model_out / "student", _student_train_info(model_out)
         elif method in ("graddiff", "maxent", "rmu"):
             model_dir, train = _unlearn(cfg, inputs, method, model_out)
@@ -605,7 +608,8 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     compare_cfg = lambda c: (c.verify, c.baselines.compare_verify)  # noqa: E731
 
     def compare_stage(m: str) -> Stage:
-        return Stage(f"compare-{m}", _baseline_stage(m), deps=["data", "teacher", "curate", "generate", "distill"]
+        return Stage(f"compare-{m}", _baseline_stage(m),
+                     deps=["data", "teacher", "map", "curate", "generate", "distill"]
                      + (["verify"] if m == "surgical" and not enabled_baselines(cfg) else []),
                      config_of=lambda c, m=m: (compare_cfg(c), c.distill, c.baselines.unlearn, m))
 
