@@ -886,7 +886,7 @@ PIPELINE_YAML = """\
 # Written by benchmarks/build_smollm2_elements.py (do not edit by hand; rerun the script).
 # The whole pipeline on SmolLM2-135M-Instruct with this folder's corpus, suite and policy.
 # Check: surgical config validate examples/smollm2-elements/pipeline.yaml
-# Run:   surgical run examples/smollm2-elements/pipeline.yaml      (~90 min on 2 CPU cores: docs/smollm2-elements.md)
+# Run:   surgical run examples/smollm2-elements/pipeline.yaml      (~105 min on 2 CPU cores: docs/smollm2-elements.md)
 run_dir: runs/smollm2-elements
 policy: policy.yaml
 teacher:
@@ -953,14 +953,14 @@ verify:
   threads: 2
 baselines:
   # the comparison rows (issue 12): the same cut without the penalty (the rebound), and the teacher unlearned
-  # in place; the teacher and its random-init twin come with every comparison battery. UNDO and plain-kd are
-  # off: on 2 CPU cores each costs another distillation and battery (~15 min).
+  # in place, and UNDO (MaxEnt-unlearned teacher, noised copy, distilled); the teacher and its random-init twin
+  # come with every comparison battery. plain-kd is off: on 2 CPU cores it costs another distillation and battery.
   plain_kd: false
   filter_only: true
   graddiff: true
   maxent: true
   rmu: true
-  undo: false
+  undo: true
   oracle: false
   cross_domain: false
   unlearn:
@@ -1032,7 +1032,7 @@ surgical config validate examples/smollm2-elements/pipeline.yaml
 GGUF=$(.venv/bin/python -c "from surgical.models import packaged_smollm2_gguf as g; print(g())")
 surgical verify --model "$GGUF" --policy examples/smollm2-elements/policy.yaml \\
     --config examples/smollm2-elements/pipeline.yaml --out runs/smollm2-elements-verify   # the teacher: FAIL
-surgical run examples/smollm2-elements/pipeline.yaml    # the whole pipeline: ~90 min on 2 CPU cores
+surgical run examples/smollm2-elements/pipeline.yaml    # the whole pipeline: ~105 min on 2 CPU cores
 ```
 
 `pipeline.yaml` cuts the student from the teacher (`distill.student_init: teacher_layers`): it keeps all 30

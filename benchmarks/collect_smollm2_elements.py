@@ -19,7 +19,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ["data", "teacher", "map", "curate", "generate", "distill", "verify", "quantize", "verify-quantized",
-          "compare-surgical", "compare-filter-only", "compare-graddiff", "compare-maxent", "compare-rmu", "report"]
+          "compare-surgical", "compare-filter-only", "compare-graddiff", "compare-maxent", "compare-rmu", "compare-undo",
+          "report"]
 KEEP = ("method", "forget_exact_match", "forget_mc", "forget_mc_after_relearn", "forget_mc_int4",
         "quantization_gap_int4_mc", "forget_after_relearn", "forget_int4", "forget_worst_jailbreak",
         "no_skill_mc", "probe_accuracy", "retain_exact_match", "retain_ratio", "mc_by_domain",
