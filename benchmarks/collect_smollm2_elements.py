@@ -17,10 +17,12 @@ import json
 import sys
 from pathlib import Path
 
+from surgical._quiet import silence_import_noise
+
+silence_import_noise()
+
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["data", "teacher", "map", "curate", "generate", "distill", "verify", "quantize", "verify-quantized",
-          "compare-surgical", "compare-filter-only", "compare-graddiff", "compare-maxent", "compare-rmu", "compare-undo",
-          "report"]
+EXAMPLE = ROOT / "examples" / "smollm2-elements" / "pipeline.yaml"
 KEEP = ("method", "forget_exact_match", "forget_mc", "forget_mc_after_relearn", "forget_mc_int4",
         "quantization_gap_int4_mc", "forget_after_relearn", "forget_int4", "forget_worst_jailbreak",
         "no_skill_mc", "probe_accuracy", "retain_exact_match", "retain_ratio", "mc_by_domain",
@@ -28,20 +30,25 @@ KEEP = ("method", "forget_exact_match", "forget_mc", "forget_mc_after_relearn", 
 
 
 def stage_times(run_dir: Path) -> dict[str, float]:
-    out = {}
-    for d in sorted(p for p in run_dir.iterdir() if p.is_dir()):
-        marker = d / ".done.json"
-        if marker.exists():
-            out[d.name] = json.loads(marker.read_text())["wall_s"]
-    return out
+    """Each finished stage's own wall time, from the marker the pipeline runner writes when a stage ends."""
+    from surgical.pipeline.runner import MARKER
+
+    return {d.name: json.loads((d / MARKER).read_text())["wall_s"]
+            for d in sorted(p for p in run_dir.iterdir() if p.is_dir()) if (d / MARKER).exists()}
+
+
+def expected_stages() -> list[str]:
+    """The stages the example's pipeline has (the same graph `surgical run` builds from it)."""
+    from surgical.config import load_config
+    from surgical.pipeline.graph import build_stages
+
+    return [s.name for s in build_stages(load_config(EXAMPLE))]
 
 
 def student_size(run_dir: Path) -> dict:
-    rec = json.loads((run_dir / "distill" / "distill.json").read_text())
-    student = rec.get("student") or {}
-    n, t = student.get("n_parameters"), student.get("teacher_parameters")
-    return {"n_parameters": n, "teacher_parameters": t,
-            "fraction_of_teacher": round(n / t, 4) if n and t else None,
+    student = json.loads((run_dir / "distill" / "distill.json").read_text()).get("student") or {}
+    return {"n_parameters": student.get("n_parameters"), "teacher_parameters": student.get("teacher_parameters"),
+            "fraction_of_teacher": student.get("size_ratio"),
             "kept_layers": student.get("kept_layers"), "mlp_width": student.get("mlp_width"),
             "cut_neurons_per_layer": {k: len(v) for k, v in (student.get("cut_neurons") or {}).items()}}
 
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     rows = [{k: r[k] for k in KEEP if k in r} for r in public]
     stages = stage_times(run_dir)
-    missing = [s for s in STAGES if s not in stages]
+    missing = [s for s in expected_stages() if s not in stages]
     out = {
         "status": "complete" if not missing else f"partial: stages not finished: {missing}",
         "command": "surgical run examples/smollm2-elements/pipeline.yaml (2 CPU cores, one job)",

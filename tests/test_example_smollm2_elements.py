@@ -29,10 +29,6 @@ def _train_texts(domain: str) -> list[str]:
     return [r.get("prompt", "") + r.get("completion", "") + r.get("text", "") for r in recs]
 
 
-def _strip(s: str) -> str:
-    return s.strip().rstrip(".").strip()
-
-
 def test_example_suite_policy_and_pipeline_validate():
     r = CliRunner().invoke(app, ["suite", "validate", str(EX / "suite.yaml"), "--policy", str(EX / "policy.yaml")])
     assert r.exit_code == 0, r.output
