@@ -224,3 +224,39 @@ def test_guard_variant_trains_its_own_filter_only_control():
     assert g.rows == {"compare-surgical": "surgical[guard]", "compare-filter-only": "filter-only[guard]"}
     assert g.overrides["distill"]["leak_guard"] == "probe" and g.copy_from == "rate0.05-seed0"
     assert "leak_guard" not in cells["rate0.05-seed0"].overrides["distill"]
+
+
+def test_cut_experiment_merges_earlier_seeds_only_for_the_same_cut(tmp_path, monkeypatch):
+    """`experiment cut --merge`: seeds measured in another session are averaged in; a record of another cut size
+    is refused before the long run starts."""
+    from types import SimpleNamespace
+
+    import surgical.experiment.cut as cut_mod
+    from surgical.experiment.grid import ATTACKS
+    from surgical.io import read_json, write_json
+
+    base = SimpleNamespace(model_dump=lambda mode=None: {"distill": {"lr": 1.0}},
+                           teacher=SimpleNamespace(model=None, num_layers=2))
+
+    def row(method, seed, cut, after):
+        r = _row(method, seed, 400, {"1000": after})
+        r.pop("leak_rate")
+        return {**r, "cut": cut, "run_dir": str(tmp_path / "none")}
+
+    old = tmp_path / "old.json"
+    meta = {"random_cuts": 1, "cut_neurons": 64, "keep_fraction": 0.5, "keep_layers": [0, 1],
+            "attack": {"name": "strong", **ATTACKS["strong"]}}
+    write_json(old, {"rows": [], "per_seed_rows": [row("oracle", 0, "fresh-init", 0.6), row("surgical", 0, "map", 0.2)],
+                     **meta, "provenance": {"surgical_version": "0.1.0", "config": {"distill": {"lr": 1.0}}}})
+    ran = []
+    monkeypatch.setattr(cut_mod, "run_cells", lambda *a, **k: ran.append(1) or
+                        [row("oracle", 1, "fresh-init", 0.5), row("surgical", 1, "map", 0.4)])
+    rec = cut_mod.run_cut_students(base, tmp_path / "out", [1], merge=[old], quiet=True)
+    agg = {(r["method"], r["cut"]): r for r in rec["rows"]}
+    assert agg[("surgical", "map")]["seeds"] == [0, 1]
+    assert agg[("surgical", "map")]["forget_after_relearn"] == {"1000": pytest.approx(0.3)}
+    assert rec["seeds"] == [0, 1] and rec["seeds_measured_here"] == [1] and "rates" not in rec
+    assert read_json(tmp_path / "out" / "cut-students.json")["provenance"]["merged_from"][0]["rows"] == 2
+    with pytest.raises(ValueError, match="cut_neurons"):
+        cut_mod.run_cut_students(base, tmp_path / "out2", [1], cut_neurons=32, merge=[old], quiet=True)
+    assert len(ran) == 1  # the refused merge never started the run

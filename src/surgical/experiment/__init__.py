@@ -30,8 +30,8 @@ def _conflicts(a, b, path: str = "") -> list[str]:
 
 
 def merged_rows(paths, base, meta: dict) -> tuple[list[dict], list[dict]]:
-    """The per-seed rows of earlier records of the same experiment (``--merge``): the same attack and oracle mode
-    and base config (fields both configs have), written by surgical. Returns (rows, provenance entries); the
+    """The per-seed rows of earlier records of the same experiment (``--merge``): the same attack, oracle mode, cut
+    (cut experiment) and base config (fields both configs have), written by surgical. Returns (rows, provenance entries); the
     caller drops a merged row that this run measures again."""
     from ..io import read_json, sha256_path
 
@@ -46,7 +46,7 @@ def merged_rows(paths, base, meta: dict) -> tuple[list[dict], list[dict]]:
         prov = old.get("provenance") if isinstance(old, dict) else None
         if not (isinstance(prov, dict) and "surgical_version" in prov and isinstance(old.get("per_seed_rows"), list)):
             raise ValueError(f"--merge {path}: not a record written by surgical experiment (no per_seed_rows)")
-        for field in ("attack", "leaky_oracle"):
+        for field in ("attack", "leaky_oracle", "random_cuts", "cut_neurons", "keep_fraction", "keep_layers"):
             if field in meta and old.get(field) != meta[field]:
                 raise ValueError(f"--merge {path}: its {field} {old.get(field)!r} differs from this run's "
                                  f"{meta[field]!r}; rows of different experiments are not averaged")
@@ -70,11 +70,13 @@ def _finish(name: str, base, out_dir: Path, rows: list[dict], group_by: tuple[st
     agg = aggregate(per_seed, group_by)
     seeds = sorted({r.get("seed") for r in rows if r.get("seed") is not None})
     if earlier:  # what the table covers, not only what this run measured
-        meta = {**meta, "seeds": seeds, "seeds_measured_here": meta.get("seeds"),
-                "rates_measured_here": meta.get("rates"),
-                "rates": sorted({r[group_by[0]] for r in rows if r.get(group_by[0]) is not None}),
-                "variants": sorted({*meta.get("variants", []), *(m[m.index("[") + 1:-1] for m in
-                                                                  {r.get("method", "") for r in rows} if "[" in m)})}
+        meta = {**meta, "seeds": seeds, "seeds_measured_here": meta.get("seeds")}
+        if "rates" in meta:  # the leak sweep
+            meta.update({"rates_measured_here": meta.get("rates"),
+                         "rates": sorted({r[group_by[0]] for r in rows if r.get(group_by[0]) is not None}),
+                         "variants": sorted({*meta.get("variants", []), *(m[m.index("[") + 1:-1] for m in
+                                                                           {r.get("method", "") for r in rows}
+                                                                           if "[" in m)})})
     rec = {"rows": agg, "per_seed_rows": per_seed, **meta,
            "wall_s": round(time.perf_counter() - t0, 1),
            "provenance": provenance(base.model_dump(mode="json"), merged_from=sources)}

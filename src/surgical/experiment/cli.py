@@ -125,6 +125,9 @@ def cut_cmd(
     attack: str = typer.Option("strong", "--attack", help="strong or compare (as for `experiment leak`)."),
     results: Path | None = typer.Option(None, "--results", help="Also write the table here (e.g. "
                                         "benchmarks/results/cut-students.json)."),
+    merge: list[Path] = typer.Option([], "--merge", help="Also average in the per-seed rows of an earlier "
+                                     "cut-students.json (same attack, cut and base config; repeatable); a row "
+                                     "measured again here replaces the old one."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Stages run at once inside each cell."),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
@@ -140,6 +143,6 @@ def cut_cmd(
     _check_results(results)
     rec = _run(run_cut_students, config, out_dir=out_dir, seeds=_numbers(seeds, "--seeds", int),
                random_cuts=random_cuts, cut_neurons=cut_neurons, keep_fraction=keep_fraction, keep_layers=layers,
-               attack=attack, jobs=jobs, quiet=quiet)
+               attack=attack, jobs=jobs, quiet=quiet, merge=merge)
     print(out_dir / "cut-students.md")
     _copy_results(rec, results)

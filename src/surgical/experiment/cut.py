@@ -64,13 +64,18 @@ def _keep_layers(base, keep_layers) -> list[int] | None:
 
 def run_cut_students(base, out_dir: str | Path, seeds, random_cuts: int = 1, cut_neurons: int = 64,
                      keep_fraction: float = 0.5, keep_layers="all", attack: str = "strong", jobs: int = 1,
-                     quiet: bool = False) -> dict:
-    """The cut-student comparison on ``base``; returns cut-students.json."""
-    from . import _finish
+                     quiet: bool = False, merge=()) -> dict:
+    """The cut-student comparison on ``base``; returns cut-students.json. ``merge``: earlier cut-students.json
+    records (same attack, cut and base config) whose per-seed rows are averaged in."""
+    from . import _finish, merged_rows
 
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     layers = _keep_layers(base, keep_layers)
+    meta = {"seeds": list(seeds), "random_cuts": random_cuts, "cut_neurons": cut_neurons,
+            "keep_fraction": keep_fraction, "keep_layers": layers if layers is not None else "spine",
+            "attack": {"name": attack, **ATTACKS[attack]}}
+    earlier = merged_rows(merge, base, meta)  # before the long run: a record that cannot be merged fails now
     cells = cut_cells(list(seeds), layers, cut_neurons, keep_fraction, random_cuts, ATTACKS[attack])
     rows = run_cells(base, cells, out_dir, jobs=jobs, quiet=quiet, console=Console(stderr=True, quiet=quiet))
     for r in rows:  # the student's size, as a fraction of the teacher's
@@ -83,7 +88,5 @@ def run_cut_students(base, out_dir: str | Path, seeds, random_cuts: int = 1, cut
              "control, the fresh-init student and the oracle. Mean ± std over seeds; forget exact-match after the "
              "strong relearning attack at each budget (attacker's best lr per budget); steps ratios against the "
              "oracle of the same seed.")
-    return _finish("cut-students", base, out_dir, rows, ("cut",), lambda r: r["seed"],
-                   {"seeds": list(seeds), "random_cuts": random_cuts, "cut_neurons": cut_neurons,
-                    "keep_fraction": keep_fraction, "keep_layers": layers if layers is not None else "spine",
-                    "attack": {"name": attack, **ATTACKS[attack]}}, t0, intro, "cut")
+    return _finish("cut-students", base, out_dir, rows, ("cut",), lambda r: r["seed"], meta, t0, intro, "cut",
+                   earlier=earlier)
