@@ -4,7 +4,10 @@
 items), the per-stage wall times from each stage's ``.done.json`` and the student's size as a fraction of the
 teacher's.
 
-    python benchmarks/collect_smollm2_elements.py [--run-dir runs/smollm2-elements] [--out FILE]
+    python benchmarks/collect_smollm2_elements.py [--run-dir runs/smollm2-elements] [--out FILE] [--config YAML]
+
+``--config``: the pipeline YAML the run was made from, when it is a variant of the example (such as
+benchmarks/configs/smollm2-elements-cut8.yaml); the expected stages and the command come from it.
 
 It reads what the run wrote and measures nothing itself; a stage that has not finished is listed as missing, and
 the file says ``status: partial`` then (before the report stage, the rows come from each ``compare-*/row.json``).
@@ -37,12 +40,12 @@ def stage_times(run_dir: Path) -> dict[str, float]:
             for d in sorted(p for p in run_dir.iterdir() if p.is_dir()) if (d / MARKER).exists()}
 
 
-def expected_stages() -> list[str]:
-    """The stages the example's pipeline has (the same graph `surgical run` builds from it)."""
+def expected_stages(config: Path = EXAMPLE) -> list[str]:
+    """The stages the pipeline has (the same graph `surgical run` builds from it)."""
     from surgical.config import load_config
     from surgical.pipeline.graph import build_stages
 
-    return [s.name for s in build_stages(load_config(EXAMPLE))]
+    return [s.name for s in build_stages(load_config(config))]
 
 
 def student_size(run_dir: Path) -> dict:
@@ -51,6 +54,13 @@ def student_size(run_dir: Path) -> dict:
             "fraction_of_teacher": student.get("size_ratio"),
             "kept_layers": student.get("kept_layers"), "mlp_width": student.get("mlp_width"),
             "cut_neurons_per_layer": {k: len(v) for k, v in (student.get("cut_neurons") or {}).items()}}
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _f(v, nd=2) -> str:
@@ -81,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", default=str(ROOT / "runs" / "smollm2-elements"))
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "smollm2-elements.json"))
     ap.add_argument("--note", help="how the run was made, when it was not one plain `surgical run`")
+    ap.add_argument("--config", default=str(EXAMPLE), help="the pipeline YAML the run was made from")
     args = ap.parse_args(argv)
+    config = Path(args.config)
     run_dir = Path(args.run_dir)
     if (run_dir / "comparison.json").exists():
         public = json.loads((run_dir / "comparison.json").read_text())
@@ -94,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     rows = [{k: r[k] for k in KEEP if k in r} for r in public]
     stages = stage_times(run_dir)
-    missing = [s for s in expected_stages() if s not in stages]
+    missing = [s for s in expected_stages(config) if s not in stages]
     out = {
         "status": "complete" if not missing else f"partial: stages not finished: {missing}",
-        "command": "surgical run examples/smollm2-elements/pipeline.yaml (2 CPU cores, one job)",
+        "command": f"surgical run {_shown(config)} (2 CPU cores, one job)",
         **({"note": args.note} if args.note else {}),
         "rows": rows,
         "wall_s": round(sum(stages.values()), 1),
