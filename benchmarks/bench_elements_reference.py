@@ -96,8 +96,13 @@ def main() -> None:
                             if g["domains"][d]["mc_norm"] is not None and s["domains"][d]["mc_norm"] else None)
                         for d in g["domains"]}}
         print("gemma / smollm2:", json.dumps(res["gemma_over_smollm2"]))
+    from surgical.io import provenance, write_json
+
+    res["provenance"] = provenance({"battery": CONFIG.read_text(), "models": models},
+                                   {"gemma_gguf": models["gemma-3-270m"], "battery": CONFIG,
+                                    "suite": EXAMPLE / "suite.yaml", "policy": EXAMPLE / "policy.yaml"})
     dest = ROOT / "benchmarks" / "results" / "elements-reference.json"
-    dest.write_text(json.dumps(res, indent=1) + "\n")
+    write_json(dest, res)  # atomic
     print(dest)
 
 
