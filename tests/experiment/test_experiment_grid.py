@@ -55,6 +55,13 @@ def test_cut_cells_compare_the_map_cut_with_random_cuts_of_the_same_size():
     assert (r0.overrides["distill"]["cut_selection"], mapcut.overrides["distill"]["cut_selection"]) == ("random", "map")
     assert r0.overrides["distill"]["cut_seed"] != r1.overrides["distill"]["cut_seed"]
     assert {c.copy_from for c in cells} == {"fresh-seed0"}
+    # UNDO-style noise on the cut: every cut cell (and so its filter-only control) gets it, the rows say so
+    noisy = cut_cells([0], [0, 1, 2, 3], 64, 0.5, 1, {}, noise_alpha=0.3)
+    assert [c.tags["cut"] for c in noisy] == ["fresh-init", "map+noise", "random+noise"]
+    assert "noise_cut" not in noisy[0].overrides["distill"]
+    for c in noisy[1:]:
+        assert (c.overrides["distill"]["noise_cut"], c.overrides["distill"]["noise_alpha"]) == (True, 0.3)
+    assert all("noise_cut" not in c.overrides["distill"] for c in cells)
 
 
 def test_needed_stages_is_the_closure_in_graph_order():
@@ -137,6 +144,31 @@ def test_random_cut_matches_the_map_cut_in_size():
     with pytest.raises(ValueError, match="needs a map"):
         _build_student(cfg.model_copy(update={"cut_selection": "map"}), model, None, {})
     assert mlp_width(s) == width - 5
+
+
+def test_noise_cut_noises_the_cut_student_but_not_the_oracle():
+    import torch
+
+    from surgical.distill.config import DistillConfig
+    from surgical.distill.run import _build_student
+    from surgical.models import decoder_layers, make_tiny_model, mlp_width
+
+    model = make_tiny_model("llama", 64)
+    n_layers = len(decoder_layers(model))
+    fmap = {"forget_neurons": {str(i): [0, 1, 2] for i in range(n_layers)}}
+    cfg = DistillConfig(student_init="teacher_layers", keep_layers=list(range(n_layers)), cut_forget_neurons=3)
+    plain, _ = _build_student(cfg, model, None, fmap)
+    noisy_cfg = cfg.model_copy(update={"noise_cut": True, "noise_alpha": 0.5, "noise_beta": 0.0})
+    noisy, info = _build_student(noisy_cfg, model, None, fmap)
+    assert mlp_width(noisy) == mlp_width(plain) and (info.noise_alpha, info.noise_beta) == (0.5, 0.0)
+    # beta 0: theta <- (1 - alpha) * theta exactly, on the cut student's own weights
+    for (name, a), (_, b) in zip(plain.named_parameters(), noisy.named_parameters()):
+        torch.testing.assert_close(b, 0.5 * a, msg=name)
+    again, _ = _build_student(noisy_cfg.model_copy(update={"noise_beta": 0.02}), model, None, fmap)
+    again2, _ = _build_student(noisy_cfg.model_copy(update={"noise_beta": 0.02}), model, None, fmap)
+    assert all(torch.equal(x, y) for x, y in zip(again.parameters(), again2.parameters()))  # seeded
+    oracle, oinfo = _build_student(noisy_cfg.model_copy(update={"preset": "oracle"}), model, None, fmap)
+    assert oinfo.noise_alpha is None  # the oracle's weights are fresh: nothing of the teacher's to noise
 
 
 def test_leak_plot_pairs_each_point_with_its_own_spread(tmp_path, monkeypatch):
@@ -259,4 +291,6 @@ def test_cut_experiment_merges_earlier_seeds_only_for_the_same_cut(tmp_path, mon
     assert read_json(tmp_path / "out" / "cut-students.json")["provenance"]["merged_from"][0]["rows"] == 2
     with pytest.raises(ValueError, match="cut_neurons"):
         cut_mod.run_cut_students(base, tmp_path / "out2", [1], cut_neurons=32, merge=[old], quiet=True)
-    assert len(ran) == 1  # the refused merge never started the run
+    with pytest.raises(ValueError, match="noise_alpha"):  # a noised cut is another experiment
+        cut_mod.run_cut_students(base, tmp_path / "out3", [1], noise_alpha=0.5, merge=[old], quiet=True)
+    assert len(ran) == 1  # the refused merges never started the run

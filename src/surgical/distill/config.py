@@ -58,6 +58,10 @@ class DistillConfig(Section):
     )
     noise_alpha: float = Field(0.5, ge=0, le=1, description="noised: interpolation weight alpha toward noise.")
     noise_beta: float = Field(0.02, ge=0, description="noised: std of the Gaussian noise (beta).")
+    noise_cut: bool = Field(
+        False, description="teacher_layers: also apply UNDO's noise (noise_alpha, noise_beta) to the cut student "
+        "before healing, so what the cut leaves of the teacher's weights is partly forgotten."
+    )
 
     # ---- KD losses
     loss: Literal["forward_kl", "reverse_kl", "jsd"] = Field("forward_kl", description="KD divergence.")

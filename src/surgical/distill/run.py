@@ -188,6 +188,9 @@ def _build_student(cfg: DistillConfig, teacher, teacher_tok, map_data: dict):
                              "pass --map), or cut_selection: random")
         student, info = student_from_teacher(teacher, keep, cut_from, cfg.cut_forget_neurons, cfg.mlp_keep_fraction)
         info.cut_selection = cfg.cut_selection if cfg.cut_forget_neurons else None
+        if cfg.noise_cut and cfg.preset != "oracle":
+            student = noised_copy(student, cfg.noise_alpha, cfg.noise_beta, seed=cfg.seed)
+            info.noise_alpha, info.noise_beta = cfg.noise_alpha, cfg.noise_beta
         if cfg.preset == "oracle":
             # the oracle is a model that never had the skill: the cut's architecture, but fresh weights (seeded), not
             # the teacher's, which hold the forget knowledge

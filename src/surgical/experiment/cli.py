@@ -122,6 +122,9 @@ def cut_cmd(
     keep_fraction: float = typer.Option(0.5, "--keep-fraction", help="MLP neurons kept per layer."),
     keep_layers: str = typer.Option("all", "--keep-layers", help="Teacher layers kept: 'all', 'spine' (the map's) "
                                     "or comma-separated indices."),
+    noise_alpha: float | None = typer.Option(None, "--noise-alpha", help="UNDO-style noise on what the cut "
+                                             "keeps, before healing: theta <- (1-a)*theta + a*beta*eps "
+                                             "(distill.noise_cut; beta is distill.noise_beta). Default: none."),
     attack: str = typer.Option("strong", "--attack", help="strong or compare (as for `experiment leak`)."),
     results: Path | None = typer.Option(None, "--results", help="Also write the table here (e.g. "
                                         "benchmarks/results/cut-students.json)."),
@@ -139,10 +142,12 @@ def cut_cmd(
         _fail(f"--attack {attack!r}: expected one of {', '.join(ATTACKS)}")
     if not 0 < keep_fraction <= 1:
         _fail(f"--keep-fraction {keep_fraction}: must be in (0, 1]")
+    if noise_alpha is not None and not 0 < noise_alpha <= 1:
+        _fail(f"--noise-alpha {noise_alpha}: must be in (0, 1]")
     layers = keep_layers if keep_layers in ("all", "spine") else _numbers(keep_layers, "--keep-layers", int)
     _check_results(results)
     rec = _run(run_cut_students, config, out_dir=out_dir, seeds=_numbers(seeds, "--seeds", int),
                random_cuts=random_cuts, cut_neurons=cut_neurons, keep_fraction=keep_fraction, keep_layers=layers,
-               attack=attack, jobs=jobs, quiet=quiet, merge=merge)
+               noise_alpha=noise_alpha, attack=attack, jobs=jobs, quiet=quiet, merge=merge)
     print(out_dir / "cut-students.md")
     _copy_results(rec, results)

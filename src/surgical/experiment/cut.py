@@ -11,6 +11,9 @@ Per seed, the cells train:
 * ``random_cuts`` random cuts of the same size per layer (``distill.cut_selection: random``), surgical: the map's
   cut must beat them for the map to matter.
 
+``noise_alpha`` (optional) adds UNDO's noise to every cut student (``distill.noise_cut``) before healing; the
+rows' ``cut`` then reads ``map+noise`` / ``random+noise``.
+
 Every student goes through the comparison battery with the strong relearning attack; the steps ratios are against
 the oracle of the same seed.
 """
@@ -26,11 +29,15 @@ from .grid import ATTACKS, Cell, run_cells
 
 
 def cut_cells(seeds: list[int], keep_layers: list[int] | None, cut_neurons: int, keep_fraction: float,
-              random_cuts: int, attack: dict) -> list[Cell]:
+              random_cuts: int, attack: dict, noise_alpha: float | None = None) -> list[Cell]:
     baselines = {"plain_kd": False, "graddiff": False, "maxent": False, "rmu": False, "undo": False,
                  "cross_domain": False, "filter_only": True, "oracle": True, "compare_verify": attack}
     cut = {"preset": "surgical", "student_init": "teacher_layers", "keep_layers": keep_layers, "cut_forget_neurons": cut_neurons,
            "mlp_keep_fraction": keep_fraction}
+    tag = ""
+    if noise_alpha is not None:
+        cut |= {"noise_cut": True, "noise_alpha": noise_alpha}
+        tag = "+noise"
     cells: list[Cell] = []
     first = f"fresh-seed{seeds[0]}"
     for seed in seeds:
@@ -41,12 +48,12 @@ def cut_cells(seeds: list[int], keep_layers: list[int] | None, cut_neurons: int,
         cells.append(Cell(f"map-seed{seed}", {"distill": {**cut, "seed": seed, "cut_selection": "map"},
                                               "baselines": baselines},
                           {"compare-surgical": "surgical", "compare-filter-only": "filter-only"},
-                          {"cut": "map", "seed": seed}, copy_from=first))
+                          {"cut": "map" + tag, "seed": seed}, copy_from=first))
         for j in range(random_cuts):
             cells.append(Cell(f"random{j}-seed{seed}",
                               {"distill": {**cut, "seed": seed, "cut_selection": "random",
                                            "cut_seed": 1000 * seed + j}, "baselines": baselines},
-                              {"compare-surgical": "surgical"}, {"cut": "random", "seed": seed, "cut_seed":
+                              {"compare-surgical": "surgical"}, {"cut": "random" + tag, "seed": seed, "cut_seed":
                                                                  1000 * seed + j}, copy_from=first))
     return cells
 
@@ -63,7 +70,8 @@ def _keep_layers(base, keep_layers) -> list[int] | None:
 
 
 def run_cut_students(base, out_dir: str | Path, seeds, random_cuts: int = 1, cut_neurons: int = 64,
-                     keep_fraction: float = 0.5, keep_layers="all", attack: str = "strong", jobs: int = 1,
+                     keep_fraction: float = 0.5, keep_layers="all", noise_alpha: float | None = None,
+                     attack: str = "strong", jobs: int = 1,
                      quiet: bool = False, merge=()) -> dict:
     """The cut-student comparison on ``base``; returns cut-students.json. ``merge``: earlier cut-students.json
     records (same attack, cut and base config) whose per-seed rows are averaged in."""
@@ -74,9 +82,10 @@ def run_cut_students(base, out_dir: str | Path, seeds, random_cuts: int = 1, cut
     layers = _keep_layers(base, keep_layers)
     meta = {"seeds": list(seeds), "random_cuts": random_cuts, "cut_neurons": cut_neurons,
             "keep_fraction": keep_fraction, "keep_layers": layers if layers is not None else "spine",
+            "noise_alpha": noise_alpha,
             "attack": {"name": attack, **ATTACKS[attack]}}
     earlier = merged_rows(merge, base, meta)  # before the long run: a record that cannot be merged fails now
-    cells = cut_cells(list(seeds), layers, cut_neurons, keep_fraction, random_cuts, ATTACKS[attack])
+    cells = cut_cells(list(seeds), layers, cut_neurons, keep_fraction, random_cuts, ATTACKS[attack], noise_alpha)
     rows = run_cells(base, cells, out_dir, jobs=jobs, quiet=quiet, console=Console(stderr=True, quiet=quiet))
     for r in rows:  # the student's size, as a fraction of the teacher's
         rec = Path(r["run_dir"]) / ("distill" if r["method"] == "surgical" else f"compare-{r['method']}/model")
