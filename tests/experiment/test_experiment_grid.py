@@ -157,6 +157,7 @@ def test_noise_cut_noises_the_cut_student_but_not_the_oracle():
     n_layers = len(decoder_layers(model))
     fmap = {"forget_neurons": {str(i): [0, 1, 2] for i in range(n_layers)}}
     cfg = DistillConfig(student_init="teacher_layers", keep_layers=list(range(n_layers)), cut_forget_neurons=3)
+    before = [p.detach().clone() for p in model.parameters()]
     plain, _ = _build_student(cfg, model, None, fmap)
     noisy_cfg = cfg.model_copy(update={"noise_cut": True, "noise_alpha": 0.5, "noise_beta": 0.0})
     noisy, info = _build_student(noisy_cfg, model, None, fmap)
@@ -169,6 +170,7 @@ def test_noise_cut_noises_the_cut_student_but_not_the_oracle():
     assert all(torch.equal(x, y) for x, y in zip(again.parameters(), again2.parameters()))  # seeded
     oracle, oinfo = _build_student(noisy_cfg.model_copy(update={"preset": "oracle"}), model, None, fmap)
     assert oinfo.noise_alpha is None  # the oracle's weights are fresh: nothing of the teacher's to noise
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the noise never reaches the teacher
 
 
 def test_leak_plot_pairs_each_point_with_its_own_spread(tmp_path, monkeypatch):

@@ -164,6 +164,7 @@ def _build_student(cfg: DistillConfig, teacher, teacher_tok, map_data: dict):
     from ..models import load_model, load_tokenizer, num_layers
     from .student import (
         check_tokenizers,
+        noise_,
         noised_copy,
         spine_layers,
         student_from_config,
@@ -189,7 +190,7 @@ def _build_student(cfg: DistillConfig, teacher, teacher_tok, map_data: dict):
         student, info = student_from_teacher(teacher, keep, cut_from, cfg.cut_forget_neurons, cfg.mlp_keep_fraction)
         info.cut_selection = cfg.cut_selection if cfg.cut_forget_neurons else None
         if cfg.noise_cut and cfg.preset != "oracle":
-            student = noised_copy(student, cfg.noise_alpha, cfg.noise_beta, seed=cfg.seed)
+            noise_(student, cfg.noise_alpha, cfg.noise_beta, seed=cfg.seed)  # the cut is a fresh copy already
             info.noise_alpha, info.noise_beta = cfg.noise_alpha, cfg.noise_beta
         if cfg.preset == "oracle":
             # the oracle is a model that never had the skill: the cut's architecture, but fresh weights (seeded), not

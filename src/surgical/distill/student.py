@@ -237,18 +237,22 @@ def _tied_keys(model: nn.Module) -> set[str]:
 
 def noised_copy(model: nn.Module, alpha: float, beta: float, seed: int = 0) -> nn.Module:
     """(c) UNDO: every parameter theta <- (1 - alpha)*theta + alpha*beta*eps, eps ~ N(0, 1) (tied weights
-    noised once)."""
-    noised = copy.deepcopy(model)
+    noised once), on a copy of ``model``."""
+    return noise_(copy.deepcopy(model), alpha, beta, seed)
+
+
+def noise_(model: nn.Module, alpha: float, beta: float, seed: int = 0) -> nn.Module:
+    """UNDO's noise in place (``model`` is a student surgical just built, such as a cut): see ``noised_copy``."""
     gen = torch.Generator().manual_seed(seed)
     seen = set()
     with torch.no_grad():
-        for p in noised.parameters():
+        for p in model.parameters():
             if id(p) in seen:
                 continue
             seen.add(id(p))
             eps = torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.device, p.dtype)
             p.mul_(1 - alpha).add_(alpha * beta * eps)
-    return noised
+    return model
 
 
 def spine_layers(n_layers: int, every: int) -> list[int]:
