@@ -62,6 +62,12 @@ def test_cut_cells_compare_the_map_cut_with_random_cuts_of_the_same_size():
     for c in noisy[1:]:
         assert (c.overrides["distill"]["noise_cut"], c.overrides["distill"]["noise_alpha"]) == (True, 0.3)
     assert all("noise_cut" not in c.overrides["distill"] for c in cells)
+    # a short heal: the cut students (and so their filter-only control) train that many steps, the references not
+    short = cut_cells([0], [0, 1, 2, 3], 64, 1.0, 1, {}, heal_steps=150)
+    assert [c.tags["cut"] for c in short] == ["fresh-init", "map/heal150", "random/heal150"]
+    assert "max_steps" not in short[0].overrides["distill"]
+    assert [c.overrides["distill"]["max_steps"] for c in short[1:]] == [150, 150]
+    assert all("max_steps" not in c.overrides["distill"] for c in cells)
 
 
 def test_needed_stages_is_the_closure_in_graph_order():
@@ -295,4 +301,6 @@ def test_cut_experiment_merges_earlier_seeds_only_for_the_same_cut(tmp_path, mon
         cut_mod.run_cut_students(base, tmp_path / "out2", [1], cut_neurons=32, merge=[old], quiet=True)
     with pytest.raises(ValueError, match="noise_alpha"):  # a noised cut is another experiment
         cut_mod.run_cut_students(base, tmp_path / "out3", [1], noise_alpha=0.5, merge=[old], quiet=True)
+    with pytest.raises(ValueError, match="heal_steps"):  # so is a cut healed for fewer steps
+        cut_mod.run_cut_students(base, tmp_path / "out4", [1], heal_steps=150, merge=[old], quiet=True)
     assert len(ran) == 1  # the refused merges never started the run

@@ -47,7 +47,7 @@ def merged_rows(paths, base, meta: dict) -> tuple[list[dict], list[dict]]:
         if not (isinstance(prov, dict) and "surgical_version" in prov and isinstance(old.get("per_seed_rows"), list)):
             raise ValueError(f"--merge {path}: not a record written by surgical experiment (no per_seed_rows)")
         for field in ("attack", "leaky_oracle", "random_cuts", "cut_neurons", "keep_fraction", "keep_layers",
-                      "noise_alpha"):
+                      "noise_alpha", "heal_steps"):
             if field in meta and old.get(field) != meta[field]:
                 raise ValueError(f"--merge {path}: its {field} {old.get(field)!r} differs from this run's "
                                  f"{meta[field]!r}; rows of different experiments are not averaged")

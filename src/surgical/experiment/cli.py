@@ -125,6 +125,9 @@ def cut_cmd(
     noise_alpha: float | None = typer.Option(None, "--noise-alpha", help="UNDO-style noise on what the cut "
                                              "keeps, before healing: theta <- (1-a)*theta + a*beta*eps "
                                              "(distill.noise_cut; beta is distill.noise_beta). Default: none."),
+    heal_steps: int | None = typer.Option(None, "--heal-steps", min=1, help="The cut students' distill "
+                                          "max_steps (surgical and filter-only; the oracle and the fresh-init "
+                                          "student keep the config's). Default: the config's."),
     attack: str = typer.Option("strong", "--attack", help="strong or compare (as for `experiment leak`)."),
     results: Path | None = typer.Option(None, "--results", help="Also write the table here (e.g. "
                                         "benchmarks/results/cut-students.json)."),
@@ -148,6 +151,6 @@ def cut_cmd(
     _check_results(results)
     rec = _run(run_cut_students, config, out_dir=out_dir, seeds=_numbers(seeds, "--seeds", int),
                random_cuts=random_cuts, cut_neurons=cut_neurons, keep_fraction=keep_fraction, keep_layers=layers,
-               noise_alpha=noise_alpha, attack=attack, jobs=jobs, quiet=quiet, merge=merge)
+               noise_alpha=noise_alpha, heal_steps=heal_steps, attack=attack, jobs=jobs, quiet=quiet, merge=merge)
     print(out_dir / "cut-students.md")
     _copy_results(rec, results)

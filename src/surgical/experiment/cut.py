@@ -12,7 +12,11 @@ Per seed, the cells train:
   cut must beat them for the map to matter.
 
 ``noise_alpha`` (optional) adds UNDO's noise to every cut student (``distill.noise_cut``) before healing; the
-rows' ``cut`` then reads ``map+noise`` / ``random+noise``.
+rows' ``cut`` then reads ``map+noise`` / ``random+noise``. ``heal_steps`` (optional) sets the cut students'
+``distill.max_steps`` (surgical and filter-only alike; the oracle and the fresh-init student keep the config's): a
+short heal leaves the cut student most of what it copied, as a broad corpus would, where 1,000 KD steps on the
+world's narrow add/sub data overwrite mul/div at the surface whatever the penalty does; the rows' ``cut`` then
+reads ``map/heal<N>``.
 
 Every student goes through the comparison battery with the strong relearning attack; the steps ratios are against
 the oracle of the same seed.
@@ -29,7 +33,8 @@ from .grid import ATTACKS, Cell, run_cells
 
 
 def cut_cells(seeds: list[int], keep_layers: list[int] | None, cut_neurons: int, keep_fraction: float,
-              random_cuts: int, attack: dict, noise_alpha: float | None = None) -> list[Cell]:
+              random_cuts: int, attack: dict, noise_alpha: float | None = None,
+              heal_steps: int | None = None) -> list[Cell]:
     baselines = {"plain_kd": False, "graddiff": False, "maxent": False, "rmu": False, "undo": False,
                  "cross_domain": False, "filter_only": True, "oracle": True, "compare_verify": attack}
     cut = {"preset": "surgical", "student_init": "teacher_layers", "keep_layers": keep_layers, "cut_forget_neurons": cut_neurons,
@@ -38,6 +43,9 @@ def cut_cells(seeds: list[int], keep_layers: list[int] | None, cut_neurons: int,
     if noise_alpha is not None:
         cut |= {"noise_cut": True, "noise_alpha": noise_alpha}
         tag = "+noise"
+    if heal_steps is not None:
+        cut |= {"max_steps": heal_steps}
+        tag += f"/heal{heal_steps}"
     cells: list[Cell] = []
     first = f"fresh-seed{seeds[0]}"
     for seed in seeds:
@@ -71,7 +79,7 @@ def _keep_layers(base, keep_layers) -> list[int] | None:
 
 def run_cut_students(base, out_dir: str | Path, seeds, random_cuts: int = 1, cut_neurons: int = 64,
                      keep_fraction: float = 0.5, keep_layers="all", noise_alpha: float | None = None,
-                     attack: str = "strong", jobs: int = 1,
+                     heal_steps: int | None = None, attack: str = "strong", jobs: int = 1,
                      quiet: bool = False, merge=()) -> dict:
     """The cut-student comparison on ``base``; returns cut-students.json. ``merge``: earlier cut-students.json
     records (same attack, cut and base config) whose per-seed rows are averaged in."""
@@ -82,10 +90,11 @@ def run_cut_students(base, out_dir: str | Path, seeds, random_cuts: int = 1, cut
     layers = _keep_layers(base, keep_layers)
     meta = {"seeds": list(seeds), "random_cuts": random_cuts, "cut_neurons": cut_neurons,
             "keep_fraction": keep_fraction, "keep_layers": layers if layers is not None else "spine",
-            "noise_alpha": noise_alpha,
+            "noise_alpha": noise_alpha, "heal_steps": heal_steps,
             "attack": {"name": attack, **ATTACKS[attack]}}
     earlier = merged_rows(merge, base, meta)  # before the long run: a record that cannot be merged fails now
-    cells = cut_cells(list(seeds), layers, cut_neurons, keep_fraction, random_cuts, ATTACKS[attack], noise_alpha)
+    cells = cut_cells(list(seeds), layers, cut_neurons, keep_fraction, random_cuts, ATTACKS[attack], noise_alpha,
+                      heal_steps)
     rows = run_cells(base, cells, out_dir, jobs=jobs, quiet=quiet, console=Console(stderr=True, quiet=quiet))
     for r in rows:  # the student's size, as a fraction of the teacher's
         rec = Path(r["run_dir"]) / ("distill" if r["method"] == "surgical" else f"compare-{r['method']}/model")
