@@ -8,12 +8,15 @@ scored by greedy generation (`qa_metric: accuracy`), i.e. exact-match of the wor
   * selectivity: Cohen's d of the activation (the activation-statistics baseline);
   * attribution: the map's default, the first-order estimate of forget minus retain effect;
   * exact (w): the attribution's top 32 neurons per layer mean-ablated one by one for real, ranked by exact forget
-    effect minus w x exact retain effect (`rank_by: exact`), for w = 1 and 3.
+    effect minus w x exact retain effect (`rank_by: exact`), for w = 1 and 3;
+  * attribution_ig1, exact_w1_ig1: the same with integrated-gradients estimates (`ig_steps: 1`,
+    surgical/map/integrated.py) in place of attribution patching.
 
 Ratios are against the selectivity baseline measured in the same run. Also printed: the Spearman of estimate vs
 exact effect over the 128 exactly patched candidates (a less range-restricted set than exact_top_n's 6 per layer).
 
 Run: .venv/bin/python benchmarks/bench_map_ranking.py [--threads 1] [--k 64] [--teacher-seeds 0,1,2]
+     [--variants selectivity,attribution,...] [--out PATH]
 Needs the demo teacher (trained first if not cached: ~7 minutes). Cost: a few minutes on one thread; the exact
 ranking's cost grows with layers x candidates (2 patched passes each over the map's forget and retain batches).
 """
@@ -33,6 +36,13 @@ from surgical._quiet import silence_import_noise
 silence_import_noise()
 
 
+VARIANTS = {"selectivity": {"rank_by": "selectivity"}, "attribution": {"rank_by": "attribution"},
+            "exact_w1": {"rank_by": "exact", "exact_rank_retain_weight": 1.0},
+            "exact_w3": {"rank_by": "exact", "exact_rank_retain_weight": 3.0},
+            "attribution_ig1": {"rank_by": "attribution", "ig_steps": 1},
+            "exact_w1_ig1": {"rank_by": "exact", "exact_rank_retain_weight": 1.0, "ig_steps": 1}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
@@ -40,6 +50,8 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=32)
     ap.add_argument("--teacher-seeds", default="0",
                     help="comma-separated demo-teacher seeds (teacher.seed); each is trained first if not cached")
+    ap.add_argument("--variants", default="selectivity,attribution,exact_w1,exact_w3",
+                    help="comma-separated rankings to run (of: " + ", ".join(VARIANTS) + ")")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "map-ranking.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -50,9 +62,11 @@ def main() -> None:
 
     common = {"threads": args.threads, "sae": False, "validation_k": args.k, "validation_k_sweep": [],
               "validation_kind": "qa", "qa_metric": "accuracy", "exact_rank_candidates": args.candidates}
-    variants = {"selectivity": {"rank_by": "selectivity"}, "attribution": {"rank_by": "attribution"},
-                "exact_w1": {"rank_by": "exact", "exact_rank_retain_weight": 1.0},
-                "exact_w3": {"rank_by": "exact", "exact_rank_retain_weight": 3.0}}
+    names = [x.strip() for x in args.variants.split(",") if x.strip()]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
+    variants = {n: VARIANTS[n] for n in names}
     seeds = [int(x) for x in args.teacher_seeds.split(",") if x.strip()]
     teachers = {}
     for seed in seeds:
@@ -67,11 +81,21 @@ def main() -> None:
                          "specificity_per_teacher": spec}
     # Spearman of the attribution estimate vs the exact effect, per unit type, per teacher: the exact_w1 run's
     # 128 patched candidates for neurons; the map's exact_top_n targets for heads and layers (few, range-restricted)
-    spearman = {seed: {"neurons_128_forget": t["rows"]["exact_w1"]["exact_ranking"]["spearman_forget"],
-                       "neurons_128_retain": t["rows"]["exact_w1"]["exact_ranking"]["spearman_retain"],
-                       **{k: t["rows"]["attribution"]["spearman_top_n"].get(k)
-                          for k in ("neurons_forget", "heads_forget", "layers_forget")}}
-                for seed, t in teachers.items()}
+    # (per estimator: attribution patching from the attribution / exact_w1 runs, IG from the *_ig1 runs)
+    spearman = {}
+    for seed, t in teachers.items():
+        block = {}
+        for est, (exact_run, top_run) in {"atp": ("exact_w1", "attribution"),
+                                          "ig1": ("exact_w1_ig1", "attribution_ig1")}.items():
+            pre = "" if est == "atp" else "ig1_"
+            if exact_run in t["rows"]:
+                er = t["rows"][exact_run]["exact_ranking"]
+                block[f"{pre}neurons_128_forget"] = er["spearman_forget"]
+                block[f"{pre}neurons_128_retain"] = er["spearman_retain"]
+            if top_run in t["rows"]:
+                block.update({f"{pre}{k}": t["rows"][top_run]["spearman_top_n"].get(k)
+                              for k in ("neurons_forget", "heads_forget", "layers_forget")})
+        spearman[seed] = block
     write_json(args.out, {"k": args.k, "threads": args.threads, "teacher_seeds": seeds, "summary": summary,
                           "spearman": spearman, "teachers": teachers,
                           "provenance": provenance({**common, "variants": variants, "teacher_seeds": seeds})})
@@ -94,16 +118,20 @@ def rank_one_teacher(cfg, common: dict, variants: dict, k: int, run_demo) -> dic
                           "retain_drop": v["map_ablation"]["retain_drop"],
                           "specificity_ratio": v["specificity_ratio"], "exact_ranking": s.get("exact_ranking"),
                           "units_per_layer": v.get("units_per_layer"),
-                          "spearman_top_n": s["attribution_vs_exact"]["spearman"]}
+                          "spearman_top_n": s["attribution_vs_exact"]["spearman"],
+                          "attribution": s.get("attribution"), "timings_s": s.get("timings_s")}
             d = rows[name]["map_delta"]
             print(f"{name:12s} k={k}: " + ", ".join(f"{dom} {100 * x:+.0f}" for dom, x in d.items())
                   + f" pts; specificity {v['specificity_ratio']:.2f}; {rows[name]['wall_s']:.0f} s", flush=True)
-    base = rows["selectivity"]["specificity_ratio"]
-    for r in rows.values():
+    base = rows["selectivity"]["specificity_ratio"] if "selectivity" in rows else None
+    for r in rows.values():  # the ratio to the baseline measured in the same run (when it was run)
         r["specificity_over_selectivity"] = round(r["specificity_ratio"] / base, 3) if base else None
-    ex = rows["exact_w1"]["exact_ranking"]
-    print(f"estimate vs exact Spearman over {ex['n_patched']} candidates: forget {ex['spearman_forget']:.3f}, "
-          f"retain {ex['spearman_retain']:.3f}, forget-minus-retain {ex['spearman_score']:.3f}", flush=True)
+    for name in ("exact_w1", "exact_w1_ig1"):
+        if name in rows:
+            ex = rows[name]["exact_ranking"]
+            print(f"{name}: estimate vs exact Spearman over {ex['n_patched']} candidates: forget "
+                  f"{ex['spearman_forget']:.3f}, retain {ex['spearman_retain']:.3f}, forget-minus-retain "
+                  f"{ex['spearman_score']:.3f}", flush=True)
     return {"teacher_seed": cfg.teacher.seed, "rows": rows}
 
 

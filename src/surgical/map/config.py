@@ -35,6 +35,11 @@ class MapConfig(Section):
         "activation-statistics baseline); 'exact' = the top exact_rank_candidates neurons per layer by "
         "attribution, mean-ablated one by one for real and ranked by exact forget effect minus "
         "exact_rank_retain_weight x exact retain effect (costs 2 patched passes per candidate).")
+    ig_steps: int = Field(0, ge=0, description="0 = attribution patching (the gradient at the clean activations, one "
+                          "pass per batch); N >= 1 = integrated gradients: each unit's effect integrated along the "
+                          "path that moves its (site, layer) from clean to the patch, N midpoint steps, N passes "
+                          "per (site, layer, ablation kind) and batch (map/integrated.py; measured on the demo "
+                          "teacher: heads' Spearman vs exact 0.24 -> 0.92, layers' -0.2 -> 1.0 at N = 1).")
     exact_rank_candidates: int = Field(32, ge=1, description="rank_by exact: candidate neurons per layer.")
     exact_rank_retain_weight: float = Field(1.0, ge=0, description="rank_by exact: weight of the retain effect "
                                             "subtracted from the forget effect (higher = fewer shared units).")

@@ -218,6 +218,16 @@ def run(cfg: MapConfig, model, tokenizer, forget: list[Example], retain: list[Ex
                                 bar.phase("statistics + attribution", 2 * sum(len(v) for v in data.values())),
                                 metric=cfg.metric)
         timings["attribution_s"] = time.perf_counter() - t0
+        ig_record = None
+        if cfg.ig_steps:
+            from .integrated import integrated_scores, n_ig_ticks
+
+            t0 = time.perf_counter()
+            ig_record = integrated_scores(model, scores, data, cfg.ig_steps, metric=cfg.metric,
+                                          prefix_cache_mb=cfg.exact_prefix_cache_mb,
+                                          progress=bar.phase("integrated gradients",
+                                                             n_ig_ticks(data, len(decoder_layers(model)))))
+            timings["integrated_gradients_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         n_layers = len(decoder_layers(model))
@@ -287,6 +297,7 @@ def run(cfg: MapConfig, model, tokenizer, forget: list[Example], retain: list[Ex
         "exact_ranking": exact_ranking,
         "forget_heads": ranked_units(scores["heads.score"], scores["heads.score"].shape[1]),
         "layer_summary": summary["layers"],
+        "attribution": ig_record or {"method": "attribution_patching"},
         "attribution_vs_exact_spearman": exact["spearman"]["units_forget"],
         "attribution_vs_exact": {"spearman": exact["spearman"], "n_patched": len(exact["rows"]),
                                  "top_n_per_layer": cfg.exact_top_n, "heads_top_n_per_layer": cfg.exact_heads_top_n,
@@ -313,8 +324,10 @@ SCORE_DEFINITIONS = {
                    "of the head output's L2 norm",
     "fire_rate_diff": "fraction of forget tokens minus fraction of retain tokens where |activation| > "
                       "fire_threshold x the unit's RMS",
-    "attr_forget / attr_retain": "attribution patching: estimated change of the forget / retain metric per scored "
-                                 "token when the unit is set to its retain mean at every position",
+    "attr_forget / attr_retain": "estimated change of the forget / retain metric per scored token when the unit is "
+                                 "set to its retain mean at every position: attribution patching, or integrated "
+                                 "gradients with map.ig_steps >= 1 (map.json 'attribution' says which)",
+    "attr_*_atp": "with integrated gradients: the attribution-patching estimates they replaced",
     "attr_*_zero": "the same estimate for zero-ablation",
     "score": "attr_forget - attr_retain: the ranking of forget_neurons and forget_heads",
     "delta_exact_match": "the domain's suite metric (validation.metric: MC accuracy, or QA answer probability / "
