@@ -83,21 +83,24 @@ def test_map_run_with_ig_steps_records_the_method_and_keeps_the_first_order_esti
     from safetensors.torch import load_file
 
     from surgical.map.config import MapConfig
+    from surgical.map.data import sample
     from surgical.map.run import run
 
     model = make_tiny_model("llama", len(world.tokenizer))
     forget = suite_examples(world_suite, ("mul", "div"), 12, seed=0)
     retain = suite_examples(world_suite, ("add", "sub"), 12, seed=1)
-    small = dict(n_forget=12, n_retain=12, batch_size=12, exact_top_n=2, validation_k=4, validation_k_sweep=[],
-                 sae=False, threads=1)
-    plain = run(MapConfig(**small), model, world.tokenizer, forget, retain, tmp_path / "atp", None).summary
-    ig = run(MapConfig(**small, ig_steps=2), model, world.tokenizer, forget, retain, tmp_path / "ig", None).summary
-    assert plain["attribution"] == {"method": "attribution_patching"}
-    assert ig["attribution"]["method"] == "integrated_gradients" and ig["attribution"]["steps"] == 2
+    cfg = MapConfig(n_forget=12, n_retain=12, batch_size=12, exact_top_n=2, validation_k=4, validation_k_sweep=[],
+                    sae=False, threads=1, ig_steps=2)
+    summary = run(cfg, model, world.tokenizer, forget, retain, tmp_path, None).summary
+    assert summary["attribution"]["method"] == "integrated_gradients" and summary["attribution"]["steps"] == 2
     # 2 sets x 2 ablation kinds x 3 sites x 2 layers x 1 batch x 2 steps
-    assert ig["attribution"]["forward_backward_passes"] == 48
-    assert "timings_s" in ig and "integrated_gradients_s" in ig["timings_s"]
-    t_ig, t_atp = load_file(str(tmp_path / "ig" / "map.safetensors")), load_file(str(tmp_path / "atp" / "map.safetensors"))
-    assert torch.equal(t_ig["mlp.attr_forget_atp"], t_atp["mlp.attr_forget"])
-    assert not torch.equal(t_ig["mlp.attr_forget"], t_atp["mlp.attr_forget"])
-    assert "mlp.attr_forget_atp" not in t_atp
+    assert summary["attribution"]["forward_backward_passes"] == 48
+    assert "integrated_gradients_s" in summary["timings_s"]
+    tensors = load_file(str(tmp_path / "map.safetensors"))
+    # the first-order estimates of the same data are kept beside the integrated ones, which differ from them
+    data = {"forget": batches(world.tokenizer, sample(forget, 12, 0), 12, cfg.max_length),
+            "retain": batches(world.tokenizer, sample(retain, 12, 1), 12, cfg.max_length)}
+    atp = compute_scores(model, data, cfg.fire_threshold, metric=cfg.metric)
+    assert torch.allclose(tensors["mlp.attr_forget_atp"], atp["mlp.attr_forget"], atol=1e-6)
+    assert not torch.equal(tensors["mlp.attr_forget"], tensors["mlp.attr_forget_atp"])
+    assert torch.allclose(tensors["mlp.score"], tensors["mlp.attr_forget"] - tensors["mlp.attr_retain"])

@@ -42,6 +42,7 @@ def test_run_writes_files_that_reload(world, world_suite, tmp_path):
     assert [s["k"] for s in v["sweep"]] == [2, 4]
     assert sum(v["units_per_layer"].values()) == 4
     assert isinstance(summary["attribution_vs_exact_spearman"], float)
+    assert summary["attribution"] == {"method": "attribution_patching"}  # ig_steps 0: no integrated gradients
     assert summary["spine"] == sorted(summary["spine"]) and len(summary["spine"]) == 1  # ceil(0.5 * 2 layers)
     assert len(summary["recommended_layers"]) == 2
     assert set(summary["forget_neurons"]) == {"0", "1"}
@@ -54,6 +55,7 @@ def test_run_writes_files_that_reload(world, world_suite, tmp_path):
     tensors = load_file(str(tmp_path / "map.safetensors"))
     assert tensors["mlp.score"].shape == (2, 64) and tensors["heads.score"].shape == (2, 4)
     assert tensors["resid.selectivity"].shape == (2, 32)
+    assert not any(k.endswith("_atp") for k in tensors)
     layer = sae["layer"]
     assert tensors[f"sae.layer{layer}.W_dec"].shape == (64, 32)
     # map.json's ranking is the safetensors' score, re-derivable from the file
