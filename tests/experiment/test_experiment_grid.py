@@ -169,14 +169,14 @@ def test_noise_cut_noises_the_cut_student_but_not_the_oracle():
     noisy, info = _build_student(noisy_cfg, model, None, fmap)
     assert mlp_width(noisy) == mlp_width(plain) and (info.noise_alpha, info.noise_beta) == (0.5, 0.0)
     # beta 0: theta <- (1 - alpha) * theta exactly, on the cut student's own weights
-    for (name, a), (_, b) in zip(plain.named_parameters(), noisy.named_parameters()):
+    for (name, a), (_, b) in zip(plain.named_parameters(), noisy.named_parameters(), strict=True):
         torch.testing.assert_close(b, 0.5 * a, msg=name)
     again, _ = _build_student(noisy_cfg.model_copy(update={"noise_beta": 0.02}), model, None, fmap)
     again2, _ = _build_student(noisy_cfg.model_copy(update={"noise_beta": 0.02}), model, None, fmap)
-    assert all(torch.equal(x, y) for x, y in zip(again.parameters(), again2.parameters()))  # seeded
+    assert all(torch.equal(x, y) for x, y in zip(again.parameters(), again2.parameters(), strict=True))  # seeded
     oracle, oinfo = _build_student(noisy_cfg.model_copy(update={"preset": "oracle"}), model, None, fmap)
     assert oinfo.noise_alpha is None  # the oracle's weights are fresh: nothing of the teacher's to noise
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the noise never reaches the teacher
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # the noise never reaches the teacher
 
 
 def test_leak_plot_pairs_each_point_with_its_own_spread(tmp_path, monkeypatch):
@@ -256,6 +256,28 @@ def test_merge_refuses_another_experiment_or_a_file_it_did_not_write(tmp_path):
         merged_rows([tmp_path / "c.json"], base, meta)
     with pytest.raises(ValueError, match="cannot read"):
         merged_rows([tmp_path / "missing.json"], base, meta)
+
+
+def test_merge_refuses_a_record_written_before_a_knob_this_run_sets(tmp_path):
+    """A knob added since an earlier record was written: that run ran at the knob's default, so merging it is
+    fine only while this run keeps the default too (a record without map.ig_steps is not an IG map's)."""
+    from surgical.config import demo_config
+    from surgical.experiment import merged_rows
+    from surgical.experiment.grid import ATTACKS
+
+    tmp = tmp_path
+    old = demo_config().model_dump(mode="json")
+    del old["map"]["ig_steps"]
+    meta = {"attack": {"name": "strong", **ATTACKS["strong"]}, "leaky_oracle": False}
+    path = _record(tmp, "old.json", [], config=old)
+    base = demo_config()
+    assert merged_rows([path], base, meta)[0] == []  # the default: the same experiment
+    ig = base.model_copy(update={"map": base.map.model_copy(update={"ig_steps": 1})})
+    with pytest.raises(ValueError, match="base config differs in map.ig_steps"):
+        merged_rows([path], ig, meta)
+    # a field only the old record has (removed since) is not compared
+    old["map"]["a_knob_removed_since"] = 3
+    assert merged_rows([_record(tmp, "older.json", [], config=old)], base, meta)[0] == []
 
 
 def test_guard_variant_trains_its_own_filter_only_control():

@@ -21,12 +21,30 @@ from .grid import ATTACKS, aggregate, run_cells, with_ratios_by_seed
 from .report import markdown_table, plot_leak_sweep, write_markdown
 
 
-def _conflicts(a, b, path: str = "") -> list[str]:
-    """Keys present in both config dumps whose values differ (a field only one side has, such as a knob added
-    since with its default, is not a conflict)."""
+def _conflicts(a, b, path: str = "", defaults=None) -> list[str]:
+    """Fields of config dump ``a`` (an earlier record's) and ``b`` (this run's) whose values differ. A field only
+    this run has (a knob added since the record was written) conflicts unless it holds its default (``defaults``,
+    the schema's default dump, when known): the earlier run ran without the knob, i.e. at its default. A field
+    only the record has (one removed since) is not compared."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return [c for k in a.keys() & b.keys() for c in _conflicts(a[k], b[k], f"{path}.{k}" if path else k)]
+        out = []
+        for k in b:
+            sub = f"{path}.{k}" if path else k
+            d = defaults.get(k) if isinstance(defaults, dict) else None
+            if k in a:
+                out += _conflicts(a[k], b[k], sub, d)
+            elif isinstance(defaults, dict) and k in defaults and b[k] != d:
+                out.append(sub)
+        return out
     return [] if a == b else [path]
+
+
+def _defaults(base):
+    """The default dump of ``base``'s config schema, or None when it has none (a stand-in in tests)."""
+    try:
+        return type(base)().model_dump(mode="json")
+    except Exception:  # noqa: BLE001 - no schema to take defaults from: fields only one side has are not compared
+        return None
 
 
 def merged_rows(paths, base, meta: dict) -> tuple[list[dict], list[dict]]:
@@ -37,6 +55,7 @@ def merged_rows(paths, base, meta: dict) -> tuple[list[dict], list[dict]]:
 
     rows, sources = [], []
     here = base.model_dump(mode="json")
+    defaults = _defaults(base)
     for path in paths or []:
         path = Path(path)
         try:
@@ -51,7 +70,7 @@ def merged_rows(paths, base, meta: dict) -> tuple[list[dict], list[dict]]:
             if field in meta and old.get(field) != meta[field]:
                 raise ValueError(f"--merge {path}: its {field} {old.get(field)!r} differs from this run's "
                                  f"{meta[field]!r}; rows of different experiments are not averaged")
-        bad = _conflicts(prov.get("config") or {}, here)
+        bad = _conflicts(prov.get("config") or {}, here, defaults=defaults)
         if bad:
             raise ValueError(f"--merge {path}: its base config differs in {', '.join(sorted(bad)[:3])}")
         rows += [dict(r) for r in old["per_seed_rows"]]
