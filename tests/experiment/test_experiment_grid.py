@@ -199,6 +199,14 @@ def test_leak_plot_pairs_each_point_with_its_own_spread(tmp_path, monkeypatch):
     xs, ys, (lo, hi) = seen["surgical"]
     assert xs == [0.05] and ys == [0.6]
     assert lo == [pytest.approx(0.1)] and hi == [pytest.approx(0.2)]
+    # the oracle, trained at rate 0 only, is a reference line across the rates, not a point
+    lines = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "axhline", lambda self, y, **kw: lines.append((y, kw["label"])))
+    oracle = {"method": "oracle", "leak_rate": 0.0, "forget_after_relearn": {"1000": 0.3},
+              "forget_after_relearn_spread": {"1000": {"min": 0.2, "max": 0.4}}, "retain_ratio": 0.99}
+    seen.clear()
+    report.plot_leak_sweep([*rows, oracle], tmp_path / "q.png")
+    assert "oracle" not in seen and (0.3, "oracle (perfect filter)") in lines and (0.99, "oracle (perfect filter)") in lines
 
 
 def _record(tmp_path, name, rows, attack="strong", config=None):
