@@ -1,3 +1,4 @@
+import re
 import filecmp
 from pathlib import Path
 
@@ -137,3 +138,31 @@ def test_thresholds_whose_sum_exceeds_1_are_an_error(tmp_path):
         with pytest.raises(ConfigError) as e:
             load_policy(p)
         assert field in str(e.value) and "thresholds" in str(e.value)
+
+
+def test_set_overrides_a_nested_field_and_names_a_bad_one():
+    from surgical.config import demo_config, with_overrides
+
+    base = demo_config()
+    cfg = with_overrides(base, ["map.ig_steps=0", "baselines.compare_verify.relearn_lrs=[0.01, 0.02]",
+                                "distill.seed=3"])
+    assert (cfg.map.ig_steps, cfg.distill.seed) == (0, 3) and base.map.ig_steps == 1
+    assert cfg.baselines.compare_verify["relearn_lrs"] == [0.01, 0.02]
+    assert with_overrides(base, []) is base
+    for bad, says in (("map.no_such_knob=1", "map.no_such_knob: no such config field"),
+                      ("mapp.ig_steps=1", "mapp.ig_steps: no such config field (mapp)"),
+                      ("map.ig_steps=-1", "map.ig_steps: Input should be greater than or equal to 0"),
+                      ("map.ig_steps", "expected SECTION.FIELD=VALUE"),
+                      ("map.ig_steps=[", "is not valid YAML")):
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            with_overrides(base, [bad])
+
+
+def test_cli_set_reaches_the_stage_configs(tmp_path):
+    r = CliRunner().invoke(app, ["run", "--set", "map.nope=1", "--run-dir", str(tmp_path / "r")])
+    assert r.exit_code == 1 and "map.nope: no such config field" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "r").exists()  # refused before any stage ran
+    r = CliRunner().invoke(app, ["run", "--set", "map.ig_steps=0", "--run-dir", str(tmp_path / "r"), "--status"])
+    assert r.exit_code == 0 and "map" in r.output
+    r = CliRunner().invoke(app, ["experiment", "leak", "--set", "distill.lr=fast", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "distill.lr" in r.output and not (tmp_path / "x").exists()

@@ -31,13 +31,14 @@ console = Console(stderr=True)
 out = Console()
 
 
-def _load_cfg(config: Path | None):
-    from .config import ConfigError, demo_config, load_config
+def _load_cfg(config: Path | None, overrides: list[str] | tuple[str, ...] = ()):
+    """The pipeline config (the demo's without ``config``) with ``--set`` overrides; bad input exits 1."""
+    from .config import ConfigError, demo_config, load_config, with_overrides
 
     try:
-        return load_config(config) if config else demo_config()
+        return with_overrides(load_config(config) if config else demo_config(), overrides)
     except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(str(exc), style="red", markup=False, highlight=False)
         raise typer.Exit(1) from None
 
 

@@ -189,6 +189,34 @@ def parse_config(data: dict, source: str = "<dict>") -> PipelineConfig:
         raise ConfigError(source, _format_errors(exc)) from None
 
 
+def with_overrides(cfg: PipelineConfig, pairs: list[str] | tuple[str, ...]) -> PipelineConfig:
+    """``cfg`` with ``SECTION.FIELD=VALUE`` overrides (``--set``; VALUE is read as YAML: ``3``, ``0.5``, ``[0, 1]``,
+    ``null``). A key that names no field of the schema, or a value the field does not take, raises ConfigError
+    naming it; path fields are taken as given (relative to the working directory)."""
+    if not pairs:
+        return cfg
+    data = cfg.model_dump(mode="json")
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError("--set", [(repr(pair), "expected SECTION.FIELD=VALUE, e.g. map.ig_steps=0")])
+        parts = key.split(".")
+        node = data
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError("--set", [(key, f"no such config field ({'.'.join(parts[:i + 1])}); "
+                                                  "`surgical config show` lists them")])
+            if i < len(parts) - 1:
+                node = node[part]
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError("--set", [(key, f"value {raw!r} is not valid YAML "
+                                              f"({getattr(exc, 'problem', None) or 'cannot parse it'})")]) from None
+    return parse_config(data, source="--set")
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml's SafeLoader, except that a key given twice in one mapping is an error (the plain loader keeps the
     last one silently, so `lr:` written twice would drop the first without a word)."""

@@ -269,20 +269,21 @@ def test_merge_refuses_another_experiment_or_a_file_it_did_not_write(tmp_path):
 def test_merge_refuses_a_record_written_before_a_knob_this_run_sets(tmp_path):
     """A knob added since an earlier record was written: that run ran at the knob's default, so merging it is
     fine only while this run keeps the default too (a record without map.ig_steps is not an IG map's)."""
-    from surgical.config import demo_config
+    from surgical.config import demo_config, with_overrides
     from surgical.experiment import merged_rows
     from surgical.experiment.grid import ATTACKS
 
     tmp = tmp_path
-    old = demo_config().model_dump(mode="json")
+    base = with_overrides(demo_config(), ["map.ig_steps=0"])  # the schema's default
+    old = base.model_dump(mode="json")
     del old["map"]["ig_steps"]
     meta = {"attack": {"name": "strong", **ATTACKS["strong"]}, "leaky_oracle": False}
     path = _record(tmp, "old.json", [], config=old)
-    base = demo_config()
     assert merged_rows([path], base, meta)[0] == []  # the default: the same experiment
-    ig = base.model_copy(update={"map": base.map.model_copy(update={"ig_steps": 1})})
+    # the demo config maps with integrated gradients (ig_steps 1): not the experiment the old record ran
+    assert demo_config().map.ig_steps == 1
     with pytest.raises(ValueError, match="base config differs in map.ig_steps"):
-        merged_rows([path], ig, meta)
+        merged_rows([path], demo_config(), meta)
     # a field only the old record has (removed since) is not compared
     old["map"]["a_knob_removed_since"] = 3
     assert merged_rows([_record(tmp, "older.json", [], config=old)], base, meta)[0] == []

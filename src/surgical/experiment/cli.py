@@ -55,12 +55,12 @@ def _copy_results(rec: dict, results: Path | None) -> None:
     print(results)
 
 
-def _run(fn, config: Path | None, **kw):
+def _run(fn, config: Path | None, overrides: list[str], **kw):
     from ..cli import _load_cfg
     from ..pipeline.cli import input_error_types
     from ..pipeline.runner import PipelineError, StageFailed
 
-    base = _load_cfg(config)
+    base = _load_cfg(config, overrides)
     try:
         return fn(base, **kw)
     except PipelineError as exc:
@@ -92,6 +92,8 @@ def leak_cmd(
                                      "leak-sweep.json (same attack and base config; repeatable); a row measured "
                                      "again here replaces the old one."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Stages run at once inside each cell."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a field of the base config: --set "
+                                        "map.ig_steps=0 (SECTION.FIELD=VALUE; repeatable)."),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Filter-only and surgical students at each simulated leak rate, through the strong relearning attack."""
@@ -104,7 +106,7 @@ def leak_cmd(
     if any(not 0 <= r < 1 for r in rate_list):
         _fail(f"--rates {rates!r}: every rate must be in [0, 1)")
     _check_results(results)
-    rec = _run(run_leak_sweep, config, out_dir=out_dir, rates=rate_list, seeds=_numbers(seeds, "--seeds", int),
+    rec = _run(run_leak_sweep, config, overrides, out_dir=out_dir, rates=rate_list, seeds=_numbers(seeds, "--seeds", int),
                attack=attack, variants=variant, leaky_oracle=leaky_oracle, jobs=jobs, quiet=quiet,
                merge=merge)
     print(out_dir / "leak-sweep.md")
@@ -135,6 +137,8 @@ def cut_cmd(
                                      "cut-students.json (same attack, cut and base config; repeatable); a row "
                                      "measured again here replaces the old one."),
     jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Stages run at once inside each cell."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a field of the base config: --set "
+                                        "map.ig_steps=0 (SECTION.FIELD=VALUE; repeatable)."),
     quiet: bool = typer.Option(False, "--quiet"),
 ) -> None:
     """Students cut from the teacher by the map, their filter-only control, random cuts, and the oracle."""
@@ -149,7 +153,7 @@ def cut_cmd(
         _fail(f"--noise-alpha {noise_alpha}: must be in (0, 1]")
     layers = keep_layers if keep_layers in ("all", "spine") else _numbers(keep_layers, "--keep-layers", int)
     _check_results(results)
-    rec = _run(run_cut_students, config, out_dir=out_dir, seeds=_numbers(seeds, "--seeds", int),
+    rec = _run(run_cut_students, config, overrides, out_dir=out_dir, seeds=_numbers(seeds, "--seeds", int),
                random_cuts=random_cuts, cut_neurons=cut_neurons, keep_fraction=keep_fraction, keep_layers=layers,
                noise_alpha=noise_alpha, heal_steps=heal_steps, attack=attack, jobs=jobs, quiet=quiet, merge=merge)
     print(out_dir / "cut-students.md")

@@ -34,20 +34,18 @@ def register(app: typer.Typer) -> None:
         quiet: bool = typer.Option(False, "--quiet"),
         jobs: int = typer.Option(1, "--jobs", "-j", min=1, help="Run up to N independent stages at once, each in "
                                  "its own process with cores // N threads (docs/pipeline.md)."),
+        overrides: list[str] = typer.Option([], "--set", help="Override a config field: --set map.ig_steps=0 "
+                                            "(SECTION.FIELD=VALUE, VALUE as YAML; repeatable)."),
     ) -> None:
         """Run a pipeline YAML stage by stage; unchanged stages are skipped, interrupted runs resume.
         Exit 0 when the final verdict passes, 2 when it fails, 3 when it is incomplete (a check could not run, or
         a battery errored), 1 on bad input."""
-        from ..config import ConfigError, demo_config, load_config
+        from ..cli import _load_cfg
         from .graph import final_verdict, make_runner
         from .runner import PipelineError, StageFailed
 
         console = Console(stderr=True)
-        try:
-            cfg = load_config(config) if config else demo_config()
-        except ConfigError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from None
+        cfg = _load_cfg(config, overrides)
         runner = make_runner(cfg, run_dir, console=Console(stderr=True, quiet=quiet))
         if status:
             for name, st in runner.status().items():
