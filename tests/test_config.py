@@ -1,5 +1,5 @@
-import re
 import filecmp
+import re
 from pathlib import Path
 
 import pytest
