@@ -156,6 +156,10 @@ def test_cli_cache_then_distill_and_errors(files, world, tmp_path):
     assert r.exit_code == 1 and "bad.jsonl:2" in r.output
     r = _cli("distill", "--teacher", str(files / "teacher"), "--gold", str(bad), "--set", "max_stepz=3")
     assert r.exit_code == 1 and "max_stepz" in r.output
+    r = _cli("distill", "--teacher", str(files / "teacher"), "--gold", str(bad), "--set", "max_steps=lots")
+    assert r.exit_code == 1 and "distill.max_steps" in r.output and "Traceback" not in r.output, r.output
+    r = _cli("distill", "--teacher", str(files / "teacher"), "--gold", str(bad), "--set", "max_steps")
+    assert r.exit_code == 1 and "KEY=VALUE" in r.output, r.output
     r = _cli("distill", "--preset", "nope", "--demo")
     assert r.exit_code == 1 and "--preset" in r.output
 

@@ -34,27 +34,18 @@ def _load(config: Path | None):
     return _load_cfg(config)
 
 
-def _overrides(pairs: list[str]) -> dict:
-    import yaml
+def _section(pcfg, pairs: list[str]):
+    """The distill section with ``--set FIELD=VALUE`` pairs (keys relative to ``distill:``), validated by the one
+    parser every command shares (``config.with_overrides``); a bad pair exits 1 with a one-line error."""
+    from ..config import ConfigError, with_overrides
 
-    out = {}
     for p in pairs:
-        if "=" not in p:
+        if "=" not in p or not p.partition("=")[0].strip():
             _fail(f"--set {p!r}: expected KEY=VALUE (a field of the distill section)")
-        k, v = p.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
-
-
-def _section(pcfg, overrides: dict):
-    from pydantic import ValidationError
-
-    from .config import DistillConfig
-
     try:
-        return DistillConfig.model_validate({**pcfg.distill.model_dump(), **overrides})
-    except ValidationError as exc:
-        _fail("; ".join(f"distill.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+        return with_overrides(pcfg, [f"distill.{p.strip()}" for p in pairs]).distill
+    except ConfigError as exc:
+        _fail("; ".join(f"--set {loc}: {msg}" for loc, msg in exc.errors))
 
 
 @distill_app.callback()
@@ -90,7 +81,7 @@ def distill(
     if preset is not None and preset not in PRESETS:
         _fail(f"--preset {preset!r}: expected one of {', '.join(PRESETS)}")
     pcfg = _load(config)
-    dcfg = _section(pcfg, _overrides(overrides))
+    dcfg = _section(pcfg, overrides)
     if not demo and (teacher is None or gold is None):
         _fail("give --teacher and --gold (or --demo for the arithmetic world)")
     try:
@@ -167,7 +158,7 @@ def cache_logits_cmd(
     from .run import data_keys, encode_all, load_inputs, teacher_identity
 
     pcfg = _load(config)
-    dcfg = _section(pcfg, _overrides(overrides))
+    dcfg = _section(pcfg, overrides)
     try:
         if demo and teacher is None:
             from ..demo import distill_inputs
