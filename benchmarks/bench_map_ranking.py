@@ -92,7 +92,7 @@ def main() -> None:
         for est, (exact_run, top_run) in {"atp": ("exact_w1", "attribution"),
                                           "ig1": ("exact_w1_ig1", "attribution_ig1"),
                                           "ig4": (None, "attribution_ig4")}.items():
-            pre = "" if est == "atp" else "ig1_"
+            pre = "" if est == "atp" else f"{est}_"
             if exact_run is not None and exact_run in t["rows"]:
                 er = t["rows"][exact_run]["exact_ranking"]
                 block[f"{pre}neurons_128_forget"] = er["spearman_forget"]
