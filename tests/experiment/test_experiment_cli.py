@@ -57,3 +57,33 @@ def test_leak_sweep_with_the_guard_from_the_cli(tmp_path):
     r2 = CliRunner().invoke(app, [*args[:-3], "--results", str(user), "--quiet"])
     assert r2.exit_code == 1 and "not overwritten" in r2.output and "Traceback" not in r2.output
     assert user.read_text() == '{"mine": true}'
+
+
+def test_cut_experiment_adds_the_same_size_oracle_to_an_earlier_record(tmp_path):
+    """`experiment cut --cells arch-oracle --merge OLD`: the oracle of the cut's own architecture (fresh weights, the
+    cut student's size) joins a record measured earlier, and each cut student gets its steps ratio against it."""
+    _tok, facts, _policy = build_fictional(tmp_path)
+    write_corpus(tmp_path, facts)
+    config = pipeline_yaml(tmp_path, "knows")
+    out, first, second = tmp_path / "cut", tmp_path / "first.json", tmp_path / "second.json"
+    common = ["experiment", "cut", str(config), "--seeds", "0", "--keep-layers", "0,1", "--cut-neurons", "4",
+              "--keep-fraction", "0.5", "--attack", "compare", "--out", str(out), "--quiet"]
+    r = CliRunner().invoke(app, [*common, "--cells", "map", "--results", str(first)])
+    assert r.exit_code == 0, r.output
+    assert {row["method"] for row in json.loads(first.read_text())["rows"]} == {"surgical", "filter-only"}
+    r = CliRunner().invoke(app, [*common, "--cells", "arch-oracle", "--merge", str(first), "--results", str(second)])
+    assert r.exit_code == 0, r.output
+    rec = json.loads(second.read_text())
+    rows = {row["method"]: row for row in rec["rows"]}
+    assert set(rows) == {"surgical", "filter-only", "oracle[arch]"} and rows["oracle[arch]"]["cut"] == "map"
+    for m in ("surgical", "filter-only"):
+        assert "steps_to_50pct_ratio_vs_arch_oracle_spread" in rows[m]
+        assert rows[m].get("steps_to_50pct_ratio_vs_arch_oracle_bound")
+    # the oracle is the cut's architecture with fresh weights: the surgical student's size, not the teacher's weights
+    cell = out / "map-seed0"
+    oracle = json.loads((cell / "compare-oracle" / "model" / "distill.json").read_text())["student"]
+    student = json.loads((cell / "distill" / "distill.json").read_text())["student"]
+    assert "fresh weights" in oracle["init"] and oracle["n_parameters"] == student["n_parameters"]
+    assert "same-size oracle" in (out / "cut-students.md").read_text()
+    bad = CliRunner().invoke(app, [*common, "--cells", "maps"])
+    assert bad.exit_code == 1 and "--cells" in bad.output and "Traceback" not in bad.output

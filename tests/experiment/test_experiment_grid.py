@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from surgical.experiment.cut import cut_cells
+from surgical.experiment.cut import ARCH_ORACLE, cut_cells, with_arch_oracle_ratios
 from surgical.experiment.grid import STRONG_ATTACK, aggregate, merge, needed_stages, with_ratios_by_seed
 from surgical.experiment.leak import PENALTY_VARIANTS, leak_cells
 from surgical.pipeline.graph import build_stages, prompt_quota
@@ -68,6 +68,52 @@ def test_cut_cells_compare_the_map_cut_with_random_cuts_of_the_same_size():
     assert "max_steps" not in short[0].overrides["distill"]
     assert [c.overrides["distill"]["max_steps"] for c in short[1:]] == [150, 150]
     assert all("max_steps" not in c.overrides["distill"] for c in cells)
+
+
+def test_arch_oracle_cells_train_the_cuts_architecture_from_fresh_weights():
+    """`--cells arch-oracle`: the oracle of the cut's own size, in the map cell's directory (sharing its distill
+    stage) unless a heal length or noise makes the cut's config differ; neither is part of the oracle."""
+    both = cut_cells([0], [0, 1, 2, 3], 64, 0.5, 1, {}, kinds=("fresh", "map", "random", "arch-oracle"))
+    assert [c.run_dir for c in both] == ["fresh-seed0", "map-seed0", "random0-seed0", "map-seed0"]
+    arch = both[-1]
+    assert arch.rows == {"compare-oracle": ARCH_ORACLE} and arch.tags == {"cut": "map", "seed": 0}
+    assert arch.overrides["distill"] == both[1].overrides["distill"]
+    only = cut_cells([0, 1], [0, 1, 2, 3], 64, 0.5, 1, {}, kinds=("arch-oracle",))
+    assert [c.run_dir for c in only] == ["map-seed0", "map-seed1"]
+    assert {c.copy_from for c in only} == {"map-seed0"}  # the first cell that runs holds the shared stages
+    healed = cut_cells([0], [0, 1, 2, 3], 64, 1.0, 1, {}, noise_alpha=0.3, heal_steps=150, kinds=("arch-oracle",))
+    d = healed[0].overrides["distill"]
+    assert healed[0].run_dir == "arch-oracle-seed0" and healed[0].tags["cut"] == "map+noise/heal150"
+    assert "max_steps" not in d and "noise_cut" not in d and d["mlp_keep_fraction"] == 1.0
+    with pytest.raises(ValueError, match="expected some of"):
+        cut_cells([0], [0], 64, 0.5, 1, {}, kinds=("mapp",))
+
+
+def test_cut_students_get_steps_ratios_against_the_same_size_oracle():
+    def row(method, seed, cut, steps50):
+        return {"method": method, "seed": seed, "cut": cut, "steps_to_50pct_teacher": steps50,
+                "steps_to_25pct_teacher": steps50, "relearn_max_steps": 2000, "forget_after_relearn": {}}
+
+    rows = [row("oracle", 0, "fresh-init", None), row(ARCH_ORACLE, 0, "map", 1000), row("surgical", 0, "map", 500),
+            row("surgical", 0, "fresh-init", 1500), row("surgical", 1, "map", 500), row("filter-only", 0, "map", None)]
+    out = {(r["method"], r["seed"], r["cut"]): r for r in with_arch_oracle_ratios(rows)}
+    s = out[("surgical", 0, "map")]
+    assert s["steps_to_50pct_ratio_vs_arch_oracle"] == 0.5 and s["steps_to_50pct_ratio_vs_arch_oracle_bound"] == "exact"
+    # never got there: the budget over the oracle's steps, a lower bound
+    f = out[("filter-only", 0, "map")]
+    assert f["steps_to_50pct_ratio_vs_arch_oracle"] == 2.0 and f["steps_to_50pct_ratio_vs_arch_oracle_bound"] == "lower"
+    # the fresh-init rows, the oracles and a seed without its same-size oracle get nothing
+    for key in (("surgical", 0, "fresh-init"), ("oracle", 0, "fresh-init"), (ARCH_ORACLE, 0, "map"),
+                ("surgical", 1, "map")):
+        assert "steps_to_50pct_ratio_vs_arch_oracle" not in out[key]
+    agg = {(r["method"], r["cut"]): r for r in aggregate(with_arch_oracle_ratios(rows), ("cut",))}
+    assert agg[("surgical", "map")]["steps_to_50pct_ratio_vs_arch_oracle"] == 0.5  # seed 1 has none: not a 0
+    assert "steps_to_50pct_ratio_vs_arch_oracle" not in agg[("oracle", "fresh-init")]
+    from surgical.experiment.report import markdown_table
+
+    table = markdown_table(list(agg.values()), "cut", "cut")
+    assert "same-size oracle" in table.splitlines()[0]
+    assert "same-size oracle" not in markdown_table([agg[("oracle", "fresh-init")]], "cut", "cut")
 
 
 def test_needed_stages_is_the_closure_in_graph_order():

@@ -79,7 +79,8 @@ def merged_rows(paths, base, meta: dict) -> tuple[list[dict], list[dict]]:
 
 
 def _finish(name: str, base, out_dir: Path, rows: list[dict], group_by: tuple[str, ...], oracle_key, meta: dict,
-            t0: float, intro: str, key_title: str, plot=None, earlier: tuple[list, list] = ([], [])) -> dict:
+            t0: float, intro: str, key_title: str, plot=None, earlier: tuple[list, list] = ([], []),
+            per_seed_hook=None) -> dict:
     earlier, sources = earlier
     if earlier:
         def key(r):
@@ -87,6 +88,8 @@ def _finish(name: str, base, out_dir: Path, rows: list[dict], group_by: tuple[st
         fresh = {key(r) for r in rows}
         rows = [r for r in earlier if key(r) not in fresh] + rows  # a row measured again here replaces the old one
     per_seed = with_ratios_by_seed(rows, oracle_key)
+    if per_seed_hook is not None:  # more columns computed over every seed's rows (the cut's same-size oracle)
+        per_seed = per_seed_hook(per_seed)
     agg = aggregate(per_seed, group_by)
     seeds = sorted({r.get("seed") for r in rows if r.get("seed") is not None})
     if earlier:  # what the table covers, not only what this run measured

@@ -131,6 +131,9 @@ def cut_cmd(
                                           "max_steps (surgical and filter-only; the oracle and the fresh-init "
                                           "student keep the config's). Default: the config's."),
     attack: str = typer.Option("strong", "--attack", help="strong or compare (as for `experiment leak`)."),
+    cells: str = typer.Option("fresh,map,random", "--cells", help="Which cells run: fresh (the oracle and the "
+                              "fresh-init student), map, random, arch-oracle (the oracle of the cut's architecture, "
+                              "row oracle[arch]); comma-separated. With --merge, add arch-oracle to a record alone."),
     results: Path | None = typer.Option(None, "--results", help="Also write the table here (e.g. "
                                         "benchmarks/results/cut-students.json)."),
     merge: list[Path] = typer.Option([], "--merge", help="Also average in the per-seed rows of an earlier "
@@ -152,9 +155,15 @@ def cut_cmd(
     if noise_alpha is not None and not 0 < noise_alpha <= 1:
         _fail(f"--noise-alpha {noise_alpha}: must be in (0, 1]")
     layers = keep_layers if keep_layers in ("all", "spine") else _numbers(keep_layers, "--keep-layers", int)
+    from .cut import CELL_KINDS
+
+    kinds = tuple(k.strip() for k in cells.split(",") if k.strip())
+    if not kinds or set(kinds) - set(CELL_KINDS):
+        _fail(f"--cells {cells!r}: expected some of {', '.join(CELL_KINDS)}, comma-separated")
     _check_results(results)
     rec = _run(run_cut_students, config, overrides, out_dir=out_dir, seeds=_numbers(seeds, "--seeds", int),
                random_cuts=random_cuts, cut_neurons=cut_neurons, keep_fraction=keep_fraction, keep_layers=layers,
-               noise_alpha=noise_alpha, heal_steps=heal_steps, attack=attack, jobs=jobs, quiet=quiet, merge=merge)
+               noise_alpha=noise_alpha, heal_steps=heal_steps, attack=attack, jobs=jobs, quiet=quiet, merge=merge,
+               kinds=kinds)
     print(out_dir / "cut-students.md")
     _copy_results(rec, results)

@@ -18,6 +18,13 @@ short heal leaves the cut student most of what it copied, as a broad corpus woul
 world's narrow add/sub data overwrite mul/div at the surface whatever the penalty does; the rows' ``cut`` then
 reads ``map/heal<N>``.
 
+``kinds`` picks which cells run: ``fresh`` (the oracle and the fresh-init student), ``map``, ``random``, and
+``arch-oracle``: the oracle of the cut's own architecture, a model of the cut student's size trained from fresh
+weights on the labels (the fresh-init oracle is the pipeline's small student, at about a fifth of the cut's size, and
+a larger model relearns faster from scratch too). Its row reads ``oracle[arch]``; each cut student's
+``steps_to_*_ratio_vs_arch_oracle`` divides its steps by that oracle's, on the same seed: UNDO's comparison, where
+the data-filtered oracle has the student's architecture.
+
 Every student goes through the comparison battery with the strong relearning attack; the steps ratios are against
 the oracle of the same seed.
 """
@@ -31,10 +38,14 @@ from rich.console import Console
 
 from .grid import ATTACKS, Cell, run_cells
 
+CELL_KINDS = ("fresh", "map", "random", "arch-oracle")
+DEFAULT_KINDS = ("fresh", "map", "random")
+ARCH_ORACLE = "oracle[arch]"
+
 
 def cut_cells(seeds: list[int], keep_layers: list[int] | None, cut_neurons: int, keep_fraction: float,
               random_cuts: int, attack: dict, noise_alpha: float | None = None,
-              heal_steps: int | None = None) -> list[Cell]:
+              heal_steps: int | None = None, kinds=DEFAULT_KINDS) -> list[Cell]:
     baselines = {"plain_kd": False, "graddiff": False, "maxent": False, "rmu": False, "undo": False,
                  "cross_domain": False, "filter_only": True, "oracle": True, "compare_verify": attack}
     cut = {"preset": "surgical", "student_init": "teacher_layers", "keep_layers": keep_layers, "cut_forget_neurons": cut_neurons,
@@ -46,24 +57,61 @@ def cut_cells(seeds: list[int], keep_layers: list[int] | None, cut_neurons: int,
     if heal_steps is not None:
         cut |= {"max_steps": heal_steps}
         tag += f"/heal{heal_steps}"
+    unknown = sorted(set(kinds) - set(CELL_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"cut cells {unknown or 'none'}: expected some of {', '.join(CELL_KINDS)}")
     cells: list[Cell] = []
-    first = f"fresh-seed{seeds[0]}"
+    first = None  # set below, once the first cell is known
     for seed in seeds:
-        cells.append(Cell(f"fresh-seed{seed}", {"distill": {"preset": "surgical", "student_init": "config", "seed": seed},
-                                                 "baselines": baselines},
-                          {"compare-oracle": "oracle", "compare-surgical": "surgical"},
-                          {"cut": "fresh-init", "seed": seed}, copy_from=first))
-        cells.append(Cell(f"map-seed{seed}", {"distill": {**cut, "seed": seed, "cut_selection": "map"},
-                                              "baselines": baselines},
-                          {"compare-surgical": "surgical", "compare-filter-only": "filter-only"},
-                          {"cut": "map" + tag, "seed": seed}, copy_from=first))
-        for j in range(random_cuts):
+        if "fresh" in kinds:
+            cells.append(Cell(f"fresh-seed{seed}",
+                              {"distill": {"preset": "surgical", "student_init": "config", "seed": seed},
+                               "baselines": baselines},
+                              {"compare-oracle": "oracle", "compare-surgical": "surgical"},
+                              {"cut": "fresh-init", "seed": seed}, copy_from=first))
+        if "map" in kinds:
+            cells.append(Cell(f"map-seed{seed}", {"distill": {**cut, "seed": seed, "cut_selection": "map"},
+                                                  "baselines": baselines},
+                              {"compare-surgical": "surgical", "compare-filter-only": "filter-only"},
+                              {"cut": "map" + tag, "seed": seed}, copy_from=first))
+        for j in range(random_cuts if "random" in kinds else 0):
             cells.append(Cell(f"random{j}-seed{seed}",
                               {"distill": {**cut, "seed": seed, "cut_selection": "random",
                                            "cut_seed": 1000 * seed + j}, "baselines": baselines},
                               {"compare-surgical": "surgical"}, {"cut": "random" + tag, "seed": seed, "cut_seed":
                                                                  1000 * seed + j}, copy_from=first))
+        if "arch-oracle" in kinds:
+            # the cut's architecture with fresh weights (the oracle preset on a teacher_layers student), trained for
+            # the config's steps like the fresh-init oracle: neither the heal length nor the noise is part of it
+            arch = {k: v for k, v in cut.items() if k not in ("max_steps", "noise_cut", "noise_alpha")}
+            # in the map cell's directory when the configs agree, so the two share the distill stage the oracle's
+            # stage depends on
+            where = f"map-seed{seed}" if arch == cut else f"arch-oracle-seed{seed}"
+            cells.append(Cell(where, {"distill": {**arch, "seed": seed, "cut_selection": "map"},
+                                      "baselines": baselines},
+                              {"compare-oracle": ARCH_ORACLE}, {"cut": "map" + tag, "seed": seed},
+                              copy_from=first))
+    for c in cells:  # the first cell that runs holds the shared data, curate and generate outputs
+        c.copy_from = cells[0].run_dir
     return cells
+
+
+def with_arch_oracle_ratios(rows: list[dict]) -> list[dict]:
+    """Each cut student's rows with ``steps_to_{25,50}pct_ratio_vs_arch_oracle`` (and ``..._bound``): its steps to
+    25% / 50% of the teacher over those of the ``oracle[arch]`` row of its seed, where there is one."""
+    from ..pipeline.graph import with_oracle_ratios
+
+    arch = {r.get("seed"): r for r in rows if r.get("method") == ARCH_ORACLE}
+    out = []
+    for r in rows:
+        o = arch.get(r.get("seed"))
+        if o is None or r.get("cut") == "fresh-init" or r.get("method") in ("oracle", ARCH_ORACLE):
+            out.append(r)
+            continue
+        vs = with_oracle_ratios([{**o, "method": "oracle"}, {**r, "method": "student"}])[1]
+        out.append({**r, **{k.replace("_vs_oracle", "_vs_arch_oracle"): v for k, v in vs.items()
+                            if "_ratio_vs_oracle" in k}})
+    return out
 
 
 def _keep_layers(base, keep_layers) -> list[int] | None:
@@ -80,7 +128,7 @@ def _keep_layers(base, keep_layers) -> list[int] | None:
 def run_cut_students(base, out_dir: str | Path, seeds, random_cuts: int = 1, cut_neurons: int = 64,
                      keep_fraction: float = 0.5, keep_layers="all", noise_alpha: float | None = None,
                      heal_steps: int | None = None, attack: str = "strong", jobs: int = 1,
-                     quiet: bool = False, merge=()) -> dict:
+                     quiet: bool = False, merge=(), kinds=DEFAULT_KINDS) -> dict:
     """The cut-student comparison on ``base``; returns cut-students.json. ``merge``: earlier cut-students.json
     records (same attack, cut and base config) whose per-seed rows are averaged in."""
     from . import _finish, merged_rows
@@ -94,7 +142,7 @@ def run_cut_students(base, out_dir: str | Path, seeds, random_cuts: int = 1, cut
             "attack": {"name": attack, **ATTACKS[attack]}}
     earlier = merged_rows(merge, base, meta)  # before the long run: a record that cannot be merged fails now
     cells = cut_cells(list(seeds), layers, cut_neurons, keep_fraction, random_cuts, ATTACKS[attack], noise_alpha,
-                      heal_steps)
+                      heal_steps, kinds)
     rows = run_cells(base, cells, out_dir, jobs=jobs, quiet=quiet, console=Console(stderr=True, quiet=quiet))
     for r in rows:  # the student's size, as a fraction of the teacher's
         rec = Path(r["run_dir"]) / ("distill" if r["method"] == "surgical" else f"compare-{r['method']}/model")
@@ -107,4 +155,4 @@ def run_cut_students(base, out_dir: str | Path, seeds, random_cuts: int = 1, cut
              "strong relearning attack at each budget (attacker's best lr per budget); steps ratios against the "
              "oracle of the same seed.")
     return _finish("cut-students", base, out_dir, rows, ("cut",), lambda r: r["seed"], meta, t0, intro, "cut",
-                   earlier=earlier)
+                   earlier=earlier, per_seed_hook=with_arch_oracle_ratios)

@@ -132,7 +132,8 @@ def run_cells(base, cells: list[Cell], out_dir: str | Path, jobs: int = 1, quiet
 
 SCALARS = ("forget_exact_match", "forget_mc", "retain_ratio", "forget_worst_jailbreak", "forget_int4",
            "steps_to_25pct_ratio_vs_oracle", "steps_to_50pct_ratio_vs_oracle", "steps_to_50pct_teacher",
-           "no_skill_mc", "probe_accuracy", "size_ratio")
+           "no_skill_mc", "probe_accuracy", "size_ratio",
+           "steps_to_25pct_ratio_vs_arch_oracle", "steps_to_50pct_ratio_vs_arch_oracle")
 
 
 def with_ratios_by_seed(rows: list[dict], oracle_key: Callable[[dict], tuple]) -> list[dict]:
@@ -169,9 +170,12 @@ def aggregate(rows: list[dict], group_by: tuple[str, ...]) -> list[dict]:
     for key, rs in groups.items():
         agg: dict = {"method": key[0], **dict(zip(group_by, key[1:], strict=True)), "seeds": [r.get("seed") for r in rs]}
         for name in SCALARS:
+            if name.endswith("_vs_arch_oracle") and not any(name in r for r in rs):
+                continue  # only a cut experiment with its same-size oracle has these
             s = _stats([r.get(name) for r in rs])
             agg[name], agg[f"{name}_spread"] = s["mean"], {k: s[k] for k in ("std", "min", "max", "n")}
-        for name in ("steps_to_25pct_ratio_vs_oracle_bound", "steps_to_50pct_ratio_vs_oracle_bound"):
+        for name in ("steps_to_25pct_ratio_vs_oracle_bound", "steps_to_50pct_ratio_vs_oracle_bound",
+                     "steps_to_25pct_ratio_vs_arch_oracle_bound", "steps_to_50pct_ratio_vs_arch_oracle_bound"):
             flags = {r.get(name) for r in rs if r.get(name)}
             if flags:
                 agg[name] = "exact" if flags == {"exact"} else ",".join(sorted(flags))

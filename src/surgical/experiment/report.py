@@ -19,20 +19,27 @@ def _fmt(v, spread: dict | None = None) -> str:
 def markdown_table(rows: list[dict], key: str, key_title: str) -> str:
     """Mean ± std over seeds of each figure, one line per (key, method)."""
     budgets = sorted({b for r in rows for b in (r.get("forget_after_relearn") or {})}, key=int)
+    # the cut experiment's same-size oracle (experiment.cut.ARCH_ORACLE), where it ran
+    arch = any("steps_to_50pct_ratio_vs_arch_oracle" in r for r in rows)
     head = ["method", key_title, "seeds", "forget EM", "forget MC", *[f"after relearn @{b}" for b in budgets],
-            "steps to 50% of teacher / oracle's", "retain ratio"]
+            "steps to 50% of teacher / oracle's", *(["... / same-size oracle's"] if arch else []), "retain ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def ratio_of(r: dict, name: str) -> str:
+        ratio = _fmt(r.get(name), r.get(f"{name}_spread"))
+        bound = r.get(f"{name}_bound")
+        return ratio + f" ({bound})" if bound and bound != "exact" and ratio != "-" else ratio
+
     for r in sorted(rows, key=lambda r: (str(r.get(key)), r["method"])):
-        ratio = _fmt(r.get("steps_to_50pct_ratio_vs_oracle"), r.get("steps_to_50pct_ratio_vs_oracle_spread"))
-        bound = r.get("steps_to_50pct_ratio_vs_oracle_bound")
-        if bound and bound != "exact" and ratio != "-":
-            ratio += f" ({bound})"
+        ratios = [ratio_of(r, "steps_to_50pct_ratio_vs_oracle")]
+        if arch:
+            ratios.append(ratio_of(r, "steps_to_50pct_ratio_vs_arch_oracle"))
         after = r.get("forget_after_relearn") or {}
         spread = r.get("forget_after_relearn_spread") or {}
         cells = [r["method"], str(r.get(key)), str(len(r.get("seeds") or [])),
                  _fmt(r.get("forget_exact_match"), r.get("forget_exact_match_spread")),
                  _fmt(r.get("forget_mc"), r.get("forget_mc_spread")),
-                 *[_fmt(after.get(b), spread.get(b)) for b in budgets], ratio,
+                 *[_fmt(after.get(b), spread.get(b)) for b in budgets], *ratios,
                  _fmt(r.get("retain_ratio"), r.get("retain_ratio_spread"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
