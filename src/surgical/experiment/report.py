@@ -22,7 +22,7 @@ def markdown_table(rows: list[dict], key: str, key_title: str) -> str:
     # the cut experiment's same-size oracle (experiment.cut.ARCH_ORACLE), where it ran
     arch = any("steps_to_50pct_ratio_vs_arch_oracle" in r for r in rows)
     head = ["method", key_title, "seeds", "forget EM", "forget MC", *[f"after relearn @{b}" for b in budgets],
-            "steps to 50% of teacher / oracle's", *(["... / same-size oracle's"] if arch else []), "retain ratio"]
+            "steps to 50% of teacher / oracle's", *(["steps to 50% / same-size oracle's"] if arch else []), "retain ratio"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def ratio_of(r: dict, name: str) -> str:
