@@ -76,6 +76,7 @@ def test_cut_experiment_adds_the_same_size_oracle_to_an_earlier_record(tmp_path)
     rec = json.loads(second.read_text())
     rows = {row["method"]: row for row in rec["rows"]}
     assert set(rows) == {"surgical", "filter-only", "oracle[arch]"} and rows["oracle[arch]"]["cut"] == "map"
+    assert rows["oracle[arch]"]["size_ratio"] == rows["surgical"]["size_ratio"] < 1
     for m in ("surgical", "filter-only"):
         assert "steps_to_50pct_ratio_vs_arch_oracle_spread" in rows[m]
         assert rows[m].get("steps_to_50pct_ratio_vs_arch_oracle_bound")

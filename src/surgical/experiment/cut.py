@@ -145,7 +145,8 @@ def run_cut_students(base, out_dir: str | Path, seeds, random_cuts: int = 1, cut
                       heal_steps, kinds)
     rows = run_cells(base, cells, out_dir, jobs=jobs, quiet=quiet, console=Console(stderr=True, quiet=quiet))
     for r in rows:  # the student's size, as a fraction of the teacher's
-        rec = Path(r["run_dir"]) / ("distill" if r["method"] == "surgical" else f"compare-{r['method']}/model")
+        stage = r["method"].split("[")[0]  # oracle[arch] is the compare-oracle stage of its cell
+        rec = Path(r["run_dir"]) / ("distill" if stage == "surgical" else f"compare-{stage}/model")
         if (rec / "distill.json").exists():
             from ..io import read_json
 
