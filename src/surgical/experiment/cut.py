@@ -61,25 +61,24 @@ def cut_cells(seeds: list[int], keep_layers: list[int] | None, cut_neurons: int,
     if unknown or not kinds:
         raise ValueError(f"cut cells {unknown or 'none'}: expected some of {', '.join(CELL_KINDS)}")
     cells: list[Cell] = []
-    first = None  # set below, once the first cell is known
     for seed in seeds:
         if "fresh" in kinds:
             cells.append(Cell(f"fresh-seed{seed}",
                               {"distill": {"preset": "surgical", "student_init": "config", "seed": seed},
                                "baselines": baselines},
                               {"compare-oracle": "oracle", "compare-surgical": "surgical"},
-                              {"cut": "fresh-init", "seed": seed}, copy_from=first))
+                              {"cut": "fresh-init", "seed": seed}))
         if "map" in kinds:
             cells.append(Cell(f"map-seed{seed}", {"distill": {**cut, "seed": seed, "cut_selection": "map"},
                                                   "baselines": baselines},
                               {"compare-surgical": "surgical", "compare-filter-only": "filter-only"},
-                              {"cut": "map" + tag, "seed": seed}, copy_from=first))
+                              {"cut": "map" + tag, "seed": seed}))
         for j in range(random_cuts if "random" in kinds else 0):
             cells.append(Cell(f"random{j}-seed{seed}",
                               {"distill": {**cut, "seed": seed, "cut_selection": "random",
                                            "cut_seed": 1000 * seed + j}, "baselines": baselines},
                               {"compare-surgical": "surgical"}, {"cut": "random" + tag, "seed": seed, "cut_seed":
-                                                                 1000 * seed + j}, copy_from=first))
+                                                                 1000 * seed + j}))
         if "arch-oracle" in kinds:
             # the cut's architecture with fresh weights (the oracle preset on a teacher_layers student), trained for
             # the config's steps like the fresh-init oracle: neither the heal length nor the noise is part of it
@@ -89,8 +88,7 @@ def cut_cells(seeds: list[int], keep_layers: list[int] | None, cut_neurons: int,
             where = f"map-seed{seed}" if arch == cut else f"arch-oracle-seed{seed}"
             cells.append(Cell(where, {"distill": {**arch, "seed": seed, "cut_selection": "map"},
                                       "baselines": baselines},
-                              {"compare-oracle": ARCH_ORACLE}, {"cut": "map" + tag, "seed": seed},
-                              copy_from=first))
+                              {"compare-oracle": ARCH_ORACLE}, {"cut": "map" + tag, "seed": seed}))
     for c in cells:  # the first cell that runs holds the shared data, curate and generate outputs
         c.copy_from = cells[0].run_dir
     return cells
