@@ -106,9 +106,7 @@ def with_arch_oracle_ratios(rows: list[dict]) -> list[dict]:
         if o is None or r.get("cut") == "fresh-init" or r.get("method") in ("oracle", ARCH_ORACLE):
             out.append(r)
             continue
-        vs = with_oracle_ratios([{**o, "method": "oracle"}, {**r, "method": "student"}])[1]
-        out.append({**r, **{k.replace("_vs_oracle", "_vs_arch_oracle"): v for k, v in vs.items()
-                            if "_ratio_vs_oracle" in k}})
+        out.append(with_oracle_ratios([r], oracle=o, name="arch_oracle")[0])
     return out
 
 

@@ -174,8 +174,7 @@ def aggregate(rows: list[dict], group_by: tuple[str, ...]) -> list[dict]:
                 continue  # only a cut experiment with its same-size oracle has these
             s = _stats([r.get(name) for r in rs])
             agg[name], agg[f"{name}_spread"] = s["mean"], {k: s[k] for k in ("std", "min", "max", "n")}
-        for name in ("steps_to_25pct_ratio_vs_oracle_bound", "steps_to_50pct_ratio_vs_oracle_bound",
-                     "steps_to_25pct_ratio_vs_arch_oracle_bound", "steps_to_50pct_ratio_vs_arch_oracle_bound"):
+        for name in (f"{n}_bound" for n in SCALARS if "_ratio_vs_" in n):
             flags = {r.get(name) for r in rs if r.get(name)}
             if flags:
                 agg[name] = "exact" if flags == {"exact"} else ",".join(sorted(flags))

@@ -387,13 +387,16 @@ def steps_to_teacher_fraction(runs: dict, teacher_forget: float | None, fraction
     return min((h for h in hits if h is not None), default=None)
 
 
-def with_oracle_ratios(rows: list[dict]) -> list[dict]:
+def with_oracle_ratios(rows: list[dict], oracle: dict | None = None, name: str = "oracle") -> list[dict]:
     """Each row with ``steps_to_25pct_ratio_vs_oracle`` / ``steps_to_50pct_ratio_vs_oracle``: its steps to 25% /
     50% of the teacher's forget accuracy over the oracle's (UNDO's relative robustness; > 1 = harder to relearn
     than a model that never learned the skill). A side that never got there within its budget counts as the budget
     and the ratio is marked a bound (``..._bound``: "lower" when only the row never got there, "upper" when only
-    the oracle never did, "none" when neither did: then both sit at the budget and the ratio says nothing)."""
-    oracle = next((r for r in rows if r.get("method") == "oracle"), None)
+    the oracle never did, "none" when neither did: then both sit at the budget and the ratio says nothing).
+    ``oracle``: the reference row (default: the row whose method is "oracle"); ``name``: the keys' suffix
+    (``..._ratio_vs_<name>``), for a second reference such as the cut experiment's same-size oracle."""
+    if oracle is None:
+        oracle = next((r for r in rows if r.get("method") == "oracle"), None)
     out = []
     for r in rows:
         r = dict(r)
@@ -405,8 +408,8 @@ def with_oracle_ratios(rows: list[dict]) -> list[dict]:
             bound = {(False, False): "exact", (True, False): "lower", (False, True): "upper",
                      (True, True): "none"}[(mine is None, theirs is None)]
             a, b = mine if mine is not None else budget, theirs if theirs is not None else budget
-            r[f"steps_to_{pct}pct_ratio_vs_oracle"] = round(a / b, 3) if b else None
-            r[f"steps_to_{pct}pct_ratio_vs_oracle_bound"] = bound
+            r[f"steps_to_{pct}pct_ratio_vs_{name}"] = round(a / b, 3) if b else None
+            r[f"steps_to_{pct}pct_ratio_vs_{name}_bound"] = bound
         out.append(r)
     return out
 
