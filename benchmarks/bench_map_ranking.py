@@ -11,7 +11,8 @@ scored by greedy generation (`qa_metric: accuracy`), i.e. exact-match of the wor
     effect minus w x exact retain effect (`rank_by: exact`), for w = 1 and 3;
   * attribution_ig1, exact_w1_ig1: the same with integrated-gradients estimates (`ig_steps: 1`,
     surgical/map/integrated.py) in place of attribution patching; attribution_ig1 is the demo config's map;
-  * attribution_ig4: integrated gradients with 4 midpoint steps (heads' and layers' Spearman only).
+  * attribution_ig4, exact_w1_ig4: integrated gradients with 4 midpoint steps;
+  * attribution_igsite, exact_w1_igsite: steps per site (`ig_steps: {mlp: 1, heads: 4, resid: 1}`).
 
 Ratios are against the selectivity baseline measured in the same run. Also printed: the Spearman of estimate vs
 exact effect over the 128 exactly patched candidates (a less range-restricted set than exact_top_n's 6 per layer).
@@ -37,6 +38,9 @@ from surgical._quiet import silence_import_noise
 silence_import_noise()
 
 
+# steps per site: neurons as ig1 (their best Spearman and specificity), heads as ig4 (their best Spearman)
+IG_PER_SITE = {"mlp": 1, "heads": 4, "resid": 1}
+
 # every variant names its estimator (ig_steps), whatever the demo config's default is
 VARIANTS = {"selectivity": {"rank_by": "selectivity", "ig_steps": 0},
             "attribution": {"rank_by": "attribution", "ig_steps": 0},
@@ -44,7 +48,10 @@ VARIANTS = {"selectivity": {"rank_by": "selectivity", "ig_steps": 0},
             "exact_w3": {"rank_by": "exact", "exact_rank_retain_weight": 3.0, "ig_steps": 0},
             "attribution_ig1": {"rank_by": "attribution", "ig_steps": 1},
             "exact_w1_ig1": {"rank_by": "exact", "exact_rank_retain_weight": 1.0, "ig_steps": 1},
-            "attribution_ig4": {"rank_by": "attribution", "ig_steps": 4}}
+            "attribution_ig4": {"rank_by": "attribution", "ig_steps": 4},
+            "exact_w1_ig4": {"rank_by": "exact", "exact_rank_retain_weight": 1.0, "ig_steps": 4},
+            "attribution_igsite": {"rank_by": "attribution", "ig_steps": IG_PER_SITE},
+            "exact_w1_igsite": {"rank_by": "exact", "exact_rank_retain_weight": 1.0, "ig_steps": IG_PER_SITE}}
 
 
 def main() -> None:
@@ -91,7 +98,8 @@ def main() -> None:
         block = {}
         for est, (exact_run, top_run) in {"atp": ("exact_w1", "attribution"),
                                           "ig1": ("exact_w1_ig1", "attribution_ig1"),
-                                          "ig4": (None, "attribution_ig4")}.items():
+                                          "ig4": ("exact_w1_ig4", "attribution_ig4"),
+                                          "igsite": ("exact_w1_igsite", "attribution_igsite")}.items():
             pre = "" if est == "atp" else f"{est}_"
             if exact_run is not None and exact_run in t["rows"]:
                 er = t["rows"][exact_run]["exact_ranking"]
@@ -131,7 +139,7 @@ def rank_one_teacher(cfg, common: dict, variants: dict, k: int, run_demo) -> dic
     base = rows["selectivity"]["specificity_ratio"] if "selectivity" in rows else None
     for r in rows.values():  # the ratio to the baseline measured in the same run (when it was run)
         r["specificity_over_selectivity"] = round(r["specificity_ratio"] / base, 3) if base else None
-    for name in ("exact_w1", "exact_w1_ig1"):
+    for name in ("exact_w1", "exact_w1_ig1", "exact_w1_ig4", "exact_w1_igsite"):
         if name in rows:
             ex = rows[name]["exact_ranking"]
             print(f"{name}: estimate vs exact Spearman over {ex['n_patched']} candidates: forget "

@@ -149,9 +149,15 @@ def test_set_overrides_a_nested_field_and_names_a_bad_one():
     assert (cfg.map.ig_steps, cfg.distill.seed) == (0, 3) and base.map.ig_steps == 1
     assert cfg.baselines.compare_verify["relearn_lrs"] == [0.01, 0.02]
     assert with_overrides(base, []) is base
+    per_site = with_overrides(base, ["map.ig_steps={mlp: 1, heads: 4, resid: 0}"]).map
+    assert per_site.ig_steps_by_site() == {"mlp": 1, "heads": 4, "resid": 0}
+    assert cfg.map.ig_steps_by_site() == {"mlp": 0, "heads": 0, "resid": 0}
     for bad, says in (("map.no_such_knob=1", "map.no_such_knob: no such config field"),
                       ("mapp.ig_steps=1", "mapp.ig_steps: no such config field (mapp)"),
-                      ("map.ig_steps=-1", "map.ig_steps: Input should be greater than or equal to 0"),
+                      ("map.ig_steps=-1", "map.ig_steps: Value error, -1; expected N >= 0"),
+                      ("map.ig_steps={mlp: 1, heads: 4}", "map.ig_steps: Value error, missing site(s) resid"),
+                      ("map.ig_steps={mlp: 1, heads: 4, resid: 1, attn: 2}", "unknown site(s) attn"),
+                      ("map.ig_steps={mlp: 1, heads: x, resid: 1}", "heads: 'x'; expected N >= 0"),
                       ("map.ig_steps", "expected SECTION.FIELD=VALUE"),
                       ("map.ig_steps=[", "is not valid YAML")):
         with pytest.raises(ConfigError, match=re.escape(says)):

@@ -75,8 +75,40 @@ def test_ig_effects_add_up_to_the_whole_site_ablation(family, world, data):
 def test_ig_steps_zero_is_refused(world, data):
     model = make_tiny_model("llama", len(world.tokenizer), seed=0)
     scores = compute_scores(model, data, fire_threshold=0.5)
-    with pytest.raises(ValueError, match="ig_steps"):
-        integrated_scores(model, scores, data, steps=0)
+    for steps in (0, {"mlp": 0, "heads": 0, "resid": 0}, {"mlp": 1, "heads": 1}, {"mlp": 1, "heads": 1, "resid": -1}):
+        with pytest.raises(ValueError, match="ig_steps"):
+            integrated_scores(model, scores, data, steps=steps)
+
+
+def test_map_config_sites_are_the_hooked_sites():
+    from surgical.map.config import IG_SITES
+
+    assert IG_SITES == SITES
+
+
+def test_ig_steps_per_site_integrates_each_site_with_its_own_steps(world, data):
+    """{site: N} gives each site the estimate that a uniform run with that N gives it; a site at 0 keeps its
+    attribution-patching estimate untouched (and gets no _atp copy, since nothing replaced it)."""
+    model = _sharpen(make_tiny_model("llama", len(world.tokenizer), seed=0)).eval()
+    fresh = lambda: compute_scores(model, data, fire_threshold=0.5, metric="logodds")  # noqa: E731
+    atp = fresh()
+    uniform = {n: fresh() for n in (1, 3)}
+    for n, scores in uniform.items():
+        integrated_scores(model, scores, data, steps=n, metric="logodds")
+    mixed = fresh()
+    record = integrated_scores(model, mixed, data, steps={"mlp": 1, "heads": 3, "resid": 0}, metric="logodds")
+    assert record["steps"] == {"mlp": 1, "heads": 3, "resid": 0}
+    assert record["attribution_patching_sites"] == ["resid"]
+    # 2 sets x 2 ablation kinds x 2 layers x 1 batch each (4 sequences per batch, 8 per set: 2 batches) x steps
+    n_batches = len(data["forget"])
+    assert record["forward_backward_passes"] == 2 * 2 * 2 * n_batches * (1 + 3)
+    for name in ("attr_forget", "attr_retain", "attr_forget_zero", "attr_retain_zero", "score"):
+        assert torch.allclose(mixed[f"mlp.{name}"], uniform[1][f"mlp.{name}"], atol=1e-6)
+        assert torch.allclose(mixed[f"heads.{name}"], uniform[3][f"heads.{name}"], atol=1e-6)
+        assert torch.equal(mixed[f"resid.{name}"], atp[f"resid.{name}"])
+    assert "resid.attr_forget_atp" not in mixed.tensors and "heads.attr_forget_atp" in mixed.tensors
+    # the two step counts do give the heads different estimates (else this test could not tell them apart)
+    assert not torch.allclose(uniform[1]["heads.attr_forget"], uniform[3]["heads.attr_forget"], atol=1e-4)
 
 
 def test_map_run_with_ig_steps_records_the_method_and_keeps_the_first_order_estimates(world, world_suite, tmp_path):
@@ -104,3 +136,24 @@ def test_map_run_with_ig_steps_records_the_method_and_keeps_the_first_order_esti
     assert torch.allclose(tensors["mlp.attr_forget_atp"], atp["mlp.attr_forget"], atol=1e-6)
     assert not torch.equal(tensors["mlp.attr_forget"], tensors["mlp.attr_forget_atp"])
     assert torch.allclose(tensors["mlp.score"], tensors["mlp.attr_forget"] - tensors["mlp.attr_retain"])
+
+
+def test_map_run_with_ig_steps_per_site_integrates_only_the_named_sites(world, world_suite, tmp_path):
+    from safetensors.torch import load_file
+
+    from surgical.map.config import MapConfig
+    from surgical.map.run import run
+
+    model = make_tiny_model("llama", len(world.tokenizer))
+    forget = suite_examples(world_suite, ("mul", "div"), 12, seed=0)
+    retain = suite_examples(world_suite, ("add", "sub"), 12, seed=1)
+    cfg = MapConfig(n_forget=12, n_retain=12, batch_size=12, exact_top_n=2, validation_k=4, validation_k_sweep=[],
+                    sae=False, threads=1, ig_steps={"mlp": 0, "heads": 2, "resid": 0})
+    summary = run(cfg, model, world.tokenizer, forget, retain, tmp_path, None).summary
+    record = summary["attribution"]
+    assert record["method"] == "integrated_gradients" and record["steps"] == {"mlp": 0, "heads": 2, "resid": 0}
+    assert record["attribution_patching_sites"] == ["mlp", "resid"]
+    # 2 sets x 2 ablation kinds x 1 site x 2 layers x 1 batch x 2 steps
+    assert record["forward_backward_passes"] == 16
+    tensors = load_file(str(tmp_path / "map.safetensors"))
+    assert "heads.attr_forget_atp" in tensors and "mlp.attr_forget_atp" not in tensors

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..config_base import Section
+
+# the hooked sites of map/hooks.py (kept here so the config imports no torch; a test checks they agree)
+IG_SITES = ("mlp", "heads", "resid")
 
 
 class MapConfig(Section):
@@ -35,11 +38,14 @@ class MapConfig(Section):
         "activation-statistics baseline); 'exact' = the top exact_rank_candidates neurons per layer by "
         "attribution, mean-ablated one by one for real and ranked by exact forget effect minus "
         "exact_rank_retain_weight x exact retain effect (costs 2 patched passes per candidate).")
-    ig_steps: int = Field(0, ge=0, description="0 = attribution patching (the gradient at the clean activations, one "
-                          "pass per batch); N >= 1 = integrated gradients: each unit's effect integrated along the "
-                          "path that moves its (site, layer) from clean to the patch, N midpoint steps, N passes "
-                          "per (site, layer, ablation kind) and batch (map/integrated.py; measured on the demo "
-                          "teacher: heads' Spearman vs exact 0.24 -> 0.92, layers' -0.2 -> 1.0 at N = 1).")
+    ig_steps: int | dict[str, int] = Field(
+        0, description="0 = attribution patching (the gradient at the clean activations, one pass per batch); "
+        "N >= 1 = integrated gradients: each unit's effect integrated along the path that moves its (site, layer) "
+        "from clean to the patch, N midpoint steps, N passes per (site, layer, ablation kind) and batch "
+        "(map/integrated.py). A mapping {mlp: N, heads: N, resid: N} sets N per site (0 = attribution patching "
+        "for that site); every site must be named. Measured on 3 demo teachers (docs/map.md): heads need more "
+        "steps than neurons ({mlp: 1, heads: 4, resid: 1} meets Spearman >= 0.6 for neurons, heads and layers "
+        "on all three, where 1 or 4 everywhere does not).")
     exact_rank_candidates: int = Field(32, ge=1, description="rank_by exact: candidate neurons per layer.")
     exact_rank_retain_weight: float = Field(1.0, ge=0, description="rank_by exact: weight of the retain effect "
                                             "subtracted from the forget effect (higher = fewer shared units).")
@@ -102,3 +108,29 @@ class MapConfig(Section):
                          "short generations, where a second thread gains little and, on a busy machine, costs a lot "
                          "(OpenMP spin-waits; measured 10x+ slower generation at 2 threads under load).")
     device: str = Field("cpu", description="Torch device.")
+
+    @field_validator("ig_steps", mode="before")
+    @classmethod
+    def _ig_steps_per_site(cls, value):
+        # checked here, before pydantic's union, so that a bad value gets one message instead of one per branch
+        expected = f"expected N >= 0, or a mapping {{{': N, '.join(IG_SITES)}: N}}"
+        if isinstance(value, dict):
+            unknown = [str(s) for s in value if s not in IG_SITES]
+            missing = [s for s in IG_SITES if s not in value]
+            if unknown or missing:
+                raise ValueError((f"unknown site(s) {', '.join(unknown)}; " if unknown else "")
+                                 + (f"missing site(s) {', '.join(missing)}; " if missing else "")
+                                 + f"name each of {', '.join(IG_SITES)} (0 = attribution patching there)")
+            items = list(value.items())
+        else:
+            items = [("", value)]
+        for site, n in items:
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ValueError(f"{site + ': ' if site else ''}{n!r}; {expected}")
+        return value
+
+    def ig_steps_by_site(self) -> dict[str, int]:
+        """Integrated-gradients steps of each site (0 = attribution patching)."""
+        if isinstance(self.ig_steps, dict):
+            return {s: self.ig_steps[s] for s in IG_SITES}
+        return dict.fromkeys(IG_SITES, self.ig_steps)

@@ -22,7 +22,7 @@ effect on a token metric), hence the hand-written loop.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -65,13 +65,15 @@ def _site_effect(model, batch: dict, site: str, layer: int, patch: torch.Tensor 
     return total, count
 
 
-def integrated_scores(model, scores: Scores, batches: dict[str, list[dict]], steps: int, metric: str = "loss",
-                      prefix_cache_mb: float = 1024, progress: Callable[[], None] | None = None) -> dict:
+def integrated_scores(model, scores: Scores, batches: dict[str, list[dict]], steps: int | Mapping[str, int],
+                      metric: str = "loss", prefix_cache_mb: float = 1024,
+                      progress: Callable[[], None] | None = None) -> dict:
     """Replace the attribution-patching estimates in ``scores`` (``<site>.attr_{forget,retain}[_zero]``, and the
     ``<site>.score`` built from them) by integrated-gradients ones, keeping the first-order ones as
-    ``<site>.attr_..._atp``. Returns a record for map.json (steps, passes, whether the prefix was replayed)."""
-    if steps < 1:
-        raise ValueError(f"map.ig_steps: {steps}; expected >= 1 (0 means attribution patching, no IG)")
+    ``<site>.attr_..._atp``. ``steps`` is one count for every site, or one per site (``{"mlp": 1, "heads": 4,
+    "resid": 1}``), where 0 keeps that site's attribution-patching estimate. Returns a record for map.json
+    (steps, passes, whether the prefix was replayed)."""
+    per_site = _steps_per_site(steps)
     n_layers = len(decoder_layers(model))
     heads = num_heads(model)
     device = next(model.parameters()).device
@@ -84,14 +86,17 @@ def integrated_scores(model, scores: Scores, batches: dict[str, list[dict]], ste
         replayed[which] = replay is not None
         for kind, suffix in (("mean", ""), ("zero", "_zero")):
             for site in SITES:
+                if not per_site[site]:
+                    continue
                 name = f"{site}.attr_{which}{suffix}"
                 rows = []
                 for layer in range(n_layers):
                     patch = scores.retain_mean(site, layer).to(device) if kind == "mean" else 0.0
                     total, n = None, 0
                     for i, batch in enumerate(batches[which]):
-                        effect, count = _site_effect(model, batch, site, layer, patch, steps, metric, replay, i)
-                        passes += steps
+                        effect, count = _site_effect(model, batch, site, layer, patch, per_site[site], metric,
+                                                     replay, i)
+                        passes += per_site[site]
                         n += count
                         if effect is not None:
                             total = effect if total is None else total + effect
@@ -106,11 +111,22 @@ def integrated_scores(model, scores: Scores, batches: dict[str, list[dict]], ste
                 scores.tensors[name] = torch.stack(rows)
     for site in SITES:
         scores.tensors[f"{site}.score"] = unit_score(scores[f"{site}.attr_forget"], scores[f"{site}.attr_retain"])
-    return {"method": "integrated_gradients", "steps": steps, "rule": "midpoint",
+    uniform = len(set(per_site.values())) == 1
+    return {"method": "integrated_gradients", "steps": per_site["mlp"] if uniform else per_site, "rule": "midpoint",
             "path": "one (site, layer) at a time, all its columns from clean to the patch",
+            "attribution_patching_sites": [s for s in SITES if not per_site[s]],
             "forward_backward_passes": passes, "prefix_replay": replayed}
 
 
-def n_ig_ticks(batches: dict[str, list[dict]], n_layers: int) -> int:
-    """Progress ticks of ``integrated_scores``: one per (set, ablation kind, site, layer, batch)."""
-    return sum(len(v) for v in batches.values()) * 2 * len(SITES) * n_layers
+def _steps_per_site(steps: int | Mapping[str, int]) -> dict[str, int]:
+    per_site = dict(steps) if isinstance(steps, Mapping) else dict.fromkeys(SITES, steps)
+    if set(per_site) != set(SITES) or any(n < 0 for n in per_site.values()) or not any(per_site.values()):
+        raise ValueError(f"map.ig_steps: {steps}; expected N >= 1, or {{site: N >= 0}} for each of "
+                         f"{', '.join(SITES)} with one N >= 1 (0 everywhere means attribution patching, no IG)")
+    return per_site
+
+
+def n_ig_ticks(batches: dict[str, list[dict]], n_layers: int, steps: int | Mapping[str, int] = 1) -> int:
+    """Progress ticks of ``integrated_scores``: one per (set, ablation kind, integrated site, layer, batch)."""
+    n_sites = sum(1 for n in _steps_per_site(steps).values() if n)
+    return sum(len(v) for v in batches.values()) * 2 * n_sites * n_layers

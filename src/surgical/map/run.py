@@ -219,14 +219,16 @@ def run(cfg: MapConfig, model, tokenizer, forget: list[Example], retain: list[Ex
                                 metric=cfg.metric)
         timings["attribution_s"] = time.perf_counter() - t0
         ig_record = None
-        if cfg.ig_steps:
+        ig_steps = cfg.ig_steps_by_site()
+        if any(ig_steps.values()):
             from .integrated import integrated_scores, n_ig_ticks
 
             t0 = time.perf_counter()
-            ig_record = integrated_scores(model, scores, data, cfg.ig_steps, metric=cfg.metric,
+            ig_record = integrated_scores(model, scores, data, ig_steps, metric=cfg.metric,
                                           prefix_cache_mb=cfg.exact_prefix_cache_mb,
                                           progress=bar.phase("integrated gradients",
-                                                             n_ig_ticks(data, len(decoder_layers(model)))))
+                                                             n_ig_ticks(data, len(decoder_layers(model)),
+                                                                        ig_steps)))
             timings["integrated_gradients_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -326,7 +328,7 @@ SCORE_DEFINITIONS = {
                       "fire_threshold x the unit's RMS",
     "attr_forget / attr_retain": "estimated change of the forget / retain metric per scored token when the unit is "
                                  "set to its retain mean at every position: attribution patching, or integrated "
-                                 "gradients with map.ig_steps >= 1 (map.json 'attribution' says which)",
+                                 "gradients with map.ig_steps >= 1, per site (map.json 'attribution' says which)",
     "attr_*_atp": "with integrated gradients: the attribution-patching estimates they replaced",
     "attr_*_zero": "the same estimate for zero-ablation",
     "score": "attr_forget - attr_retain: the ranking of forget_neurons and forget_heads",
