@@ -74,6 +74,9 @@ def test_cut_experiment_adds_the_same_size_oracle_to_an_earlier_record(tmp_path)
     r = CliRunner().invoke(app, [*common, "--cells", "arch-oracle", "--merge", str(first), "--results", str(second)])
     assert r.exit_code == 0, r.output
     rec = json.loads(second.read_text())
+    teachers = {row["teacher_weights"] for row in rec["per_seed_rows"]}
+    assert len(teachers) == 1 and None not in teachers  # the merged rows ran against this run's teacher: checked
+    assert "teacher_unchecked_seeds" not in rec and "merge_refused" not in rec
     rows = {row["method"]: row for row in rec["rows"]}
     assert set(rows) == {"surgical", "filter-only", "oracle[arch]"} and rows["oracle[arch]"]["cut"] == "map"
     assert rows["oracle[arch]"]["size_ratio"] == rows["surgical"]["size_ratio"] < 1

@@ -293,6 +293,65 @@ def test_merge_averages_earlier_seeds_and_a_row_measured_again_replaces_the_old(
     assert rec["provenance"]["merged_from"][0]["rows"] == 3
 
 
+def test_merge_refuses_rows_of_another_teacher_and_writes_this_runs_rows_alone(tmp_path):
+    """The same config can give another world teacher on another machine: rows merged for a seed this run measures
+    must have run against this run's teacher of that seed (weights hash), else the steps ratios would divide rows of
+    two teachers. Rows that record no hash are merged with a warning, and the record says so."""
+    from types import SimpleNamespace
+
+    from surgical.experiment import _finish, merged_rows
+    from surgical.experiment.grid import ATTACKS
+    from surgical.io import read_json
+
+    base = SimpleNamespace(model_dump=lambda mode=None: {"distill": {"lr": 1.0}})
+    meta = {"rates": [0.05], "seeds": [1], "attack": {"name": "strong", **ATTACKS["strong"]}, "variants": [],
+            "leaky_oracle": False}
+
+    def tagged(row, teacher):
+        return {**row, "teacher_weights": teacher} if teacher else row
+
+    fresh = [tagged(_row("oracle", 1, 400, {"1000": 0.5}), "aaaa"),
+             tagged(_row("surgical", 1, 400, {"1000": 0.1}, rate=0.05), "aaaa")]
+    other = _record(tmp_path, "other.json", [tagged(_row("surgical", 1, 400, {"1000": 0.9}, rate=0.02), "bbbb"),
+                                             tagged(_row("surgical", 0, 400, {"1000": 0.9}, rate=0.02), "bbbb")])
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(ValueError, match=r"seed\(s\) 1 of the merged record ran against a different teacher"):
+        _finish("leak-sweep", base, out, fresh, ("leak_rate",), lambda r: r["seed"], meta, 0.0, "x", "rate",
+                earlier=merged_rows([other], base, meta))
+    alone = read_json(out / "leak-sweep.json")  # nothing measured is lost
+    assert alone["merge_refused"] is True and {r["seed"] for r in alone["per_seed_rows"]} == {1}
+    assert len(alone["per_seed_rows"]) == 2
+
+    # another seed's rows may come from another teacher (they are averaged, never divided by this run's)
+    same = _record(tmp_path, "same.json", [tagged(_row("surgical", 1, 400, {"1000": 0.3}, rate=0.02), "aaaa"),
+                                           tagged(_row("surgical", 0, 400, {"1000": 0.3}, rate=0.05), "bbbb")])
+    rec = _finish("leak-sweep", base, out, fresh, ("leak_rate",), lambda r: r["seed"], meta, 0.0, "x", "rate",
+                  earlier=merged_rows([same], base, meta))
+    assert "teacher_unchecked_seeds" not in rec and rec["rates"] == [0.0, 0.02, 0.05]
+    old = _record(tmp_path, "old.json", [_row("surgical", 1, 400, {"1000": 0.3}, rate=0.02)])
+    rec = _finish("leak-sweep", base, out, fresh, ("leak_rate",), lambda r: r["seed"], meta, 0.0, "x", "rate",
+                  earlier=merged_rows([old], base, meta))
+    assert rec["teacher_unchecked_seeds"] == [1]
+
+
+def test_teacher_fingerprint_is_the_cell_teachers_weights(tmp_path):
+    from surgical.experiment.grid import teacher_fingerprint
+    from surgical.io import write_json
+
+    run = tmp_path / "run"
+    assert teacher_fingerprint(run) is None  # no teacher stage
+    tdir = tmp_path / "teacher-model"
+    tdir.mkdir()
+    (tdir / "config.json").write_text("{}")
+    (tdir / "model.safetensors").write_bytes(b"weights one")
+    write_json(run / "teacher" / "location.json", {"teacher_dir": str(tdir)})
+    first = teacher_fingerprint(run)
+    assert first and first == teacher_fingerprint(run)
+    (tdir / "model.safetensors").write_bytes(b"weights two")
+    assert teacher_fingerprint(run) not in (None, first)
+
+
 def test_merge_refuses_another_experiment_or_a_file_it_did_not_write(tmp_path):
     from types import SimpleNamespace
 

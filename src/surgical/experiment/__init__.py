@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ..io import provenance, write_json
-from .grid import ATTACKS, aggregate, run_cells, with_ratios_by_seed
+from .grid import ATTACKS, aggregate, run_cells, teacher_conflicts, with_ratios_by_seed
 from .report import markdown_table, plot_leak_sweep, write_markdown
 
 
@@ -83,6 +83,20 @@ def _finish(name: str, base, out_dir: Path, rows: list[dict], group_by: tuple[st
             per_seed_hook=None) -> dict:
     earlier, sources = earlier
     if earlier:
+        differ, unchecked = teacher_conflicts(earlier, rows)
+        if differ:
+            # nothing is lost: this run's rows are written alone, and its cells stay cached in out_dir
+            _finish(name, base, out_dir, rows, group_by, oracle_key, {**meta, "merge_refused": True}, t0, intro,
+                    key_title, plot=plot, per_seed_hook=per_seed_hook)
+            raise ValueError(f"--merge: seed(s) {', '.join(map(str, differ))} of the merged record ran against a "
+                             f"different teacher (weights hash) than this run; rows of different teachers are not "
+                             f"compared. This run's rows alone are in {out_dir / (name + '.json')}")
+        if unchecked:
+            Console(stderr=True).print(f"[yellow]--merge: the merged rows of seed(s) {', '.join(map(str, unchecked))} "
+                                       "record no teacher weights hash (written before it was recorded): that they "
+                                       "ran against this run's teacher is not checked[/yellow]")
+            meta = {**meta, "teacher_unchecked_seeds": unchecked}
+
         def key(r):
             return (r.get("method"), r.get("seed"), *(r.get(k) for k in group_by))
         fresh = {key(r) for r in rows}

@@ -118,13 +118,52 @@ def run_cells(base, cells: list[Cell], out_dir: str | Path, jobs: int = 1, quiet
                         console=console, rebuild=build_stages)
         runner.run(quiet=quiet, jobs=jobs)
         wall = round(time.perf_counter() - t0, 1)
+        teacher = teacher_fingerprint(run_dir)
         for stage, method in cell.rows.items():
             row = {**read_json(run_dir / stage / "row.json"), "method": method, **cell.tags,
-                   "run_dir": str(run_dir), "cell_wall_s": wall}
+                   "run_dir": str(run_dir), "cell_wall_s": wall, "teacher_weights": teacher}
             rows.append(row)
             if on_row:
                 on_row(row)
     return rows
+
+
+def teacher_fingerprint(run_dir: Path) -> str | None:
+    """A short hash of the weights of the teacher a cell ran against (its teacher stage's record), or None when
+    the cell has no teacher stage. The same config can give a different world teacher on another machine (float
+    kernels differ), so rows merged from an earlier record are compared by this, not by config alone."""
+    from ..io import sha256_json
+    from ..world.teacher import weights_hashes
+
+    location = Path(run_dir) / "teacher" / "location.json"
+    if not location.exists():
+        return None
+    tdir = Path(read_json(location)["teacher_dir"])
+    if tdir.is_dir() and (tdir / "config.json").exists():
+        hashes = weights_hashes(tdir)
+    else:  # a user's single-file teacher (GGUF): its recorded content hash
+        hashes = {"file": read_json(Path(run_dir) / "teacher" / "teacher.json").get("sha256")}
+    return sha256_json(hashes)[:16] if any(hashes.values()) else None
+
+
+def teacher_conflicts(earlier: list[dict], rows: list[dict]) -> tuple[list[str], list]:
+    """(seeds whose merged rows ran against another teacher than this run's rows of that seed, seeds of merged
+    rows that record no teacher and so cannot be checked). Within a seed the steps ratios divide one row by
+    another, which is only meaningful against one teacher."""
+    here: dict = {}
+    for r in rows:
+        if r.get("teacher_weights"):
+            here.setdefault(r.get("seed"), set()).add(r["teacher_weights"])
+    differ, unchecked = set(), set()
+    for r in earlier:
+        seed = r.get("seed")
+        if seed not in here:
+            continue
+        if not r.get("teacher_weights"):
+            unchecked.add(seed)
+        elif r["teacher_weights"] not in here[seed]:
+            differ.add(seed)
+    return sorted(differ, key=str), sorted(unchecked, key=str)
 
 
 # ---------------------------------------------------------------- rows -> means over seeds
