@@ -146,7 +146,7 @@ def test_set_overrides_a_nested_field_and_names_a_bad_one():
     base = demo_config()
     cfg = with_overrides(base, ["map.ig_steps=0", "baselines.compare_verify.relearn_lrs=[0.01, 0.02]",
                                 "distill.seed=3"])
-    assert (cfg.map.ig_steps, cfg.distill.seed) == (0, 3) and base.map.ig_steps == 1
+    assert (cfg.map.ig_steps, cfg.distill.seed) == (0, 3) and base.map.ig_steps == {"mlp": 1, "heads": 4, "resid": 1}
     assert cfg.baselines.compare_verify["relearn_lrs"] == [0.01, 0.02]
     assert with_overrides(base, []) is base
     per_site = with_overrides(base, ["map.ig_steps={mlp: 1, heads: 4, resid: 0}"]).map

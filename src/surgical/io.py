@@ -196,6 +196,11 @@ def sha256_path(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def weights_hashes(d: str | Path) -> dict[str, str]:
+    """sha256 of each safetensors file of a model directory, by file name."""
+    return {f.name: sha256_file(f) for f in sorted(Path(d).glob("*.safetensors"))}
+
+
 def sha256_json(obj: Any) -> str:
     """Hash of a JSON-serialisable object in canonical form (sorted keys)."""
     return sha256_bytes(json.dumps(obj, sort_keys=True, default=_json_default).encode())

@@ -385,8 +385,8 @@ def test_merge_refuses_a_record_written_before_a_knob_this_run_sets(tmp_path):
     meta = {"attack": {"name": "strong", **ATTACKS["strong"]}, "leaky_oracle": False}
     path = _record(tmp, "old.json", [], config=old)
     assert merged_rows([path], base, meta)[0] == []  # the default: the same experiment
-    # the demo config maps with integrated gradients (ig_steps 1): not the experiment the old record ran
-    assert demo_config().map.ig_steps == 1
+    # the demo config maps with integrated gradients (steps per site): not the experiment the old record ran
+    assert demo_config().map.ig_steps == {"mlp": 1, "heads": 4, "resid": 1}
     with pytest.raises(ValueError, match="base config differs in map.ig_steps"):
         merged_rows([path], demo_config(), meta)
     # a field only the old record has (removed since) is not compared

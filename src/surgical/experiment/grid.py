@@ -132,8 +132,7 @@ def teacher_fingerprint(run_dir: Path) -> str | None:
     """A short hash of the weights of the teacher a cell ran against (its teacher stage's record), or None when
     the cell has no teacher stage. The same config can give a different world teacher on another machine (float
     kernels differ), so rows merged from an earlier record are compared by this, not by config alone."""
-    from ..io import sha256_json
-    from ..world.teacher import weights_hashes
+    from ..io import sha256_json, weights_hashes
 
     location = Path(run_dir) / "teacher" / "location.json"
     if not location.exists():

@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 from .. import __version__
 from ..config import TeacherConfig, WorldConfig
 from ..data import PadCollator, encode_example  # noqa: F401 (re-exported: the world's recipe uses them)
-from ..io import provenance, read_json, sha256_json, surgical_home, write_json
+from ..io import provenance, read_json, sha256_json, surgical_home, weights_hashes, write_json
 from ..models import enable_kv_cache
 from .data import build_world
 from .problems import Problem
@@ -162,12 +162,6 @@ def train_teacher(world: WorldConfig, cfg: TeacherConfig, out_dir: str | Path, q
 
 # a dotfile: content hashes of a directory (sha256_path) skip it, so recording it never changes the teacher's hash
 WEIGHTS_HASHES = ".weights-sha256.json"
-
-
-def weights_hashes(d: Path) -> dict[str, str]:
-    from ..io import sha256_file
-
-    return {f.name: sha256_file(f) for f in sorted(Path(d).glob("*.safetensors"))}
 
 
 def cache_is_intact(d: Path) -> bool:
