@@ -316,14 +316,20 @@ def test_merge_refuses_rows_of_another_teacher_and_writes_this_runs_rows_alone(t
                                              tagged(_row("surgical", 0, 400, {"1000": 0.9}, rate=0.02), "bbbb")])
     out = tmp_path / "out"
     out.mkdir()
-    with pytest.raises(ValueError, match=r"seed\(s\) 1 of the merged record ran against a different teacher"):
+    with pytest.raises(ValueError, match=r"seed\(s\) 1 would mix rows measured against different teachers"):
         _finish("leak-sweep", base, out, fresh, ("leak_rate",), lambda r: r["seed"], meta, 0.0, "x", "rate",
                 earlier=merged_rows([other], base, meta))
     alone = read_json(out / "leak-sweep.json")  # nothing measured is lost
     assert alone["merge_refused"] is True and {r["seed"] for r in alone["per_seed_rows"]} == {1}
     assert len(alone["per_seed_rows"]) == 2
 
-    # another seed's rows may come from another teacher (they are averaged, never divided by this run's)
+    # another seed's rows may come from another teacher (they are averaged, never divided by this run's); a row of
+    # seed 1 that this run measures again replaces the old one, so it mixes nothing
+    same = _record(tmp_path, "again.json", [tagged(_row("surgical", 1, 400, {"1000": 0.9}, rate=0.05), "bbbb")])
+    rec = _finish("leak-sweep", base, out, fresh, ("leak_rate",), lambda r: r["seed"], meta, 0.0, "x", "rate",
+                  earlier=merged_rows([same], base, meta))
+    agg = {(r["method"], r["leak_rate"]): r for r in rec["rows"]}
+    assert "merge_refused" not in rec and agg[("surgical", 0.05)]["forget_after_relearn"] == {"1000": 0.1}
     same = _record(tmp_path, "same.json", [tagged(_row("surgical", 1, 400, {"1000": 0.3}, rate=0.02), "aaaa"),
                                            tagged(_row("surgical", 0, 400, {"1000": 0.3}, rate=0.05), "bbbb")])
     rec = _finish("leak-sweep", base, out, fresh, ("leak_rate",), lambda r: r["seed"], meta, 0.0, "x", "rate",

@@ -83,24 +83,24 @@ def _finish(name: str, base, out_dir: Path, rows: list[dict], group_by: tuple[st
             per_seed_hook=None) -> dict:
     earlier, sources = earlier
     if earlier:
-        differ, unchecked = teacher_conflicts(earlier, rows)
+        def key(r):
+            return (r.get("method"), r.get("seed"), *(r.get(k) for k in group_by))
+        fresh = {key(r) for r in rows}
+        merged = [r for r in earlier if key(r) not in fresh] + rows  # a row measured again here replaces the old one
+        differ, unchecked = teacher_conflicts(merged)
         if differ:
             # nothing is lost: this run's rows are written alone, and its cells stay cached in out_dir
             _finish(name, base, out_dir, rows, group_by, oracle_key, {**meta, "merge_refused": True}, t0, intro,
                     key_title, plot=plot, per_seed_hook=per_seed_hook)
-            raise ValueError(f"--merge: seed(s) {', '.join(map(str, differ))} of the merged record ran against a "
-                             f"different teacher (weights hash) than this run; rows of different teachers are not "
-                             f"compared. This run's rows alone are in {out_dir / (name + '.json')}")
+            raise ValueError(f"--merge: seed(s) {', '.join(map(str, differ))} would mix rows measured against "
+                             f"different teachers (weights hashes); rows of different teachers are not compared. "
+                             f"This run's rows alone are in {out_dir / (name + '.json')}")
         if unchecked:
-            Console(stderr=True).print(f"[yellow]--merge: the merged rows of seed(s) {', '.join(map(str, unchecked))} "
-                                       "record no teacher weights hash (written before it was recorded): that they "
-                                       "ran against this run's teacher is not checked[/yellow]")
+            Console(stderr=True).print(f"[yellow]--merge: rows of seed(s) {', '.join(map(str, unchecked))} record no "
+                                       "teacher weights hash (written before it was recorded): that they ran against "
+                                       "one teacher is not checked[/yellow]")
             meta = {**meta, "teacher_unchecked_seeds": unchecked}
-
-        def key(r):
-            return (r.get("method"), r.get("seed"), *(r.get(k) for k in group_by))
-        fresh = {key(r) for r in rows}
-        rows = [r for r in earlier if key(r) not in fresh] + rows  # a row measured again here replaces the old one
+        rows = merged
     per_seed = with_ratios_by_seed(rows, oracle_key)
     if per_seed_hook is not None:  # more columns computed over every seed's rows (the cut's same-size oracle)
         per_seed = per_seed_hook(per_seed)

@@ -145,23 +145,15 @@ def teacher_fingerprint(run_dir: Path) -> str | None:
     return sha256_json(hashes)[:16] if any(hashes.values()) else None
 
 
-def teacher_conflicts(earlier: list[dict], rows: list[dict]) -> tuple[list[str], list]:
-    """(seeds whose merged rows ran against another teacher than this run's rows of that seed, seeds of merged
-    rows that record no teacher and so cannot be checked). Within a seed the steps ratios divide one row by
-    another, which is only meaningful against one teacher."""
-    here: dict = {}
+def teacher_conflicts(rows: list[dict]) -> tuple[list, list]:
+    """(seeds whose rows ran against more than one teacher, seeds with a row that records no teacher and so cannot
+    be checked). Within a seed the steps ratios divide one row by another, which is only meaningful against one
+    teacher; rows of different seeds are only averaged, and may come from different teachers."""
+    seen: dict = {}
     for r in rows:
-        if r.get("teacher_weights"):
-            here.setdefault(r.get("seed"), set()).add(r["teacher_weights"])
-    differ, unchecked = set(), set()
-    for r in earlier:
-        seed = r.get("seed")
-        if seed not in here:
-            continue
-        if not r.get("teacher_weights"):
-            unchecked.add(seed)
-        elif r["teacher_weights"] not in here[seed]:
-            differ.add(seed)
+        seen.setdefault(r.get("seed"), set()).add(r.get("teacher_weights"))
+    differ = [s for s, hashes in seen.items() if len(hashes - {None}) > 1]
+    unchecked = [s for s, hashes in seen.items() if None in hashes]
     return sorted(differ, key=str), sorted(unchecked, key=str)
 
 
