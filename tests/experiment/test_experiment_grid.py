@@ -356,6 +356,12 @@ def test_teacher_fingerprint_is_the_cell_teachers_weights(tmp_path):
     assert first and first == teacher_fingerprint(run)
     (tdir / "model.safetensors").write_bytes(b"weights two")
     assert teacher_fingerprint(run) not in (None, first)
+    # a user's teacher: the content hash its teacher stage recorded (not hashed again per cell)
+    write_json(run / "teacher" / "teacher.json", {"model": str(tdir), "sha256": "ab" * 32})
+    assert teacher_fingerprint(run) == "ab" * 8
+    write_json(run / "teacher" / "teacher.json", {"model": "org/hub-id", "sha256": None})
+    write_json(run / "teacher" / "location.json", {"teacher_dir": "org/hub-id"})
+    assert teacher_fingerprint(run) is None  # nothing to hash: such rows are merged unchecked
 
 
 def test_merge_refuses_another_experiment_or_a_file_it_did_not_write(tmp_path):

@@ -129,20 +129,21 @@ def run_cells(base, cells: list[Cell], out_dir: str | Path, jobs: int = 1, quiet
 
 
 def teacher_fingerprint(run_dir: Path) -> str | None:
-    """A short hash of the weights of the teacher a cell ran against (its teacher stage's record), or None when
-    the cell has no teacher stage. The same config can give a different world teacher on another machine (float
-    kernels differ), so rows merged from an earlier record are compared by this, not by config alone."""
+    """A short hash of the weights of the teacher a cell ran against, or None when the cell has no teacher stage or
+    the teacher cannot be hashed (a hub id). The same config can give a different world teacher on another machine
+    or at another thread count (float reductions in another order), so rows merged from an earlier record are
+    compared by this, not by config alone."""
     from ..io import sha256_json, weights_hashes
 
-    location = Path(run_dir) / "teacher" / "location.json"
-    if not location.exists():
+    stage = Path(run_dir) / "teacher"
+    if not (stage / "location.json").exists():
         return None
-    tdir = Path(read_json(location)["teacher_dir"])
-    if tdir.is_dir() and (tdir / "config.json").exists():
-        hashes = weights_hashes(tdir)
-    else:  # a user's single-file teacher (GGUF): its recorded content hash
-        hashes = {"file": read_json(Path(run_dir) / "teacher" / "teacher.json").get("sha256")}
-    return sha256_json(hashes)[:16] if any(hashes.values()) else None
+    recorded = (read_json(stage / "teacher.json") if (stage / "teacher.json").exists() else {}).get("sha256")
+    if recorded:  # a user's teacher: the content hash its teacher stage recorded (file or directory)
+        return str(recorded)[:16]
+    tdir = Path(read_json(stage / "location.json")["teacher_dir"])
+    hashes = weights_hashes(tdir) if tdir.is_dir() else {}
+    return sha256_json(hashes)[:16] if hashes else None
 
 
 def teacher_conflicts(rows: list[dict]) -> tuple[list, list]:

@@ -43,9 +43,9 @@ class MapConfig(Section):
         "N >= 1 = integrated gradients: each unit's effect integrated along the path that moves its (site, layer) "
         "from clean to the patch, N midpoint steps, N passes per (site, layer, ablation kind) and batch "
         "(map/integrated.py). A mapping {mlp: N, heads: N, resid: N} sets N per site (0 = attribution patching "
-        "for that site); every site must be named. Measured on 3 demo teachers (docs/map.md): heads need more "
+        "for that site); every site must be named. Measured on 6 demo teachers (docs/map.md): heads need more "
         "steps than neurons ({mlp: 1, heads: 4, resid: 1} meets Spearman >= 0.6 for neurons, heads and layers "
-        "on all three, where 1 or 4 everywhere does not).")
+        "on all six, where 1 or 4 everywhere does not).")
     exact_rank_candidates: int = Field(32, ge=1, description="rank_by exact: candidate neurons per layer.")
     exact_rank_retain_weight: float = Field(1.0, ge=0, description="rank_by exact: weight of the retain effect "
                                             "subtracted from the forget effect (higher = fewer shared units).")
